@@ -1,0 +1,51 @@
+# trafmetux: install, lint, test, run, bench. Every target is idempotent: a second run is quick.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= config.example.toml
+DEB_PACKAGES := python3 python3-venv python3-dev gcc make libnetfilter-queue-dev \
+	libnfnetlink-dev iptables nftables iproute2 socat procps
+PYTEST_ARGS ?=
+
+.PHONY: install deps venv lint test test-long run bench install-systemd clean
+
+install: deps venv
+
+# Debian packages: installed only when one is missing, so a second run changes nothing.
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+		echo "apt-get install:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+lint: install
+	$(BIN)/ruff check trafmetuxd trafmetuxctl tests bench
+	$(BIN)/ruff format --check trafmetuxd trafmetuxctl tests bench
+	$(BIN)/mypy
+
+test: install lint
+	$(BIN)/python -m pytest -m "not long" $(PYTEST_ARGS)
+
+test-long: install
+	$(BIN)/python -m pytest -m long $(PYTEST_ARGS)
+
+run: install
+	$(BIN)/trafmetuxd --config $(CONFIG)
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,1 @@
+"""trafmetux client: reports, flows, live rates and quota checks over the daemon's socket."""

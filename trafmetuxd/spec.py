@@ -1,0 +1,101 @@
+"""Plain, frozen configuration values: what config.py validates and the pure core consumes."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+PortRange = tuple[int, int]  # inclusive (low, high)
+
+# Direction bit masks: a packet carries one of IN/OUT (or UNKNOWN = both bits when a replayed
+# packet's direction cannot be told); a rule matches when the masks share a bit.
+DIR_IN = 1
+DIR_OUT = 2
+DIR_ANY = DIR_IN | DIR_OUT
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSpec:
+    """One rule: every field that is set must match (None means 'any')."""
+
+    direction: int = DIR_ANY
+    interface: str | None = None  # exact name or shell glob ("wlan*")
+    protocol: int | None = None  # IP protocol number
+    family: int | None = None  # 4 or 6
+    src: tuple[Network, ...] | None = None
+    dst: tuple[Network, ...] | None = None
+    host: tuple[Network, ...] | None = None  # either side
+    src_port: tuple[PortRange, ...] | None = None
+    dst_port: tuple[PortRange, ...] | None = None
+    port: tuple[PortRange, ...] | None = None  # either side
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorSpec:
+    """A named monitor: its rules OR together; no rules matches everything."""
+
+    name: str
+    rules: tuple[RuleSpec, ...] = ()
+    collector_size: int = 1000
+    flush_collector_size: int = 2000
+    compress_ports: bool = True
+    flow_log: str = ""  # strftime pattern with {monitor} already replaced; "" = no text log
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureSpec:
+    """How the daemon binds the kernel queue and installs its rules."""
+
+    queue: int = 0
+    interfaces: tuple[str, ...] = ()  # empty: every interface but lo
+    manage_rules: bool = True
+    fail_open: bool = True
+    copy_range: int = 128
+    queue_maxlen: int = 4096
+    rcvbuf: int = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionSpec:
+    """How long detailed data is kept, in seconds (0 = forever)."""
+
+    minutes: int = 7 * 86400
+    flows: int = 30 * 86400
+    quarters: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaSpec:
+    """A traffic cap over the summed monitors for a day, week or (billing) month."""
+
+    name: str
+    monitors: tuple[str, ...]
+    limit: int  # bytes
+    period: str = "month"  # day | week | month
+    start_day: int = 1  # billing day of month, 1..28
+    warn: float = 0.8
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole validated configuration."""
+
+    path: Path
+    state_dir: Path = Path("/var/lib/trafmetux")
+    socket: Path = Path("/run/trafmetux/trafmetuxd.sock")
+    socket_group: str = "trafmetux"
+    timezone: str = "local"  # "local" or an IANA name
+    week_start: int = 6  # 0 = Monday .. 6 = Sunday
+    flush_interval: float = 60.0  # seconds
+    local_networks: tuple[Network, ...] = ()
+    capture: CaptureSpec = field(default_factory=CaptureSpec)
+    retention: RetentionSpec = field(default_factory=RetentionSpec)
+    monitors: tuple[MonitorSpec, ...] = ()
+    quotas: tuple[QuotaSpec, ...] = ()
+
+    @property
+    def database(self) -> Path:
+        """The SQLite store's path."""
+        return self.state_dir / "trafmetux.sqlite3"
