@@ -1,10 +1,23 @@
-"""Per-monitor exact totals per UTC minute and fixed-size flow positions. Pure."""
+"""Per-monitor exact totals per UTC minute and fixed-size flow positions. Pure.
+
+Which side of a packet is the client (the key's first address):
+- one port below 1024 and the other not: the unprivileged side;
+- both ports 1024 or above: an existing position of either orientation, else the sender of a
+  TCP SYN without ACK, else the side whose port is ephemeral (32768-65535, the union of the
+  Linux 32768-60999 and IANA 49152-65535 ranges) while the other's is not, else the higher port
+  (the sender on a tie);
+- both ports below 1024, or no ports (NO_PORT on both): an existing position of either
+  orientation, else the sender.
+With port compression the client's port becomes COMPRESSED_PORT whenever it is unprivileged, so
+the many connections of one client to one service share one position.
+"""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
 from trafmetuxd.packet import PacketInfo
+from trafmetuxd.spec import DIR_OUT
 
 # (family, protocol, client address, client port, server address, server port); ports are
 # packet.NO_PORT (-1) for protocols without ports. OTHER collects flows that found no free position.
@@ -16,6 +29,11 @@ COMPRESSED_PORT = 65535
 Totals = dict[int, list[int]]
 # flow key -> [bytes sent by the client, bytes received by the client, packets]
 Flows = dict[FlowKey, list[int]]
+
+_PRIVILEGED = 1024
+_EPHEMERAL_LOW = 32768
+_SYN_ACK = 0x12
+_SYN = 0x02
 
 
 class Snapshot(NamedTuple):
@@ -29,32 +47,173 @@ class Snapshot(NamedTuple):
 class RealtimeCollector:
     """Counts packets as they arrive; swap() hands the contents over in O(1)."""
 
+    __slots__ = ("_compress", "_flows", "_free", "_overflow", "_size", "_totals")
+
     def __init__(self, size: int, compress_ports: bool = True) -> None:
-        raise NotImplementedError
+        self._size = size
+        self._compress = compress_ports
+        self._totals: Totals = {}
+        self._flows: Flows = {}
+        self._free = size  # positions still free; OTHER does not take one
+        self._overflow = 0
+
+    @property
+    def totals(self) -> Totals:
+        """The totals counted since the last swap (live; do not mutate)."""
+        return self._totals
+
+    @property
+    def positions_used(self) -> int:
+        """How many of the `size` flow positions hold a flow (OTHER not included)."""
+        return self._size - self._free
 
     def add(self, minute: int, pkt: PacketInfo, direction: int) -> None:
         """Count one packet (direction DIR_OUT counts as out, anything else as in)."""
-        raise NotImplementedError
+        family, proto, src, sport, dst, dport, length, _flags = pkt
+        totals = self._totals
+        row = totals.get(minute)
+        if row is None:
+            row = totals[minute] = [0, 0, 0, 0]
+        if direction == DIR_OUT:
+            row[2] += length
+            row[3] += 1
+        else:
+            row[0] += length
+            row[1] += 1
+
+        flows = self._flows
+        if sport >= _PRIVILEGED:
+            if dport < _PRIVILEGED:
+                key = (family, proto, src, COMPRESSED_PORT if self._compress else sport, dst, dport)
+                from_client = True
+            else:
+                key, from_client = self._unprivileged(pkt)
+        elif dport >= _PRIVILEGED:
+            key = (family, proto, dst, COMPRESSED_PORT if self._compress else dport, src, sport)
+            from_client = False
+        else:
+            key = (family, proto, src, sport, dst, dport)
+            from_client = True
+            if key not in flows:
+                back = (family, proto, dst, dport, src, sport)
+                if back in flows:
+                    key = back
+                    from_client = False
+
+        entry = flows.get(key)
+        if entry is None:
+            entry = self._new_position(key)
+        if from_client:
+            entry[0] += length
+        else:
+            entry[1] += length
+        entry[2] += 1
+
+    def _unprivileged(self, pkt: PacketInfo) -> tuple[FlowKey, bool]:
+        """Key and sender-is-client for a packet whose ports are both unprivileged."""
+        family, proto, src, sport, dst, dport, _length, flags = pkt
+        compress = self._compress
+        forward = (family, proto, src, COMPRESSED_PORT if compress else sport, dst, dport)
+        backward = (family, proto, dst, COMPRESSED_PORT if compress else dport, src, sport)
+        flows = self._flows
+        if forward in flows:
+            return forward, True
+        if backward in flows:
+            return backward, False
+        if flags & _SYN_ACK == _SYN:
+            return forward, True
+        src_ephemeral = sport >= _EPHEMERAL_LOW
+        if src_ephemeral != (dport >= _EPHEMERAL_LOW):
+            return (forward, True) if src_ephemeral else (backward, False)
+        return (forward, True) if sport >= dport else (backward, False)
+
+    def _new_position(self, key: FlowKey) -> list[int]:
+        """A fresh position for `key`, or OTHER (counted as overflow) when all are taken."""
+        if self._free > 0:
+            self._free -= 1
+            entry = self._flows[key] = [0, 0, 0]
+            return entry
+        # Every packet routed to OTHER counts, so OTHER's packets always equal the overflow.
+        self._overflow += 1
+        other = self._flows.get(OTHER)
+        if other is None:
+            other = self._flows[OTHER] = [0, 0, 0]
+        return other
 
     def swap(self) -> Snapshot:
         """Hand over everything counted so far and start empty."""
-        raise NotImplementedError
+        snap = Snapshot(self._totals, self._flows, self._overflow)
+        self._totals = {}
+        self._flows = {}
+        self._free = self._size
+        self._overflow = 0
+        return snap
 
 
 class FlushCollector:
-    """Accumulates snapshots until a write commits; keeps everything while writes fail."""
+    """Accumulates snapshots until a write commits; keeps everything while writes fail.
+
+    Not thread-safe: the caller serializes merge(), pending() and clear(), and does not merge
+    between taking pending() for a write and clear() after that write committed.
+    """
+
+    __slots__ = ("_flows", "_free", "_overflow", "_size", "_totals")
 
     def __init__(self, size: int) -> None:
-        raise NotImplementedError
+        self._size = size
+        self._totals: Totals = {}
+        self._flows: Flows = {}
+        self._free = size
+        self._overflow = 0
+
+    @property
+    def empty(self) -> bool:
+        """True when nothing is waiting to be written."""
+        return not self._totals and not self._flows
 
     def merge(self, snap: Snapshot) -> None:
         """Add a snapshot; flows beyond `size` positions go to OTHER."""
-        raise NotImplementedError
+        totals = self._totals
+        for minute, (in_b, in_p, out_b, out_p) in snap.totals.items():
+            row = totals.get(minute)
+            if row is None:
+                totals[minute] = [in_b, in_p, out_b, out_p]
+            else:
+                row[0] += in_b
+                row[1] += in_p
+                row[2] += out_b
+                row[3] += out_p
+        for key, (sent, received, packets) in snap.flows.items():
+            entry = self._position(key, packets)
+            entry[0] += sent
+            entry[1] += received
+            entry[2] += packets
+        self._overflow += snap.overflow
+
+    def _position(self, key: FlowKey, packets: int) -> list[int]:
+        """The position `key` merges into; folding into OTHER adds its packets to overflow."""
+        flows = self._flows
+        entry = flows.get(key)
+        if entry is not None:
+            return entry
+        if key != OTHER and self._free > 0:
+            self._free -= 1
+            entry = flows[key] = [0, 0, 0]
+            return entry
+        if key != OTHER:
+            self._overflow += packets
+        other = flows.get(OTHER)
+        if other is None:
+            other = flows[OTHER] = [0, 0, 0]
+        return other
 
     def pending(self) -> Snapshot:
         """A read-only view of what has not been written yet."""
-        raise NotImplementedError
+        return Snapshot(self._totals, self._flows, self._overflow)
 
     def clear(self) -> None:
         """Forget everything: call only after the write committed."""
-        raise NotImplementedError
+        self._totals = {}
+        self._flows = {}
+        self._free = self._size
+        self._overflow = 0
