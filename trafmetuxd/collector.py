@@ -36,6 +36,11 @@ _SYN_ACK = 0x12
 _SYN = 0x02
 
 
+def minute_of(unix_seconds: float) -> int:
+    """The UTC minute a timestamp falls in (the Totals key)."""
+    return int(unix_seconds // 60)
+
+
 class Snapshot(NamedTuple):
     """What a collector held at swap time; never mutated after the swap."""
 
