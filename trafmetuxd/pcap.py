@@ -71,13 +71,15 @@ def read(path: Path) -> Iterator[tuple[float, bytes | None]]:
     from scapy.error import Scapy_Exception  # scapy only when reading a capture
     from scapy.utils import RawPcapReader
 
+    open_reader: Any = RawPcapReader  # accepts an open file too, whatever its stubs say
+
     try:
         fileobj = path.open("rb")
     except OSError as exc:
         raise CaptureFileError(f"{path}: cannot open the capture file ({exc.strerror})") from exc
     with fileobj:
         try:
-            reader: Any = RawPcapReader(fileobj)
+            reader = open_reader(fileobj)
         except Scapy_Exception as exc:
             raise CaptureFileError(f"{path}: not a readable pcap or pcapng file ({exc})") from exc
         try:
