@@ -107,9 +107,8 @@ def _walk_extensions(buf: bytes, next_header: int, end: int) -> tuple[int, int]:
             size = (buf[offset + 1] + 1) * 8
         next_header = buf[offset]
         offset += size
-    if next_header not in _EXTENSIONS:
-        return next_header, offset
-    return next_header, end
+    # Chain longer than the bound: an extension header number is not ported, so no ports.
+    return next_header, offset
 
 
 def _jumbo_length(buf: bytes, next_header: int) -> int:
