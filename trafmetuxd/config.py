@@ -1,0 +1,317 @@
+"""TOML configuration -> validated, plain spec.Config. The only module that imports pydantic."""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
+
+from trafmetuxd import config_values as cv
+from trafmetuxd import spec
+from trafmetuxd.config_values import parse_duration, parse_size
+from trafmetuxd.spec import DIR_ANY, Network, PortRange
+
+__all__ = ["ConfigError", "load", "parse", "parse_duration", "parse_size"]
+
+Loc = tuple[str | int, ...]
+_M = TypeVar("_M", bound=BaseModel)
+_Indexed = tuple[int, dict[str, Any], spec.MonitorSpec]  # index in the file, table, value
+_PORTED = frozenset((6, 17, 132, 136))  # the protocols packet.parse reads ports for
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; .problems lists every problem found, one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _v(convert: Callable[[Any], Any]) -> PlainValidator:
+    return PlainValidator(convert)
+
+
+# --- the schema --------------------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    # strict: TOML has real types, so "1" is not silently an int nor "yes" a bool
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class _Rule(_Model):
+    direction: Annotated[int, _v(cv.direction)] = DIR_ANY
+    interface: Annotated[str | None, _v(cv.interface)] = None
+    protocol: Annotated[int | None, _v(cv.protocol)] = None
+    family: Annotated[int | None, _v(cv.family)] = None
+    src: Annotated[tuple[Network, ...] | None, _v(cv.networks)] = None
+    dst: Annotated[tuple[Network, ...] | None, _v(cv.networks)] = None
+    host: Annotated[tuple[Network, ...] | None, _v(cv.networks)] = None
+    src_port: Annotated[tuple[PortRange, ...] | None, _v(cv.ports)] = None
+    dst_port: Annotated[tuple[PortRange, ...] | None, _v(cv.ports)] = None
+    port: Annotated[tuple[PortRange, ...] | None, _v(cv.ports)] = None
+
+
+_CollectorSize = Annotated[int, Field(ge=100, le=1_000_000)]
+
+
+class _Monitor(_Model):
+    name: Annotated[str, _v(cv.name)]
+    collector_size: _CollectorSize = 1000
+    flush_collector_size: _CollectorSize | None = None  # default: max(2000, collector_size)
+    compress_ports: bool = True
+    flow_log: str = ""
+    rules: list[Any] = []  # validated one by one so every rule's problems show
+
+
+class _Quota(_Model):
+    name: Annotated[str, _v(cv.name)]
+    monitors: Annotated[list[Annotated[str, _v(cv.name)]], Field(min_length=1)]
+    limit: Annotated[int, _v(parse_size), Field(gt=0)]
+    period: Annotated[str, _v(cv.period)] = "month"
+    start_day: Annotated[int, Field(ge=1, le=28)] = 1
+    warn: Annotated[float, Field(gt=0, le=1)] = 0.8
+
+
+class _Capture(_Model):
+    queue: Annotated[int, Field(ge=0, le=65535)] = 0
+    interfaces: Annotated[tuple[str, ...], _v(cv.capture_interfaces)] = ()
+    manage_rules: bool = True
+    fail_open: bool = True
+    copy_range: Annotated[int, Field(ge=64, le=65535)] = 128
+    queue_maxlen: Annotated[int, Field(ge=16, le=1_000_000)] = 4096
+    rcvbuf: Annotated[int, _v(parse_size), Field(ge=65536, le=2**31 - 1)] = 8 * 1024 * 1024
+
+
+class _Retention(_Model):
+    minutes: Annotated[int, _v(cv.retention)] = 7 * 86400
+    flows: Annotated[int, _v(cv.retention)] = 30 * 86400
+    quarters: Annotated[int, _v(cv.retention)] = 0
+
+
+class _Root(_Model):
+    state_dir: Annotated[Path, _v(cv.absolute_path)] = Path("/var/lib/trafmetux")
+    socket: Annotated[Path, _v(cv.path)] = Path("/run/trafmetux/trafmetuxd.sock")
+    socket_group: str = "trafmetux"
+    timezone: Annotated[str, _v(cv.timezone)] = "local"
+    week_start: Annotated[int, _v(cv.week_start)] = 6
+    flush_interval: Annotated[float, _v(cv.flush_interval)] = 60.0
+    local_networks: Annotated[tuple[Network, ...], _v(cv.network_list)] = ()
+    capture: _Capture = _Capture()
+    retention: _Retention = _Retention()
+    monitor: list[dict[str, Any]] = []
+    quota: list[dict[str, Any]] = []
+
+
+_MODELS = (_Root, _Capture, _Retention, _Monitor, _Rule, _Quota)
+_KEYS = sorted({key for model in _MODELS for key in model.model_fields})
+
+
+# --- problems: every one names the file, the key path, the value and what is expected -----
+
+
+class _Problems:
+    """Collects problems for one file."""
+
+    def __init__(self, file: Path) -> None:
+        self.file = file
+        self.lines: list[str] = []
+
+    def add(self, loc: Loc, value: Any, message: str) -> None:
+        """Record that the value at loc is wrong."""
+        self.lines.append(f"{self.file}: {_key_path(loc)} = {value!r}: {message}")
+
+    def validate(self, model: type[_M], data: Any, loc: Loc) -> _M | None:
+        """The model built from data, or None after recording each of its errors."""
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            for error in exc.errors(include_url=False):
+                self._pydantic(loc + tuple(error["loc"]), error)
+            return None
+
+    def _pydantic(self, loc: Loc, error: Any) -> None:
+        if error["type"] == "missing":
+            self.lines.append(f"{self.file}: {_key_path(loc)}: required key is missing")
+            return
+        message = error["msg"]
+        if error["type"] == "value_error":
+            message = str(error["ctx"]["error"])
+        elif error["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(loc[-1]), _KEYS, n=1)
+            message = "unknown key" + (f"; did you mean {close[0]!r}?" if close else "")
+        self.add(loc, error["input"], message)
+
+
+def _key_path(loc: Loc) -> str:
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+
+
+# --- checks across fields and sections ---------------------------------------------------
+
+
+def _check_rule(rule: _Rule, raw: dict[str, Any], loc: Loc, problems: _Problems) -> None:
+    """A port field needs a ported protocol; address families must leave something to match."""
+    for key in ("src_port", "dst_port", "port"):
+        if key in raw and rule.protocol is not None and rule.protocol not in _PORTED:
+            protocol = raw["protocol"]
+            problems.add((*loc, key), raw[key], f"protocol {protocol!r} has no ports")
+    families = {4, 6} if rule.family is None else {rule.family}
+    for key in ("src", "dst", "host"):
+        networks = getattr(rule, key)
+        if networks is not None:
+            families &= {net.version for net in networks}
+            if not families:
+                message = "address family conflicts with the rule's family or other addresses"
+                problems.add((*loc, key), raw[key], message)
+                return
+
+
+def _flow_log(model: _Monitor, state_dir: Path, loc: Loc, problems: _Problems) -> str:
+    """The monitor's log file pattern, {monitor} replaced and made absolute ('' = no log)."""
+    pattern = model.flow_log
+    if not pattern:
+        return ""
+    if ".." in Path(pattern).parts:
+        problems.add(loc, pattern, "expected a pattern without '..' path components")
+    elif "{" in pattern.replace("{monitor}", ""):
+        problems.add(loc, pattern, "the only placeholder allowed is '{monitor}'")
+    return str(state_dir / pattern.replace("{monitor}", model.name))
+
+
+def _check_names(names: Sequence[Any], section: str, problems: _Problems) -> None:
+    """Names are unique within their section."""
+    first: dict[str, int] = {}
+    for index, name in enumerate(names):
+        if isinstance(name, str) and first.setdefault(name, index) != index:
+            message = f"expected a unique name; {section}[{first[name]}] has it too"
+            problems.add((section, index, "name"), name, message)
+
+
+def _check_flow_logs(monitors: Sequence[_Indexed], p: _Problems) -> None:
+    """No two monitors write the same flow log file (after {monitor} substitution)."""
+    first: dict[str, int] = {}
+    for index, raw, monitor in monitors:
+        log = monitor.flow_log
+        if log and first.setdefault(log, index) != index:
+            message = f"monitor[{first[log]}] already logs to {log!r}"
+            p.add(("monitor", index, "flow_log"), raw["flow_log"], message)
+
+
+def _check_quota(raw: dict[str, Any], index: int, monitors: Sequence[Any], p: _Problems) -> None:
+    """A quota sums distinct, existing monitors."""
+    names = raw.get("monitors")
+    names = names if isinstance(names, list) else []
+    for position, name in enumerate(names):
+        loc: Loc = ("quota", index, "monitors", position)
+        if isinstance(name, str) and name not in monitors:
+            p.add(loc, name, "expected the name of a [[monitor]]")
+        elif name in names[:position]:
+            p.add(loc, name, "expected each monitor once")
+
+
+# --- building the plain values ------------------------------------------------------------
+
+
+def _fields(model: BaseModel, skip: Iterable[str] = ()) -> dict[str, Any]:
+    return {key: getattr(model, key) for key in type(model).model_fields if key not in skip}
+
+
+def _rule(raw: Any, loc: Loc, p: _Problems) -> spec.RuleSpec | None:
+    """One rule of a monitor, None when it has problems (they are reported)."""
+    if not isinstance(raw, dict):
+        p.add(loc, raw, "expected a table of rule fields such as { direction = 'in' }")
+        return None
+    rule = p.validate(_Rule, raw, loc)
+    if rule is None:
+        return None
+    _check_rule(rule, raw, loc, p)
+    return spec.RuleSpec(**_fields(rule))
+
+
+def _monitor(raw: dict[str, Any], loc: Loc, state_dir: Path, p: _Problems) -> spec.MonitorSpec:
+    """One [[monitor]] (placeholder values where it has problems: they are reported)."""
+    model = p.validate(_Monitor, raw, loc)
+    if model is None:
+        return spec.MonitorSpec(name="")
+    rules = [_rule(raw_rule, (*loc, "rules", i), p) for i, raw_rule in enumerate(model.rules)]
+    flush_size = model.flush_collector_size or max(2000, model.collector_size)
+    if flush_size < model.collector_size:
+        message = f"expected at least collector_size ({model.collector_size})"
+        p.add((*loc, "flush_collector_size"), flush_size, message)
+    return spec.MonitorSpec(
+        name=model.name,
+        rules=tuple(rule for rule in rules if rule is not None),
+        collector_size=model.collector_size,
+        flush_collector_size=flush_size,
+        compress_ports=model.compress_ports,
+        flow_log=_flow_log(model, state_dir, (*loc, "flow_log"), p),
+    )
+
+
+def _dicts(data: dict[str, Any], key: str) -> list[tuple[int, dict[str, Any]]]:
+    """The tables of an array of tables with their index (other shapes: reported by _Root)."""
+    items = data.get(key)
+    if not isinstance(items, list):
+        return []
+    return [(index, item) for index, item in enumerate(items) if isinstance(item, dict)]
+
+
+def _config(data: dict[str, Any], path: Path, p: _Problems) -> spec.Config:
+    """Validate every section, then the checks across them."""
+    root = p.validate(_Root, data, ())
+    state_dir = root.state_dir if root else spec.Config(path=path).state_dir
+    monitors = [
+        (i, raw, _monitor(raw, ("monitor", i), state_dir, p)) for i, raw in _dicts(data, "monitor")
+    ]
+    names = [raw.get("name") for _, raw in _dicts(data, "monitor")]
+    _check_names(names, "monitor", p)
+    _check_flow_logs(monitors, p)
+    quotas = []
+    for index, raw in _dicts(data, "quota"):
+        quota = p.validate(_Quota, raw, ("quota", index))
+        _check_quota(raw, index, names, p)
+        if quota is not None:
+            quotas.append(
+                spec.QuotaSpec(**_fields(quota, ("monitors",)), monitors=tuple(quota.monitors))
+            )
+    _check_names([raw.get("name") for _, raw in _dicts(data, "quota")], "quota", p)
+    if root is None:
+        return spec.Config(path=path)
+    return spec.Config(
+        path=path,
+        **_fields(root, ("capture", "retention", "monitor", "quota")),
+        capture=spec.CaptureSpec(**_fields(root.capture)),
+        retention=spec.RetentionSpec(**_fields(root.retention)),
+        monitors=tuple(monitor for _, _, monitor in monitors),
+        quotas=tuple(quotas),
+    )
+
+
+def parse(text: str, path: Path) -> spec.Config:
+    """Validate TOML text (read from path, which names it in messages) into a spec.Config."""
+    problems = _Problems(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from None
+    config = _config(data, path, problems)
+    if problems.lines:
+        raise ConfigError(problems.lines)
+    return config
+
+
+def load(path: str | Path) -> spec.Config:
+    """Read and validate the configuration file at path."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the configuration: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text: {exc.reason} at byte {exc.start}"]) from None
+    return parse(text, path)

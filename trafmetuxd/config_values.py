@@ -1,0 +1,213 @@
+"""Converters for single configuration values; each raises ValueError saying what is expected.
+
+Plain stdlib, so config.py keeps only the schema and the checks across fields.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from trafmetuxd.spec import DIR_ANY, DIR_IN, DIR_OUT, Network, PortRange
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_SIZE_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_DURATION_UNITS = {"": 1, "ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_NUMBER_UNIT = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*", re.ASCII | re.IGNORECASE)
+_PORT_RANGE = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", re.ASCII)
+_PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132, "udplite": 136}
+_PROTOCOLS |= {"gre": 47, "esp": 50}
+_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_WEEKDAYS = {day: i for i, day in enumerate(_DAYS)} | {day[:3]: i for i, day in enumerate(_DAYS)}
+_NAME = re.compile(r"(?!\.+$)[A-Za-z0-9_.-]{1,64}")  # no "." or "..": names go into paths
+_IFACE = re.compile(r"[^\s/]{1,15}")  # IFNAMSIZ - 1
+PERIODS = ("day", "week", "month")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # TOML true is no number
+
+
+def parse_size(value: str | int) -> int:
+    """Bytes from an int or text such as '3GiB', '500MB', '1.5 GB' or '1024'."""
+    if _is_int(value) and int(value) >= 0:
+        return int(value)
+    match = _NUMBER_UNIT.fullmatch(value) if isinstance(value, str) else None
+    unit = _SIZE_UNITS.get(match.group(2).lower()) if match else None
+    if match is None or unit is None or (unit == 1 and "." in match.group(1)):
+        raise ValueError("expected a byte count or a size such as '3GiB', '500MB' or '1.5 GB'")
+    return int((Decimal(match.group(1)) * unit).to_integral_value(ROUND_HALF_UP))
+
+
+def parse_duration(value: str | float) -> float:
+    """Seconds (> 0) from a number or text such as '10s', '5m', '1h', '1d' or '500ms'."""
+    seconds: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _NUMBER_UNIT.fullmatch(value)):
+        unit = _DURATION_UNITS.get(match.group(2).lower())
+        seconds = None if unit is None else float(match.group(1)) * unit
+    if seconds is None or not 0 < seconds < float("inf"):
+        raise ValueError("expected a duration > 0 such as '10s', '5m', '1h', '1d' or '500ms'")
+    return seconds
+
+
+def flush_interval(value: Any) -> float:
+    """Seconds between flushes: a duration of at least one second."""
+    seconds = parse_duration(value)
+    if seconds < 1:
+        raise ValueError("expected a duration of at least 1s")
+    return seconds
+
+
+def retention(value: Any) -> int:
+    """Whole seconds to keep data; 0, '0' or 'forever' keep it forever (0)."""
+    if value in ("0", "forever") or (_is_int(value) and value == 0):
+        return 0
+    try:
+        return max(1, round(parse_duration(value)))
+    except ValueError:
+        raise ValueError("expected a duration such as '7d', or 'forever'") from None
+
+
+def choice(table: dict[str, int], what: str) -> Callable[[Any], int]:
+    """A converter from the (case-insensitive) names of table to their values."""
+
+    def convert(value: Any) -> int:
+        if isinstance(value, str) and value.lower() in table:
+            return table[value.lower()]
+        raise ValueError(f"expected {what}: " + ", ".join(table))
+
+    return convert
+
+
+direction = choice({"in": DIR_IN, "out": DIR_OUT, "any": DIR_ANY}, "one of")
+week_start = choice(_WEEKDAYS, "a day name or its first three letters")
+
+
+def protocol(value: Any) -> int | None:
+    """An IP protocol number from a number 0..255 or a name; None for 'any'."""
+    if _is_int(value) and 0 <= value <= 255:
+        return int(value)
+    if isinstance(value, str) and value.lower() == "any":
+        return None
+    return choice(_PROTOCOLS, "'any', an IP protocol number 0..255 or one of")(value)
+
+
+def family(value: Any) -> int:
+    """4 or 6 from 'ipv4' / 'ipv6' (or the numbers themselves)."""
+    if _is_int(value) and value in (4, 6):
+        return int(value)
+    return choice({"ipv4": 4, "ipv6": 6}, "the address family")(value)
+
+
+def period(value: Any) -> str:
+    """A quota period name."""
+    if value in PERIODS:
+        return str(value)
+    raise ValueError("expected one of: " + ", ".join(PERIODS))
+
+
+def _one_or_list(value: Any, convert: Callable[[Any], Any]) -> tuple[Any, ...]:
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ValueError("expected at least one value (leave the key out to match any)")
+    return tuple(convert(item) for item in items)
+
+
+def _network(value: Any) -> Network:
+    if not isinstance(value, str):
+        raise ValueError(f"expected an address or CIDR string, got {value!r}")
+    try:
+        return ipaddress.ip_network(value)
+    except ValueError:
+        pass
+    try:
+        loose = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4/IPv6 address or CIDR") from None
+    # Host bits set usually means a typo: refuse rather than silently widen or narrow.
+    raise ValueError(f"{value!r} has host bits set; did you mean {str(loose)!r}?")
+
+
+def networks(value: Any) -> tuple[Network, ...]:
+    """Networks from one address/CIDR string or a list of them."""
+    return _one_or_list(value, _network)
+
+
+def network_list(value: Any) -> tuple[Network, ...]:
+    """Networks from a (possibly empty) list of address/CIDR strings."""
+    if not isinstance(value, list):
+        raise ValueError("expected a list of CIDR strings such as ['192.168.0.0/16']")
+    return tuple(_network(item) for item in value)
+
+
+def _port_range(value: Any) -> PortRange:
+    text = str(value) if _is_int(value) or isinstance(value, str) else ""
+    match = _PORT_RANGE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"expected a port 0..65535 or a range such as '1024-65535', got {value!r}")
+    low = int(match.group(1))
+    high = int(match.group(2) or low)
+    if high > 65535:
+        raise ValueError(f"port {high} is out of range: expected 0..65535")
+    if low > high:
+        raise ValueError(f"range {value!r} is reversed: expected low-high")
+    return (low, high)
+
+
+def ports(value: Any) -> tuple[PortRange, ...]:
+    """Inclusive port ranges from a port, a 'low-high' range or a list of those."""
+    return _one_or_list(value, _port_range)
+
+
+def interface(value: Any) -> str:
+    """An interface name or shell glob."""
+    if isinstance(value, str) and _IFACE.fullmatch(value):
+        return value
+    raise ValueError("expected an interface name of 1..15 characters without spaces or '/'")
+
+
+def capture_interfaces(value: Any) -> tuple[str, ...]:
+    """Distinct interface names, never 'lo' (the daemon's own socket traffic)."""
+    names = tuple(interface(name) for name in value) if isinstance(value, list) else None
+    if names is None or "lo" in names or len(set(names)) != len(names):
+        raise ValueError("expected a list of distinct interface names other than 'lo'")
+    return names
+
+
+def timezone(value: Any) -> str:
+    """'local' or an IANA zone name the system's zone database has."""
+    if value == "local":
+        return "local"
+    try:
+        ZoneInfo(value)
+    except (ValueError, KeyError, OSError, TypeError):
+        raise ValueError("expected 'local' or an IANA time zone such as 'Europe/Paris'") from None
+    return str(value)
+
+
+def absolute_path(value: Any) -> Path:
+    """An absolute path."""
+    if isinstance(value, str) and value.startswith("/"):
+        return Path(value)
+    raise ValueError("expected an absolute path")
+
+
+def path(value: Any) -> Path:
+    """A non-empty path."""
+    if isinstance(value, str) and value:
+        return Path(value)
+    raise ValueError("expected a path")
+
+
+def name(value: Any) -> str:
+    """A monitor or quota name (it appears in file names and reports)."""
+    if isinstance(value, str) and _NAME.fullmatch(value):
+        return value
+    raise ValueError("expected a name of 1..64 characters A-Z a-z 0-9 _ . -")
