@@ -1,0 +1,304 @@
+"""SQLite store: schema and migrations, one-transaction flush writes, retention, simple reads.
+
+A Store holds one connection opened with check_same_thread=False so the daemon can use it from
+its flush worker thread; the caller serializes every call (one thread at a time).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import NamedTuple
+
+from trafmetuxd.collector import OTHER, Snapshot
+from trafmetuxd.spec import RetentionSpec
+
+MINUTES_PER_QUARTER = 15  # a quarter is unix seconds // 900, so minute // 15
+
+_SCHEMA_V1 = """
+CREATE TABLE monitor (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+CREATE TABLE minute_totals (monitor INTEGER NOT NULL REFERENCES monitor(id),
+    minute INTEGER NOT NULL,
+    in_bytes INTEGER NOT NULL, in_packets INTEGER NOT NULL,
+    out_bytes INTEGER NOT NULL, out_packets INTEGER NOT NULL,
+    PRIMARY KEY (monitor, minute)) WITHOUT ROWID;
+CREATE TABLE quarter_totals (monitor INTEGER NOT NULL REFERENCES monitor(id),
+    quarter INTEGER NOT NULL,
+    in_bytes INTEGER NOT NULL, in_packets INTEGER NOT NULL,
+    out_bytes INTEGER NOT NULL, out_packets INTEGER NOT NULL,
+    PRIMARY KEY (monitor, quarter)) WITHOUT ROWID;
+CREATE TABLE flush (id INTEGER PRIMARY KEY, monitor INTEGER NOT NULL REFERENCES monitor(id),
+    time REAL NOT NULL, overflow INTEGER NOT NULL);
+CREATE INDEX flush_monitor_time ON flush(monitor, time);
+CREATE TABLE flow (flush INTEGER NOT NULL REFERENCES flush(id), family INTEGER NOT NULL,
+    protocol INTEGER NOT NULL, client TEXT NOT NULL, client_port INTEGER NOT NULL,
+    server TEXT NOT NULL, server_port INTEGER NOT NULL, sent INTEGER NOT NULL,
+    received INTEGER NOT NULL, packets INTEGER NOT NULL);
+CREATE INDEX flow_flush ON flow(flush);
+"""
+
+
+def _migrate_to_1(conn: sqlite3.Connection) -> None:
+    """Version 0 (empty file) -> 1: the initial schema."""
+    for statement in _SCHEMA_V1.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+# MIGRATIONS[n] takes a database from user_version n to n + 1; append to add a version.
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_to_1,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_UPSERT = """INSERT INTO {table} (monitor, {unit}, in_bytes, in_packets, out_bytes, out_packets)
+VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (monitor, {unit}) DO UPDATE SET
+in_bytes = in_bytes + excluded.in_bytes, in_packets = in_packets + excluded.in_packets,
+out_bytes = out_bytes + excluded.out_bytes, out_packets = out_packets + excluded.out_packets"""
+_UPSERT_MINUTE = _UPSERT.format(table="minute_totals", unit="minute")
+_UPSERT_QUARTER = _UPSERT.format(table="quarter_totals", unit="quarter")
+_INSERT_FLOW = "INSERT INTO flow VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+Row = tuple[int, int, int, int]  # in_bytes, in_packets, out_bytes, out_packets
+
+
+class StoreError(Exception):
+    """The database cannot be opened, read or written; the message names the file."""
+
+
+class FlowRow(NamedTuple):
+    """One stored flow position of one flush."""
+
+    time: float
+    family: int
+    protocol: int
+    client: str
+    client_port: int
+    server: str
+    server_port: int
+    sent: int
+    received: int
+    packets: int
+
+
+def prune_bounds(now: float, retention: RetentionSpec) -> tuple[int, int]:
+    """(first minute to keep, first flush second to keep); 0 keeps everything of that kind."""
+    minutes = int(now - retention.minutes) // 60 if retention.minutes > 0 else 0
+    flows = int(now - retention.flows) if retention.flows > 0 else 0
+    return minutes, flows
+
+
+def quarters(totals: dict[int, list[int]]) -> dict[int, list[int]]:
+    """Roll minute totals up into quarter-hour totals."""
+    out: dict[int, list[int]] = {}
+    for minute, row in totals.items():
+        acc = out.setdefault(minute // MINUTES_PER_QUARTER, [0, 0, 0, 0])
+        for i in range(4):
+            acc[i] += row[i]
+    return out
+
+
+def _address(family: int, value: int) -> str:
+    """An address int as text for its family."""
+    return str(ipaddress.IPv4Address(value) if family == 4 else ipaddress.IPv6Address(value))
+
+
+class Store:
+    """The SQLite database at `path`; created with the current schema when it does not exist."""
+
+    def __init__(self, path: Path, busy_timeout: float = 1.0) -> None:
+        self.path = path
+        try:
+            self._conn = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path}: cannot open database: {exc}") from exc
+        try:
+            self._setup(busy_timeout)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _setup(self, busy_timeout: float) -> None:
+        """Check the file, set the connection pragmas and migrate to SCHEMA_VERSION."""
+        try:
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: not a SQLite database ({exc})") from exc
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: schema version {version} is newer than this trafmetuxd "
+                f"supports ({SCHEMA_VERSION}); refusing to open it"
+            )
+        with self._errors("cannot prepare database"):
+            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+        if version == 0 and self._has_foreign_tables():
+            raise StoreError(f"{self.path}: a SQLite database of something else; refusing it")
+        if version < SCHEMA_VERSION:
+            with self._transaction(f"cannot migrate schema to version {SCHEMA_VERSION}"):
+                self._migrate()
+
+    def _migrate(self) -> None:
+        """Run the missing migrations; re-read the version under the write lock (races)."""
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        for step in range(version, SCHEMA_VERSION):
+            MIGRATIONS[step](self._conn)
+        self._conn.execute(f"PRAGMA user_version = {max(version, SCHEMA_VERSION)}")
+
+    def _has_foreign_tables(self) -> bool:
+        """True when an unversioned file already holds tables (not ours to take over)."""
+        with self._errors("cannot read schema"):
+            row = self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return bool(row[0])
+
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """Turn sqlite3 errors into StoreError naming the file."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {what}: {exc}") from exc
+
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT; roll back and raise StoreError on any sqlite3 error."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise StoreError(f"{self.path}: {what}: {exc}") from exc
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        """Roll back an open transaction, if SQLite has not already done so."""
+        # A failing ROLLBACK leaves nothing more to do here; the next BEGIN reports it.
+        if self._conn.in_transaction:
+            with suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+
+    def write(
+        self,
+        flush_time: float,
+        batches: Sequence[tuple[str, Snapshot]],
+        prune_before: tuple[int, int] | None = None,
+    ) -> None:
+        """Add every monitor's snapshot (and prune, if asked) in one transaction."""
+        with self._transaction("cannot write flush"):
+            for name, snap in batches:
+                if snap.totals or snap.flows:
+                    self._write_one(self._monitor_id(name), flush_time, snap)
+            if prune_before is not None:
+                self._prune(*prune_before)
+
+    def _monitor_id(self, name: str) -> int:
+        """The monitor's row id, inserting the row the first time."""
+        conn = self._conn
+        conn.execute("INSERT OR IGNORE INTO monitor (name) VALUES (?)", (name,))
+        row = conn.execute("SELECT id FROM monitor WHERE name = ?", (name,)).fetchone()
+        return int(row[0])
+
+    def _write_one(self, monitor: int, flush_time: float, snap: Snapshot) -> None:
+        """Upsert-add one snapshot's totals and insert its flush and flow rows."""
+        conn = self._conn
+        conn.executemany(_UPSERT_MINUTE, ((monitor, m, *r) for m, r in snap.totals.items()))
+        conn.executemany(
+            _UPSERT_QUARTER, ((monitor, q, *r) for q, r in quarters(snap.totals).items())
+        )
+        cur = conn.execute(
+            "INSERT INTO flush (monitor, time, overflow) VALUES (?, ?, ?)",
+            (monitor, flush_time, snap.overflow),
+        )
+        flush_id = cur.lastrowid
+        rows = (_flow_row(flush_id, k, e) for k, e in snap.flows.items() if e[2])
+        conn.executemany(_INSERT_FLOW, rows)
+
+    def _prune(self, first_minute: int, first_flush_time: int) -> None:
+        """Delete minutes and flushes before the bounds (a bound <= 0 keeps everything)."""
+        conn = self._conn
+        if first_minute > 0:
+            conn.execute("DELETE FROM minute_totals WHERE minute < ?", (first_minute,))
+        if first_flush_time > 0:
+            old = "SELECT id FROM flush WHERE time < ?"
+            conn.execute(f"DELETE FROM flow WHERE flush IN ({old})", (first_flush_time,))
+            conn.execute("DELETE FROM flush WHERE time < ?", (first_flush_time,))
+
+    def prune(self, now: float, retention: RetentionSpec) -> None:
+        """Delete detail older than the retention allows (quarters only when quarters > 0)."""
+        with self._transaction("cannot prune"):
+            self._prune(*prune_bounds(now, retention))
+            if retention.quarters > 0:
+                first = int(now - retention.quarters) // 900
+                self._conn.execute("DELETE FROM quarter_totals WHERE quarter < ?", (first,))
+
+    def close(self) -> None:
+        """Close the connection (WAL is checkpointed by SQLite on the last close)."""
+        self._conn.close()
+
+    def minute_totals(self, monitor: str) -> dict[int, Row]:
+        """Every stored minute of a monitor: minute -> (in_b, in_p, out_b, out_p)."""
+        return self._totals("minute_totals", "minute", monitor)
+
+    def quarter_totals(self, monitor: str) -> dict[int, Row]:
+        """Every stored quarter of a monitor: quarter -> (in_b, in_p, out_b, out_p)."""
+        return self._totals("quarter_totals", "quarter", monitor)
+
+    def _totals(self, table: str, unit: str, monitor: str) -> dict[int, Row]:
+        """Read one totals table for one monitor (table/unit are fixed names, never input)."""
+        sql = (
+            f"SELECT t.{unit}, in_bytes, in_packets, out_bytes, out_packets FROM {table} t "
+            "JOIN monitor m ON m.id = t.monitor WHERE m.name = ?"
+        )
+        with self._errors("cannot read totals"):
+            rows = self._conn.execute(sql, (monitor,)).fetchall()
+        return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
+
+    def flows(self, monitor: str, since: float, until: float) -> list[FlowRow]:
+        """Flow rows of flushes with since <= time < until, in flush then insertion order."""
+        sql = (
+            "SELECT f.time, w.family, w.protocol, w.client, w.client_port, w.server, "
+            "w.server_port, w.sent, w.received, w.packets FROM flow w "
+            "JOIN flush f ON f.id = w.flush JOIN monitor m ON m.id = f.monitor "
+            "WHERE m.name = ? AND f.time >= ? AND f.time < ? ORDER BY f.time, w.rowid"
+        )
+        with self._errors("cannot read flows"):
+            rows = self._conn.execute(sql, (monitor, since, until)).fetchall()
+        return [FlowRow(*r) for r in rows]
+
+    def overflow(self, monitor: str, since: float, until: float) -> int:
+        """Packets folded into the other position by flushes with since <= time < until."""
+        sql = (
+            "SELECT coalesce(sum(f.overflow), 0) FROM flush f JOIN monitor m ON m.id = f.monitor "
+            "WHERE m.name = ? AND f.time >= ? AND f.time < ?"
+        )
+        with self._errors("cannot read flushes"):
+            return int(self._conn.execute(sql, (monitor, since, until)).fetchone()[0])
+
+
+def _flow_row(flush_id: int | None, key: tuple[int, ...], entry: list[int]) -> tuple[object, ...]:
+    """A flow table row for one position (OTHER: family 0, protocol 0, '*' addresses)."""
+    sent, received, packets = entry
+    if key == OTHER:
+        return (flush_id, 0, 0, "*", -1, "*", -1, sent, received, packets)
+    family, proto, client, client_port, server, server_port = key
+    return (
+        flush_id,
+        family,
+        proto,
+        _address(family, client),
+        client_port,
+        _address(family, server),
+        server_port,
+        sent,
+        received,
+        packets,
+    )
