@@ -94,7 +94,8 @@ def _walk_extensions(buf: bytes, next_header: int, end: int) -> tuple[int, int]:
     """Step over IPv6 extension headers: (upper-layer protocol, its offset).
 
     The offset is `end` when the transport header cannot be reached (non-first fragment,
-    truncated or over-long chain), so that no ports are read.
+    truncated chain), so that no ports are read; an over-long chain ends on an extension
+    header number, which has no ports either.
     """
     offset = _IPV6_HEADER
     for _ in range(_MAX_EXTENSIONS):
