@@ -90,47 +90,44 @@ class RealtimeCollector:
         if sport >= _PRIVILEGED:
             if dport < _PRIVILEGED:
                 key = (family, proto, src, COMPRESSED_PORT if self._compress else sport, dst, dport)
-                from_client = True
+                side = 0
             else:
-                key, from_client = self._unprivileged(pkt)
+                key, side = self._unprivileged(pkt)
         elif dport >= _PRIVILEGED:
             key = (family, proto, dst, COMPRESSED_PORT if self._compress else dport, src, sport)
-            from_client = False
+            side = 1
         else:
             key = (family, proto, src, sport, dst, dport)
-            from_client = True
+            side = 0
             if key not in flows:
                 back = (family, proto, dst, dport, src, sport)
                 if back in flows:
                     key = back
-                    from_client = False
+                    side = 1
 
         entry = flows.get(key)
         if entry is None:
             entry = self._new_position(key)
-        if from_client:
-            entry[0] += length
-        else:
-            entry[1] += length
+        entry[side] += length  # 0: sent by the client, 1: received by it
         entry[2] += 1
 
-    def _unprivileged(self, pkt: PacketInfo) -> tuple[FlowKey, bool]:
-        """Key and sender-is-client for a packet whose ports are both unprivileged."""
+    def _unprivileged(self, pkt: PacketInfo) -> tuple[FlowKey, int]:
+        """Key and sender side (0 client, 1 server) when both ports are unprivileged."""
         family, proto, src, sport, dst, dport, _length, flags = pkt
         compress = self._compress
         forward = (family, proto, src, COMPRESSED_PORT if compress else sport, dst, dport)
         backward = (family, proto, dst, COMPRESSED_PORT if compress else dport, src, sport)
         flows = self._flows
         if forward in flows:
-            return forward, True
+            return forward, 0
         if backward in flows:
-            return backward, False
+            return backward, 1
         if flags & _SYN_ACK == _SYN:
-            return forward, True
+            return forward, 0
         src_ephemeral = sport >= _EPHEMERAL_LOW
         if src_ephemeral != (dport >= _EPHEMERAL_LOW):
-            return (forward, True) if src_ephemeral else (backward, False)
-        return (forward, True) if sport >= dport else (backward, False)
+            return (forward, 0) if src_ephemeral else (backward, 1)
+        return (forward, 0) if sport >= dport else (backward, 1)
 
     def _new_position(self, key: FlowKey) -> list[int]:
         """A fresh position for `key`, or OTHER (counted as overflow) when all are taken."""
