@@ -1,0 +1,94 @@
+"""Blocking client for the daemon's control socket: one request line out, one reply line in."""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Any
+
+from trafmetuxd import protocol
+
+DEFAULT_SOCKET = "/run/trafmetux/trafmetuxd.sock"
+
+
+class UnreachableError(Exception):
+    """The daemon cannot be reached; the message names the socket and why."""
+
+
+class DaemonError(Exception):
+    """The daemon answered with an error reply."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def _why(path: str, exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError) or exc.errno == errno.ENOENT:
+        return f"socket {path} is missing (is trafmetuxd running?)"
+    if isinstance(exc, PermissionError):
+        return f"permission denied on socket {path} (root or the socket group may connect)"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"nobody is answering on socket {path} (stale socket: is trafmetuxd running?)"
+    if isinstance(exc, TimeoutError):
+        return f"trafmetuxd is not answering on socket {path} (timed out)"
+    return f"cannot talk to trafmetuxd on socket {path}: {exc.strerror or exc}"
+
+
+class Client:
+    """A connection to the daemon; several requests may share it."""
+
+    def __init__(self, path: str = DEFAULT_SOCKET, timeout: float = 10.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._buf = b""
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        """Open the socket or raise UnreachableError."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.path)
+        except OSError as exc:
+            sock.close()
+            raise UnreachableError(_why(self.path, exc)) from None
+        self._sock = sock
+
+    def close(self) -> None:
+        """Close the connection."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def call(self, cmd: str, **args: Any) -> Any:
+        """Send one request; return its result or raise DaemonError / UnreachableError."""
+        if self._sock is None:
+            self.connect()
+        assert self._sock is not None
+        try:
+            self._sock.sendall(protocol.encode_request(cmd, **args))
+            line = self._readline(self._sock)
+        except OSError as exc:
+            self.close()
+            raise UnreachableError(_why(self.path, exc)) from None
+        reply = protocol.decode_reply(line)
+        if not reply.ok:
+            raise DaemonError(reply.code, reply.message)
+        return reply.result
+
+    def _readline(self, sock: socket.socket) -> bytes:
+        while b"\n" not in self._buf:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionResetError(errno.ECONNRESET, "connection closed by trafmetuxd")
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line

@@ -1,0 +1,93 @@
+"""Human text for the daemon's replies: classic report lines, flows, top, quota. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from trafmetuxctl.units import format_bytes, format_rate
+
+QUOTA_STATES = {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}
+
+
+def report_line(row: Mapping[str, Any], monitors: Sequence[str], unit: str, split: bool) -> str:
+    """'2008-10-21: [input= 98.83 MiB] [output= 16.46 MiB] [total= 115.29 MiB]'."""
+    values: Mapping[str, Sequence[int]] = row["values"]
+    parts = []
+    total_in = total_out = 0
+    for name in monitors:
+        rx, tx = values.get(name, (0, 0))
+        total_in, total_out = total_in + rx, total_out + tx
+        parts.append(_cell(name, rx, tx, unit, split))
+    parts.append(_cell("total", total_in, total_out, unit, split))
+    return f"{row['label']}: " + " ".join(parts)
+
+
+def _cell(name: str, rx: int, tx: int, unit: str, split: bool) -> str:
+    if split:
+        return f"[{name} in= {format_bytes(rx, unit)} out= {format_bytes(tx, unit)}]"
+    return f"[{name}= {format_bytes(rx + tx, unit)}]"
+
+
+def report_lines(result: Mapping[str, Any], unit: str = "auto", split: bool = False) -> list[str]:
+    """One line per period, in the order the daemon sent them (oldest first)."""
+    monitors = result["monitors"]
+    return [report_line(row, monitors, unit, split) for row in result["rows"]]
+
+
+def _endpoint(addr: str, port: int) -> str:
+    if port < 0:
+        return addr
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def flow_lines(result: Mapping[str, Any], unit: str = "auto") -> list[str]:
+    """'tcp 10.0.0.2:51234 -> 1.2.3.4:443 sent= 1.00 KiB received= 2.00 MiB packets=12'."""
+    lines = []
+    for f in result["flows"]:
+        proto = f.get("proto_name") or str(f["protocol"])
+        client = _endpoint(f["client"], f["client_port"])
+        server = _endpoint(f["server"], f["server_port"])
+        lines.append(
+            f"{proto} {client} -> {server} sent= {format_bytes(f['sent'], unit)} "
+            f"received= {format_bytes(f['received'], unit)} packets={f['packets']}"
+        )
+    return lines
+
+
+def top_lines(result: Mapping[str, Any], unit: str = "auto") -> list[str]:
+    """'    12.00 MiB  10.0.0.2' lines, largest first."""
+    return [f"{format_bytes(e['bytes'], unit):>14}  {e['key']}" for e in result["entries"]]
+
+
+def live_lines(result: Mapping[str, Any], unit: str = "auto") -> list[str]:
+    """'input: in= 1.00 KiB/s out= 0 B/s' per monitor."""
+    return [
+        f"{name}: in= {format_rate(r[0], unit)} out= {format_rate(r[1], unit)}"
+        for name, r in result["rates"].items()
+    ]
+
+
+def quota_summary(q: Mapping[str, Any], unit: str = "auto") -> str:
+    """'mobile: used 1.20 GiB of 3.00 GiB (40.0%), 2026-11-01 - 2026-11-30, estimate ...'."""
+    return (
+        f"{q['name']}: used {format_bytes(q['used'], unit)} of {format_bytes(q['limit'], unit)} "
+        f"({q['percent']:.1f}%), period {q['period_label']}, "
+        f"estimate {format_bytes(q['estimate'], unit)} at period end"
+    )
+
+
+def quota_lines(result: Mapping[str, Any], unit: str = "auto") -> list[str]:
+    """'OK       mobile: used ...' for each quota."""
+    return [f"{q['state']:<9}{quota_summary(q, unit)}" for q in result["quotas"]]
+
+
+def perfdata(q: Mapping[str, Any]) -> str:
+    """Nagios perfdata: 'used=123B;warn;crit;0;limit'."""
+    return f"used={q['used']}B;{q['warn_bytes']};{q['limit']};0;{q['limit']}"
+
+
+def check_quota_line(q: Mapping[str, Any]) -> tuple[int, str]:
+    """(exit status, 'QUOTA WARNING - mobile: ... | used=...') per plugin conventions."""
+    state = q["state"]
+    return QUOTA_STATES.get(state, 3), f"QUOTA {state} - {quota_summary(q)} | {perfdata(q)}"

@@ -1,0 +1,243 @@
+"""asyncio Unix-socket server: frame -> protocol -> handler table -> frame, with peer auth."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import logging
+import os
+import pwd
+import socket
+import stat
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from trafmetuxd import protocol
+from trafmetuxd.handlers import Handler
+from trafmetuxd.protocol import (
+    ADMIN,
+    FORBIDDEN,
+    INTERNAL,
+    TOO_LARGE,
+    UNAVAILABLE,
+    UNKNOWN_COMMAND,
+    ProtocolError,
+)
+
+log = logging.getLogger(__name__)
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+SOCKET_MODE = 0o660
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who is on the other end (SO_PEERCRED) and what it may do."""
+
+    pid: int
+    uid: int
+    gid: int
+    may_read: bool
+    may_admin: bool
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the connected process, from the kernel."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    pid, uid, gid = _UCRED.unpack(raw)
+    return pid, uid, gid
+
+
+def is_member(uid: int, gid: int, group_gid: int) -> bool:
+    """True when the peer's gid, its user's primary gid or supplementary groups include group."""
+    if gid == group_gid:
+        return True
+    try:
+        user = pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    if user.pw_gid == group_gid:
+        return True
+    try:
+        return user.pw_name in grp.getgrgid(group_gid).gr_mem
+    except KeyError:
+        return False
+
+
+def authorize(pid: int, uid: int, gid: int, group_gid: int) -> Peer:
+    """Root may do anything; group members may read; everyone else nothing."""
+    member = uid == 0 or is_member(uid, gid, group_gid)
+    return Peer(pid, uid, gid, may_read=member, may_admin=uid == 0)
+
+
+def resolve_group(name: str) -> tuple[int, bool]:
+    """(gid, found): the socket group's gid, or the process's own gid when it does not exist."""
+    try:
+        return grp.getgrnam(name).gr_gid, True
+    except KeyError:
+        log.warning("socket group %r does not exist; socket group is gid %d", name, os.getgid())
+        return os.getgid(), False
+
+
+def _answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def clear_stale(path: Path) -> None:
+    """Remove an existing socket file nobody answers on; refuse anything else."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise OSError(f"{path} exists and is not a socket; refusing to replace it")
+    if _answers(path):
+        raise OSError(f"another process answers on {path}; is trafmetuxd already running?")
+    path.unlink()
+
+
+def bind_socket(path: Path, gid: int) -> socket.socket:
+    """A listening socket at path with mode 0660 and the given group."""
+    clear_stale(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        # the default umask leaves no write bit for others, so nobody can connect before chmod
+        sock.bind(str(path))
+        os.chown(path, -1, gid)
+        os.chmod(path, SOCKET_MODE)
+        sock.listen(128)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class Server:
+    """The running control socket server."""
+
+    def __init__(
+        self,
+        path: Path,
+        group: str,
+        handlers: Mapping[str, Handler],
+        max_clients: int,
+        idle_timeout: float,
+    ) -> None:
+        self.path = path
+        self.group = group
+        self.gid, self.group_found = resolve_group(group)
+        self.handlers = dict(handlers)
+        self.max_clients = max_clients
+        self.idle_timeout = idle_timeout
+        self.clients = 0
+        self._server: asyncio.AbstractServer | None = None
+
+    def info(self) -> dict[str, object]:
+        """JSON-able facts for the status command."""
+        return {
+            "socket": str(self.path),
+            "socket_group": self.group,
+            "socket_gid": self.gid,
+            "socket_group_found": self.group_found,
+            "clients": self.clients,
+        }
+
+    async def start(self) -> None:
+        """Bind and start accepting connections."""
+        sock = bind_socket(self.path, self.gid)
+        self._server = await asyncio.start_unix_server(
+            self._client, sock=sock, limit=protocol.MAX_LINE
+        )
+
+    async def close(self) -> None:
+        """Stop accepting, drop the socket file."""
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(self.path.lstat().st_mode):
+                self.path.unlink()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.clients += 1
+        try:
+            if self.clients > self.max_clients:
+                msg = f"too many clients (max {self.max_clients})"
+                await self._send(writer, protocol.encode_reply_err(UNAVAILABLE, msg))
+                return
+            peer = await self._peer(writer)
+            await self._serve(peer, reader, writer)
+        except (ConnectionError, TimeoutError):
+            pass
+        except Exception:
+            log.exception("control connection failed")
+        finally:
+            self.clients -= 1
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _peer(self, writer: asyncio.StreamWriter) -> Peer:
+        pid, uid, gid = peer_credentials(writer.get_extra_info("socket"))
+        # pwd/grp may consult NSS (LDAP, ...): keep it off the loop
+        return await asyncio.to_thread(authorize, pid, uid, gid, self.gid)
+
+    async def _serve(
+        self, peer: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        while True:
+            try:
+                line = await asyncio.wait_for(reader.readuntil(b"\n"), self.idle_timeout)
+            except asyncio.IncompleteReadError:
+                return  # peer closed (a final line without newline is ignored)
+            except asyncio.LimitOverrunError:
+                msg = f"request line longer than {protocol.MAX_LINE} bytes"
+                await self._send(writer, protocol.encode_reply_err(TOO_LARGE, msg))
+                return
+            await self._send(writer, await self.dispatch(peer, line))
+
+    async def dispatch(self, peer: Peer, line: bytes) -> bytes:
+        """One request line -> one reply line; never raises."""
+        try:
+            req = protocol.decode_request(line)
+            if not peer.may_read or (req.permission == ADMIN and not peer.may_admin):
+                raise ProtocolError(FORBIDDEN, f"uid {peer.uid} may not run {req.cmd!r}")
+            handler = self.handlers.get(req.cmd)
+            if handler is None:
+                raise ProtocolError(UNKNOWN_COMMAND, f"{req.cmd!r} is not served here")
+            result = await handler(req.args)
+        except ProtocolError as exc:
+            return protocol.encode_reply_err(exc.code, exc.message)
+        except Exception as exc:
+            log.exception("command failed")
+            return protocol.encode_reply_err(INTERNAL, f"{type(exc).__name__}: {exc}")
+        return protocol.encode_reply_ok(result)
+
+    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        writer.write(data)
+        # a client that does not read its replies is dropped like an idle one
+        await asyncio.wait_for(writer.drain(), self.idle_timeout)
+
+
+async def start_server(
+    path: Path | str,
+    group: str,
+    handlers: Mapping[str, Handler],
+    max_clients: int = 64,
+    idle_timeout: float = 30.0,
+) -> Server:
+    """Create the socket (0660, group) and serve requests through the handler table."""
+    server = Server(Path(path), group, handlers, max_clients, idle_timeout)
+    await server.start()
+    return server

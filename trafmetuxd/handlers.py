@@ -1,0 +1,182 @@
+"""Command handlers behind the dispatch table; the daemon is reached only through Backend."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+from trafmetuxd import reports
+from trafmetuxd.collector import Flows, Totals
+from trafmetuxd.periods import Calendar, parse_local, resolve_zone
+from trafmetuxd.protocol import BAD_ARGUMENT, NOT_FOUND, VERSION, ProtocolError
+from trafmetuxd.quota import QuotaStatus
+from trafmetuxd.spec import Config
+
+Handler = Callable[[Mapping[str, Any]], Awaitable[object]]
+DAY = 86400
+
+
+class Backend(Protocol):
+    """What the handlers need from the running daemon."""
+
+    config: Config
+    flush_lock: asyncio.Lock
+
+    def unflushed(self) -> dict[str, Totals]:
+        """Per monitor: minute totals counted but not committed yet."""
+
+    def unflushed_flows(self, monitor: str) -> Flows:
+        """A monitor's flow positions not committed yet."""
+
+    def status(self) -> dict[str, object]:
+        """JSON-able daemon status."""
+
+    def rates(self) -> dict[str, tuple[float, float]]:
+        """Monitor -> (in B/s, out B/s)."""
+
+    async def flush(self) -> dict[str, object]:
+        """Flush now; returns what was written."""
+
+    async def reload(self) -> dict[str, object]:
+        """Reload the configuration; returns what changed."""
+
+
+class Handlers:
+    """The commands of the control socket, as an explicit name -> coroutine table."""
+
+    def __init__(self, backend: Backend, clock: Callable[[], float] = time.time) -> None:
+        self.backend = backend
+        self.clock = clock
+
+    def table(self) -> dict[str, Handler]:
+        """Command name -> handler; api.py dispatches through this dict only."""
+        return {
+            "status": self.status,
+            "monitors": self.monitors,
+            "report": self.report,
+            "flows": self.flows,
+            "top": self.top,
+            "live": self.live,
+            "quota": self.quota,
+            "flush": self.flush,
+            "reload": self.reload,
+        }
+
+    def calendar(self, week_start: int | None = None) -> Calendar:
+        """The configured zone and week start (overridable per request)."""
+        cfg = self.backend.config
+        ws = cfg.week_start if week_start is None else week_start
+        return Calendar(resolve_zone(cfg.timezone), ws)
+
+    def monitor_names(self, wanted: list[str] | None) -> list[str]:
+        """The requested monitors (all configured ones by default); unknown -> not_found."""
+        known = [m.name for m in self.backend.config.monitors]
+        if not wanted:
+            return known
+        missing = [n for n in wanted if n not in known]
+        if missing:
+            raise ProtocolError(NOT_FOUND, f"no such monitor: {missing[0]}")
+        return list(dict.fromkeys(wanted))
+
+    def instant(self, value: object, cal: Calendar) -> int | None:
+        """A time argument: unix seconds or local 'YYYY-MM-DD[ HH:MM]' text."""
+        if value is None:
+            return None
+        if isinstance(value, str):
+            try:
+                return parse_local(value, cal.zone)
+            except ValueError as exc:
+                raise ProtocolError(BAD_ARGUMENT, str(exc)) from None
+        assert isinstance(value, int | float)
+        return int(value)
+
+    async def status(self, args: Mapping[str, Any]) -> object:
+        """Daemon status plus the protocol version and zone."""
+        cfg = self.backend.config
+        return {
+            **self.backend.status(),
+            "protocol": VERSION,
+            "timezone": resolve_zone(cfg.timezone).key,
+            "time": self.clock(),
+        }
+
+    async def monitors(self, args: Mapping[str, Any]) -> object:
+        """The configured monitors."""
+        return {
+            "monitors": [
+                {"name": m.name, "rules": len(m.rules), "collector_size": m.collector_size}
+                for m in self.backend.config.monitors
+            ]
+        }
+
+    async def live(self, args: Mapping[str, Any]) -> object:
+        """Current rates per monitor, bytes per second."""
+        names = self.monitor_names(args.get("monitors"))
+        rates = self.backend.rates()
+        return {"rates": {n: list(rates.get(n, (0.0, 0.0))) for n in names}}
+
+    async def report(self, args: Mapping[str, Any]) -> object:
+        """Per-period in/out bytes per monitor, stored plus unflushed."""
+        cal = self.calendar(args.get("week_start"))
+        names = self.monitor_names(args.get("monitors"))
+        begin = self.instant(args.get("begin"), cal)
+        end = self.instant(args.get("end"), cal)
+        return await reports.report(
+            self.backend, cal, names, args["period"], args.get("last"), begin, end, self.now()
+        )
+
+    async def flows(self, args: Mapping[str, Any]) -> object:
+        """A monitor's flow positions over a range, largest first."""
+        cal = self.calendar()
+        (name,) = self.monitor_names([args["monitor"]])
+        begin, end = self._range(args, cal)
+        limit = args.get("limit", 20)
+        return await reports.flows(self.backend, name, begin, end, limit, self.now())
+
+    async def top(self, args: Mapping[str, Any]) -> object:
+        """Top clients, servers or ports by bytes over a range."""
+        cal = self.calendar()
+        names = self.monitor_names(args.get("monitors"))
+        begin, end = self._range(args, cal)
+        by, limit = args.get("by", "client"), args.get("limit", 10)
+        return await reports.top(self.backend, names, begin, end, by, limit, self.now())
+
+    async def quota(self, args: Mapping[str, Any]) -> object:
+        """One quota (by name) or all of them."""
+        specs = self.backend.config.quotas
+        name = args.get("name")
+        if name is not None:
+            specs = tuple(q for q in specs if q.name == name)
+            if not specs:
+                raise ProtocolError(NOT_FOUND, f"no such quota: {name}")
+        statuses = await reports.quotas(self.backend, self.calendar(), specs, self.now())
+        return {"quotas": [s.as_dict() for s in statuses]}
+
+    async def quota_statuses(self) -> list[QuotaStatus]:
+        """Every quota now: what the daemon feeds its QuotaWatcher after each flush."""
+        return await reports.quotas(
+            self.backend, self.calendar(), self.backend.config.quotas, self.now()
+        )
+
+    async def flush(self, args: Mapping[str, Any]) -> object:
+        """Flush the collectors now (admin)."""
+        return await self.backend.flush()
+
+    async def reload(self, args: Mapping[str, Any]) -> object:
+        """Reload the configuration (admin)."""
+        return await self.backend.reload()
+
+    def now(self) -> int:
+        """The clock, in whole UTC seconds."""
+        return int(self.clock())
+
+    def _range(self, args: Mapping[str, Any], cal: Calendar) -> tuple[int, int]:
+        now = self.now()
+        end = self.instant(args.get("end"), cal) or now + 1
+        begin = self.instant(args.get("begin"), cal)
+        begin = end - DAY if begin is None else begin
+        if begin >= end:
+            raise ProtocolError(BAD_ARGUMENT, "begin must be before end")
+        return begin, end

@@ -1,0 +1,205 @@
+"""Control socket protocol: one JSON object per line each way. Stdlib only, shared with the client.
+
+Request:  {"v": 1, "cmd": "report", "period": "day", "last": 7, "monitors": ["input"]}
+Reply:    {"ok": true, "result": ...}
+          {"ok": false, "error": {"code": "bad_argument", "message": "..."}}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+VERSION = 1
+MAX_LINE = 64 * 1024  # bytes per request line, newline not counted
+
+# Stable error codes: clients and scripts may switch on them.
+BAD_JSON = "bad_json"
+BAD_REQUEST = "bad_request"
+UNKNOWN_COMMAND = "unknown_command"
+BAD_ARGUMENT = "bad_argument"
+TOO_LARGE = "too_large"
+FORBIDDEN = "forbidden"
+NOT_FOUND = "not_found"
+UNAVAILABLE = "unavailable"
+INTERNAL = "internal"
+ERROR_CODES = (
+    BAD_JSON,
+    BAD_REQUEST,
+    UNKNOWN_COMMAND,
+    BAD_ARGUMENT,
+    TOO_LARGE,
+    FORBIDDEN,
+    NOT_FOUND,
+    UNAVAILABLE,
+    INTERNAL,
+)
+
+READ = "read"
+ADMIN = "admin"
+
+PERIODS = ("minute", "hour", "day", "week", "month", "year", "total")
+TOP_KEYS = ("client", "server", "port")
+
+
+class ProtocolError(Exception):
+    """A request that cannot be served; carries a stable error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+Check = Callable[[Any], bool]
+
+
+def _is_int(lo: int, hi: int) -> Check:
+    return lambda v: type(v) is int and lo <= v <= hi
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str) and 0 < len(v) <= 256
+
+
+def _is_time(v: Any) -> bool:
+    # local time text ("YYYY-MM-DD[ HH:MM]") or unix seconds
+    return _is_str(v) or (type(v) in (int, float) and 0 <= v < 2**40)
+
+
+def _is_names(v: Any) -> bool:
+    return isinstance(v, list) and len(v) <= 256 and all(_is_str(x) for x in v)
+
+
+def _one_of(*choices: str) -> Check:
+    return lambda v: v in choices
+
+
+def _is_bool(v: Any) -> bool:
+    return type(v) is bool
+
+
+class Command(NamedTuple):
+    """What a command accepts and who may run it."""
+
+    permission: str
+    args: Mapping[str, Check] = {}  # shared default, never mutated
+    required: tuple[str, ...] = ()
+
+
+_RANGE = {"begin": _is_time, "end": _is_time}
+COMMANDS: Mapping[str, Command] = {
+    "status": Command(READ),
+    "monitors": Command(READ),
+    "report": Command(
+        READ,
+        {
+            "period": _one_of(*PERIODS),
+            "last": _is_int(1, 100_000),
+            "monitors": _is_names,
+            "week_start": _is_int(0, 6),
+            "split": _is_bool,
+            **_RANGE,
+        },
+        required=("period",),
+    ),
+    "flows": Command(
+        READ, {"monitor": _is_str, "limit": _is_int(1, 100_000), **_RANGE}, ("monitor",)
+    ),
+    "top": Command(
+        READ,
+        {"by": _one_of(*TOP_KEYS), "monitors": _is_names, "limit": _is_int(1, 10_000), **_RANGE},
+    ),
+    "live": Command(READ, {"monitors": _is_names}),
+    "quota": Command(READ, {"name": _is_str}),
+    "flush": Command(ADMIN),
+    "reload": Command(ADMIN),
+}
+COMMAND_NAMES = tuple(COMMANDS)
+
+
+class Request(NamedTuple):
+    """A validated request: a known command and its checked arguments."""
+
+    cmd: str
+    args: dict[str, Any]
+
+    @property
+    def permission(self) -> str:
+        """READ or ADMIN."""
+        return COMMANDS[self.cmd].permission
+
+
+class Reply(NamedTuple):
+    """A decoded reply as the client sees it."""
+
+    ok: bool
+    result: Any = None
+    code: str = ""
+    message: str = ""
+
+
+def _dumps(obj: object) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def _loads_object(line: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(BAD_JSON, f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(BAD_REQUEST, "expected a JSON object")
+    return obj
+
+
+def encode_request(cmd: str, **args: Any) -> bytes:
+    """One request line; arguments whose value is None are left out."""
+    return _dumps({"v": VERSION, "cmd": cmd, **{k: v for k, v in args.items() if v is not None}})
+
+
+def decode_request(line: bytes) -> Request:
+    """Parse and validate one request line or raise ProtocolError."""
+    if len(line.rstrip(b"\n")) > MAX_LINE:
+        raise ProtocolError(TOO_LARGE, f"line longer than {MAX_LINE} bytes")
+    obj = _loads_object(line)
+    if obj.pop("v", VERSION) != VERSION:
+        raise ProtocolError(BAD_REQUEST, f"unsupported protocol version (this is {VERSION})")
+    cmd = obj.pop("cmd", None)
+    if not isinstance(cmd, str):
+        raise ProtocolError(BAD_REQUEST, "missing 'cmd'")
+    spec = COMMANDS.get(cmd)
+    if spec is None:
+        raise ProtocolError(UNKNOWN_COMMAND, f"unknown command {cmd[:64]!r}")
+    for name, value in obj.items():
+        check = spec.args.get(name)
+        if check is None:
+            raise ProtocolError(BAD_ARGUMENT, f"{cmd}: unknown argument {name[:64]!r}")
+        if not check(value):
+            raise ProtocolError(BAD_ARGUMENT, f"{cmd}: bad value for {name!r}")
+    missing = [name for name in spec.required if name not in obj]
+    if missing:
+        raise ProtocolError(BAD_ARGUMENT, f"{cmd}: missing argument {missing[0]!r}")
+    return Request(cmd, obj)
+
+
+def encode_reply_ok(result: object) -> bytes:
+    """A success reply line."""
+    return _dumps({"ok": True, "result": result})
+
+
+def encode_reply_err(code: str, message: str) -> bytes:
+    """An error reply line with a stable code."""
+    return _dumps({"ok": False, "error": {"code": code, "message": message}})
+
+
+def decode_reply(line: bytes) -> Reply:
+    """Parse one reply line (client side) or raise ProtocolError."""
+    obj = _loads_object(line)
+    if obj.get("ok") is True:
+        return Reply(True, obj.get("result"))
+    err = obj.get("error")
+    if not isinstance(err, dict):
+        raise ProtocolError(BAD_REQUEST, "malformed reply")
+    return Reply(False, None, str(err.get("code", INTERNAL)), str(err.get("message", "")))

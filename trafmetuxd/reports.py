@@ -1,0 +1,202 @@
+"""Report, flow, top and quota figures: stored rows plus the counts not yet flushed."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from trafmetuxd import query
+from trafmetuxd.collector import OTHER, FlowKey
+from trafmetuxd.periods import Calendar, Period
+from trafmetuxd.protocol import BAD_ARGUMENT, ProtocolError
+from trafmetuxd.quota import QuotaStatus, evaluate, quota_period
+from trafmetuxd.spec import QuotaSpec
+
+if TYPE_CHECKING:
+    from trafmetuxd.handlers import Backend
+
+DEFAULT_LAST = {"minute": 60, "hour": 24, "day": 7, "week": 4, "month": 12, "year": 5}
+MAX_ROWS = 20_000
+_PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "ipv6-icmp", 132: "sctp"}
+
+
+async def sums(
+    backend: Backend, names: Sequence[str], bounds: Sequence[int], grain: str
+) -> query.Sums:
+    """Stored sums plus unflushed minutes, read under the flush lock so nothing counts twice."""
+    db = backend.config.database
+    async with backend.flush_lock:
+        result = await asyncio.to_thread(query.bucket_sums, db, names, bounds, grain)
+        pending = backend.unflushed()
+    for name in names:
+        for minute, (rx, _, tx, _) in pending.get(name, {}).items():
+            query.add_to_bucket(result[name], bounds, minute * 60, rx, tx)
+    return result
+
+
+def _periods(
+    cal: Calendar, kind: str, last: int | None, begin: int | None, end: int | None, now: int
+) -> list[Period]:
+    if begin is None and end is None:
+        return cal.last(kind, last or DEFAULT_LAST[kind], now)
+    if begin is None:
+        assert end is not None
+        return cal.last(kind, last or DEFAULT_LAST[kind], end - 1)
+    stop = now + 1 if end is None else end
+    if stop <= begin:
+        raise ProtocolError(BAD_ARGUMENT, "begin must be before end")
+    first = cal.floor(kind, begin)
+    # estimate the row count before building rows, so a huge range fails fast
+    nominal = {"minute": 60, "hour": 3600, "day": 86400, "week": 604800}.get(kind, 28 * 86400)
+    if (stop - first) // nominal > MAX_ROWS:
+        raise ProtocolError(BAD_ARGUMENT, f"range too long: more than {MAX_ROWS} periods")
+    return cal.span(kind, begin, stop)
+
+
+async def _total_period(backend: Backend, names: Sequence[str], now: int) -> list[Period]:
+    first = await asyncio.to_thread(query.first_instant, backend.config.database, names)
+    minutes = [m for n, t in backend.unflushed().items() if n in names for m in t]
+    candidates = [x for x in (first, min(minutes) * 60 if minutes else None) if x is not None]
+    begin = min(candidates) if candidates else now
+    return [Period(begin - begin % 900, now + 1, "total")]
+
+
+async def report(
+    backend: Backend,
+    cal: Calendar,
+    names: Sequence[str],
+    kind: str,
+    last: int | None,
+    begin: int | None,
+    end: int | None,
+    now: int,
+) -> dict[str, object]:
+    """Rows of [in, out] bytes per monitor per period, oldest first."""
+    if kind == "total":
+        periods = await _total_period(backend, names, now)
+    else:
+        periods = _periods(cal, kind, last, begin, end, now)
+    bounds = [p.begin for p in periods] + [periods[-1].end]
+    grain = "minute" if kind == "minute" else "quarter"
+    figures = await sums(backend, names, bounds, grain)
+    rows = [
+        {
+            "label": p.label,
+            "begin": p.begin,
+            "end": p.end,
+            "values": {n: figures[n][i] for n in names},
+        }
+        for i, p in enumerate(periods)
+    ]
+    return {
+        "period": kind,
+        "timezone": cal.zone.key,
+        "week_start": cal.week_start,
+        "monitors": list(names),
+        "rows": rows,
+    }
+
+
+def _addr(family: int, value: int) -> str:
+    if family == 4:
+        return str(ipaddress.IPv4Address(value))
+    if family == 6:
+        return str(ipaddress.IPv6Address(value))
+    return "*"
+
+
+def text_key(key: FlowKey) -> tuple[int, int, str, int, str, int]:
+    """A collector flow key in the store's text form ('*' addresses for the other position)."""
+    fam, proto, cli, cport, srv, sport = key
+    if key == OTHER:
+        return (0, 0, "*", -1, "*", -1)  # as the store writes it
+    return (fam, proto, _addr(fam, cli), cport, _addr(fam, srv), sport)
+
+
+async def merged_flows(
+    backend: Backend, name: str, begin: int, end: int, now: int
+) -> query.TextFlows:
+    """Stored flows in [begin, end) plus unflushed ones when the range reaches now."""
+    db = backend.config.database
+    async with backend.flush_lock:
+        out = await asyncio.to_thread(query.flows, db, name, begin, end)
+        pending = backend.unflushed_flows(name) if end > now else {}
+    for key, (sent, recv, pkts) in pending.items():
+        acc = out.setdefault(text_key(key), [0, 0, 0])
+        acc[0], acc[1], acc[2] = acc[0] + sent, acc[1] + recv, acc[2] + pkts
+    return out
+
+
+def _flow_dict(key: tuple[int, int, str, int, str, int], v: list[int]) -> dict[str, object]:
+    fam, proto, cli, cport, srv, sport = key
+    return {
+        "family": fam,
+        "protocol": proto,
+        "proto_name": _PROTO_NAMES.get(proto, str(proto)) if fam else "other",
+        "client": cli,
+        "client_port": cport,
+        "server": srv,
+        "server_port": sport,
+        "sent": v[0],
+        "received": v[1],
+        "packets": v[2],
+    }
+
+
+async def flows(
+    backend: Backend, name: str, begin: int, end: int, limit: int, now: int
+) -> dict[str, object]:
+    """A monitor's positions over [begin, end), largest (sent + received) first."""
+    merged = await merged_flows(backend, name, begin, end, now)
+    ranked = sorted(merged.items(), key=lambda kv: (-(kv[1][0] + kv[1][1]), kv[0]))
+    return {
+        "monitor": name,
+        "begin": begin,
+        "end": end,
+        "count": len(ranked),
+        "flows": [_flow_dict(k, v) for k, v in ranked[:limit]],
+    }
+
+
+def _top_key(by: str, key: tuple[int, int, str, int, str, int]) -> str:
+    fam, proto, cli, _, srv, sport = key
+    if by == "client":
+        return cli
+    if by == "server":
+        return srv
+    name = _PROTO_NAMES.get(proto, str(proto)) if fam else "other"
+    return f"{name}/{sport}" if sport >= 0 else name
+
+
+async def top(
+    backend: Backend, names: Sequence[str], begin: int, end: int, by: str, limit: int, now: int
+) -> dict[str, object]:
+    """Top clients, servers or server ports by bytes over [begin, end)."""
+    totals: dict[str, int] = {}
+    for name in names:
+        for key, v in (await merged_flows(backend, name, begin, end, now)).items():
+            k = _top_key(by, key)
+            totals[k] = totals.get(k, 0) + v[0] + v[1]
+    ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+    return {
+        "by": by,
+        "monitors": list(names),
+        "begin": begin,
+        "end": end,
+        "entries": [{"key": k, "bytes": b} for k, b in ranked],
+    }
+
+
+async def quotas(
+    backend: Backend, cal: Calendar, specs: Sequence[QuotaSpec], now: int
+) -> list[QuotaStatus]:
+    """Each quota's usage so far in its current period (stored + unflushed)."""
+    out = []
+    for spec in specs:
+        period = quota_period(spec, cal, now)
+        figures = await sums(backend, spec.monitors, [period.begin, period.end], "quarter")
+        used = sum(rx + tx for per in figures.values() for rx, tx in per)
+        out.append(evaluate(spec, used, now, period))
+    return out
