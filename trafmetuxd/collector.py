@@ -68,6 +68,11 @@ class RealtimeCollector:
         return self._totals
 
     @property
+    def flows(self) -> Flows:
+        """The flow positions counted since the last swap (read-only view)."""
+        return self._flows
+
+    @property
     def positions_used(self) -> int:
         """How many of the `size` flow positions hold a flow (OTHER not included)."""
         return self._size - self._free

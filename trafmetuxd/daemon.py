@@ -1,0 +1,210 @@
+"""Composition root: builds every object, runs the flush timer, signals, reload and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+
+from trafmetuxd import __version__, config, periods
+from trafmetuxd.collector import Flows, Snapshot, Totals
+from trafmetuxd.flush import Flusher
+from trafmetuxd.meter import Meter
+from trafmetuxd.rates import RateSampler
+from trafmetuxd.spec import Config
+from trafmetuxd.store import Store
+
+log = logging.getLogger("trafmetuxd")
+
+PRUNE_EVERY = 3600.0  # seconds between retention passes
+
+
+def merge_totals(into: Totals, add: Totals) -> None:
+    """Add one minute-totals mapping into another, exactly."""
+    for minute, row in add.items():
+        have = into.get(minute)
+        if have is None:
+            into[minute] = list(row)
+        else:
+            for i, value in enumerate(row):
+                have[i] += value
+
+
+def merge_flows(into: Flows, add: Flows) -> None:
+    """Add one flow-positions mapping into another, exactly."""
+    for key, row in add.items():
+        have = into.get(key)
+        if have is None:
+            into[key] = list(row)
+        else:
+            for i, value in enumerate(row):
+                have[i] += value
+
+
+class Daemon:
+    """The metering core and its persistence, shared by live capture and replay."""
+
+    def __init__(self, cfg: Config, clock: Callable[[], float] = time.time) -> None:
+        self.config = cfg
+        self.clock = clock
+        self.started = clock()
+        self.meter = Meter(cfg.monitors)
+        self.store = Store(cfg.database)
+        self.flusher = Flusher(self.store, cfg.monitors, periods.resolve_zone(cfg.timezone))
+        self.flush_lock = asyncio.Lock()
+        self.rates_sampler = RateSampler()
+        self.reload_error = ""
+        self._last_prune = 0.0
+        self._swapped: dict[str, tuple[int, int]] = {}
+        self.extra_status: Callable[[], dict[str, object]] = dict
+
+    # -- flushing ---------------------------------------------------------------------------
+    def _swap(self) -> None:
+        batches = self.meter.swap()
+        self._note_swapped(batches)
+        self.flusher.absorb(batches)
+
+    def _note_swapped(self, batches: list[tuple[str, Snapshot]]) -> None:
+        for name, snap in batches:
+            was_in, was_out = self._swapped.get(name, (0, 0))
+            moved_in, moved_out = _bytes(snap.totals)
+            self._swapped[name] = (was_in + moved_in, was_out + moved_out)
+
+    def _write(self, when: float) -> bool:
+        retention = None
+        if when - self._last_prune >= PRUNE_EVERY:
+            retention = self.config.retention
+        ok = self.flusher.write(when, retention)
+        if ok and retention is not None:
+            self._last_prune = when
+        return ok
+
+    def _after_write(self, when: float, ok: bool) -> None:
+        if ok:
+            self.flusher.committed(when)
+            return
+        state = self.flusher.state
+        log.error(
+            "flush failed (%d in a row), holding %d bytes for the next flush: %s",
+            state.failures,
+            self.flusher.held_bytes(),
+            state.last_error,
+        )
+
+    def flush_now(self, when: float) -> bool:
+        """Swap and write synchronously (replay, shutdown without a loop)."""
+        self._swap()
+        ok = self._write(when)
+        self._after_write(when, ok)
+        return ok
+
+    async def flush(self) -> dict[str, object]:
+        """Swap, write in a worker thread, clear only after commit."""
+        async with self.flush_lock:
+            when = self.clock()
+            self._swap()
+            ok = await asyncio.to_thread(self._write, when)
+            self._after_write(when, ok)
+        state = self.flusher.state
+        return {"flushed": ok, "time": when, "error": state.last_error or None}
+
+    # -- what the control socket reads -----------------------------------------------------
+    def unflushed(self) -> dict[str, Totals]:
+        """Per monitor: minute totals counted but not committed yet."""
+        out: dict[str, Totals] = {}
+        for name, totals in self.flusher.unflushed_totals().items():
+            merge_totals(out.setdefault(name, {}), totals)
+        for spec, coll in zip(self.meter.monitors, self.meter.collectors, strict=True):
+            merge_totals(out.setdefault(spec.name, {}), coll.totals)
+        return out
+
+    def unflushed_flows(self, monitor: str) -> Flows:
+        """A monitor's flow positions counted but not committed yet."""
+        out: Flows = {}
+        held = self.flusher.collectors.get(monitor)
+        if held is not None:
+            merge_flows(out, held.pending().flows)
+        for spec, coll in zip(self.meter.monitors, self.meter.collectors, strict=True):
+            if spec.name == monitor:
+                merge_flows(out, coll.flows)
+        return out
+
+    def cumulative_bytes(self) -> dict[str, tuple[int, int]]:
+        """Per monitor, (in, out) bytes counted since start (for live rates)."""
+        out: dict[str, tuple[int, int]] = {}
+        for spec, coll in zip(self.meter.monitors, self.meter.collectors, strict=True):
+            was_in, was_out = self._swapped.get(spec.name, (0, 0))
+            now_in, now_out = _bytes(coll.totals)
+            out[spec.name] = (was_in + now_in, was_out + now_out)
+        return out
+
+    def rates(self) -> dict[str, tuple[float, float]]:
+        """Per monitor: (in B/s, out B/s) over the last sampling window."""
+        return self.rates_sampler.rates()
+
+    def status(self) -> dict[str, object]:
+        """The daemon's state as a JSON-able dict."""
+        state = self.flusher.state
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "started": self.started,
+            "uptime": self.clock() - self.started,
+            "config": str(self.config.path),
+            "database": str(self.config.database),
+            "monitors": self.meter.names,
+            "meter": self.meter.stats.as_dict(),
+            "flush": {
+                "interval": self.config.flush_interval,
+                "last_attempt": state.last_attempt or None,
+                "last_success": state.last_success or None,
+                "flushes": state.flushes,
+                "failures": state.failures,
+                "error": state.last_error or None,
+                "held_bytes": self.flusher.held_bytes(),
+            },
+            "reload_error": self.reload_error or None,
+            **self.extra_status(),
+        }
+
+    # -- reload ----------------------------------------------------------------------------
+    async def reload(self) -> dict[str, object]:
+        """Re-read the config file; on error keep running on the old one."""
+        try:
+            new = await asyncio.to_thread(config.load, self.config.path)
+        except config.ConfigError as exc:
+            self.reload_error = str(exc)
+            log.error("reload rejected, still running on the old configuration:\n%s", exc)
+            return {"reloaded": False, "error": str(exc)}
+        restart = [
+            key
+            for key in ("state_dir", "socket", "socket_group", "capture")
+            if getattr(new, key) != getattr(self.config, key)
+        ]
+        async with self.flush_lock:
+            self.flusher.absorb(self.meter.reconfigure(new.monitors))
+            self.flusher.configure(new.monitors)
+            self.flusher.zone = periods.resolve_zone(new.timezone)
+        keep = {k: getattr(self.config, k) for k in restart}
+        self.config = _replace(new, keep)
+        self.reload_error = ""
+        log.info("configuration reloaded: %d monitors", len(new.monitors))
+        if restart:
+            log.warning("changes to %s take effect on restart", ", ".join(restart))
+        return {"reloaded": True, "monitors": self.meter.names, "needs_restart": restart}
+
+    def close(self) -> None:
+        """Release the store."""
+        self.store.close()
+
+
+def _bytes(totals: Totals) -> tuple[int, int]:
+    return sum(r[0] for r in totals.values()), sum(r[2] for r in totals.values())
+
+
+def _replace(cfg: Config, keep: dict[str, object]) -> Config:
+    from dataclasses import replace
+
+    return replace(cfg, **keep)  # type: ignore[arg-type]

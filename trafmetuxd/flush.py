@@ -1,0 +1,118 @@
+"""Flush path: snapshots -> flush collectors -> one store transaction -> flow text logs.
+
+The write runs in a worker thread; everything else runs on the event loop thread. A flush
+collector is cleared only after its data committed, so a failed write keeps every byte for the
+next flush and a successful one is never written twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+
+from trafmetuxd.collector import FlushCollector, Snapshot, Totals
+from trafmetuxd.flowlog import FlowLog
+from trafmetuxd.spec import MonitorSpec, RetentionSpec
+from trafmetuxd.store import Store, StoreError
+
+log = logging.getLogger("trafmetuxd.flush")
+
+FLOW_LOG_BACKLOG_LIMIT = 16 * 1024 * 1024  # characters held per log while it cannot be written
+
+
+@dataclass(slots=True)
+class FlushState:
+    """What the last flushes did, for status and the watchdog."""
+
+    last_attempt: float = 0.0
+    last_success: float = 0.0
+    failures: int = 0  # consecutive failed writes
+    last_error: str = ""
+    flushes: int = 0
+
+
+class Flusher:
+    """Owns the flush collectors and writes them to the store."""
+
+    def __init__(self, store: Store, monitors: Sequence[MonitorSpec], zone: tzinfo) -> None:
+        self.store = store
+        self.zone = zone
+        self.state = FlushState()
+        self.collectors: dict[str, FlushCollector] = {}
+        self._logs: dict[str, FlowLog] = {}
+        self._backlog: dict[str, list[str]] = {}
+        self.configure(monitors)
+
+    def configure(self, monitors: Sequence[MonitorSpec]) -> None:
+        """Adopt new monitor settings; collectors holding unwritten data are kept."""
+        self._sizes = {m.name: m.flush_collector_size for m in monitors}
+        self._logs = {m.name: FlowLog(m.flow_log) for m in monitors if m.flow_log}
+
+    def absorb(self, batches: Sequence[tuple[str, Snapshot]]) -> None:
+        """Merge swapped realtime snapshots into the flush collectors (loop thread)."""
+        for name, snap in batches:
+            coll = self.collectors.get(name)
+            if coll is None:
+                coll = FlushCollector(self._sizes.get(name, 2000))
+                self.collectors[name] = coll
+            coll.merge(snap)
+
+    def pending(self) -> list[tuple[str, Snapshot]]:
+        """Every non-empty flush collector's contents."""
+        return [(n, c.pending()) for n, c in self.collectors.items() if not c.empty]
+
+    def unflushed_totals(self) -> dict[str, Totals]:
+        """Per monitor, the minute totals held here (not yet committed)."""
+        return {n: c.pending().totals for n, c in self.collectors.items() if not c.empty}
+
+    def write(self, when: float, retention: RetentionSpec | None = None) -> bool:
+        """Write everything pending in one transaction (worker thread); True when committed."""
+        batches = self.pending()
+        self.state.last_attempt = when
+        try:
+            self.store.write(when, batches)
+            if retention is not None:
+                self.store.prune(when, retention)
+        except StoreError as exc:
+            self.state.failures += 1
+            self.state.last_error = str(exc)
+            return False
+        self._render_logs(when, batches)
+        return True
+
+    def committed(self, when: float) -> None:
+        """Forget what the last write committed (loop thread, after write() returned True)."""
+        for name in [n for n, c in self.collectors.items() if not c.empty]:
+            del self.collectors[name]
+        self.state.last_success = when
+        self.state.failures = 0
+        self.state.last_error = ""
+        self.state.flushes += 1
+
+    def held_bytes(self) -> int:
+        """Bytes counted but not yet committed to the store."""
+        return sum(sum(r[0] + r[2] for r in t.values()) for t in self.unflushed_totals().values())
+
+    def _render_logs(self, when: float, batches: Sequence[tuple[str, Snapshot]]) -> None:
+        local = datetime.fromtimestamp(when, self.zone)
+        for name, snap in batches:
+            flow_log = self._logs.get(name)
+            if flow_log is not None:
+                self._append(name, flow_log, local, flow_log.render(local, snap))
+        for name in list(self._backlog):
+            if name not in {n for n, _ in batches} and name in self._logs:
+                self._append(name, self._logs[name], local, "")
+
+    def _append(self, name: str, flow_log: FlowLog, local: datetime, text: str) -> None:
+        held = self._backlog.pop(name, [])
+        chunk = "".join([*held, text])
+        try:
+            flow_log.append_text(local, chunk)
+        except OSError as exc:
+            log.error("flow log for monitor %s cannot be written: %s", name, exc)
+            if len(chunk) <= FLOW_LOG_BACKLOG_LIMIT:
+                self._backlog[name] = [chunk]
+            else:
+                log.error("flow log backlog of monitor %s over its limit: dropped", name)
