@@ -3,6 +3,11 @@
 The write runs in a worker thread; everything else runs on the event loop thread. A flush
 collector is cleared only after its data committed, so a failed write keeps every byte for the
 next flush and a successful one is never written twice.
+
+Concurrency invariant: absorb(), write() and committed() of one flush never overlap with another
+flush's or a reload's absorb(): the daemon runs them all under its flush lock (replay runs them
+sequentially). pending() hands out the live dicts, so that lock is what keeps a write from
+seeing a merge half done and committed() from clearing data that arrived during the write.
 """
 
 from __future__ import annotations
