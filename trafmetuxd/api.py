@@ -140,6 +140,7 @@ class Server:
         self.idle_timeout = idle_timeout
         self.clients = 0
         self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def info(self) -> dict[str, object]:
         """JSON-able facts for the status command."""
@@ -159,17 +160,22 @@ class Server:
         )
 
     async def close(self) -> None:
-        """Stop accepting, drop the socket file."""
+        """Stop accepting, end every connection, drop the socket file."""
         if self._server is not None:
             self._server.close()
-            with contextlib.suppress(Exception):
-                await self._server.wait_closed()
             self._server = None
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISSOCK(self.path.lstat().st_mode):
                 self.path.unlink()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
         self.clients += 1
         try:
             if self.clients > self.max_clients:
@@ -184,9 +190,8 @@ class Server:
             log.exception("control connection failed")
         finally:
             self.clients -= 1
+            self._tasks.discard(task)
             writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
 
     async def _peer(self, writer: asyncio.StreamWriter) -> Peer:
         pid, uid, gid = peer_credentials(writer.get_extra_info("socket"))

@@ -1,0 +1,171 @@
+"""Reports, flows, top and quota over the real socket: stored rows plus unflushed counts."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import time
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from conftest import GIB, NOW, Running, write_store
+
+from trafmetuxd.collector import OTHER, Snapshot
+
+PARIS = ZoneInfo("Europe/Paris")
+A = int(ipaddress.IPv4Address("10.0.0.2"))
+B = int(ipaddress.IPv4Address("10.0.0.3"))
+WEB = int(ipaddress.IPv4Address("93.184.216.34"))
+DNS = int(ipaddress.IPv4Address("9.9.9.9"))
+
+
+def call(path: Path, **request: object) -> dict[str, object]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(str(path))
+        s.sendall(json.dumps({"v": 1, **request}).encode() + b"\n")
+        reply = json.loads(s.makefile("rb").readline())
+    assert reply["ok"] is True, reply
+    result = reply["result"]
+    assert isinstance(result, dict)
+    return result
+
+
+def hourly_traffic(hours: int) -> dict[int, list[int]]:
+    """1000 B in + 10 B out at minute :05 of each of the last `hours` UTC hours."""
+    top = NOW // 3600 * 3600
+    return {(top - h * 3600 + 300) // 60: [1000, 1, 10, 1] for h in range(hours)}
+
+
+def test_hourly_report_sums_store_and_unflushed_minutes(running: Running) -> None:
+    write_store(running.path.parent / "state" / "trafmetux.sqlite3", NOW - 60, [
+        ("input", Snapshot(hourly_traffic(30), {}, 0)),
+    ])  # fmt: skip
+    running.backend.pending = {"input": {NOW // 60: [7, 1, 3, 1]}}
+    result = call(running.path, cmd="report", period="hour", monitors=["input"])
+    rows = result["rows"]
+    assert isinstance(rows, list) and len(rows) == 24
+    local_now = datetime.fromtimestamp(NOW, PARIS)
+    assert rows[-1]["label"] == f"{local_now:%Y-%m-%d %H}:00-{local_now.hour + 1:02d}:00"
+    # every hour holds one stored event; the current one also the unflushed minute
+    assert [r["values"]["input"] for r in rows[:-1]] == [[1000, 10]] * 23
+    assert rows[-1]["values"]["input"] == [1007, 13]
+
+
+def test_daily_report_defaults_to_all_monitors_and_seven_days(running: Running) -> None:
+    running.backend.pending = {"output": {NOW // 60: [0, 0, 5000, 4]}}
+    result = call(running.path, cmd="report", period="day")
+    assert result["monitors"] == ["input", "output"]
+    rows = result["rows"]
+    assert isinstance(rows, list) and len(rows) == 7
+    assert rows[-1]["label"] == f"{datetime.fromtimestamp(NOW, PARIS):%Y-%m-%d}"
+    assert rows[-1]["values"] == {"input": [0, 0], "output": [0, 5000]}
+    assert all(r["values"] == {"input": [0, 0], "output": [0, 0]} for r in rows[:-1])
+
+
+def test_a_report_waits_while_a_flush_is_committing(running: Running) -> None:
+    loops = running.backend
+    running.loops.run(loops.flush_lock.acquire())
+    result: list[dict[str, object]] = []
+    started = time.monotonic()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(0.3)
+            s.connect(str(running.path))
+            s.sendall(b'{"v":1,"cmd":"report","period":"hour"}\n')
+            try:
+                s.recv(10)
+                raise AssertionError("report answered while the flush held the lock")
+            except TimeoutError:
+                pass
+            running.loops.loop.call_soon_threadsafe(loops.flush_lock.release)
+            s.settimeout(5)
+            result.append(json.loads(s.makefile("rb").readline()))
+    finally:
+        if loops.flush_lock.locked():
+            running.loops.loop.call_soon_threadsafe(loops.flush_lock.release)
+    assert result[0]["ok"] is True
+    assert time.monotonic() - started >= 0.3
+
+
+def test_flows_merge_store_and_unflushed_positions_largest_first(running: Running) -> None:
+    stored = {
+        (4, 6, A, 50000, WEB, 443): [100, 9000, 10],
+        (4, 17, B, 40000, DNS, 53): [60, 120, 2],
+        OTHER: [5, 5, 1],
+    }
+    write_store(running.path.parent / "state" / "trafmetux.sqlite3", NOW - 600, [
+        ("input", Snapshot({}, stored, 1)),
+    ])  # fmt: skip
+    running.backend.pending_flows = {"input": {(4, 17, B, 40000, DNS, 53): [20000, 0, 3]}}
+    result = call(running.path, cmd="flows", monitor="input")
+    flows = result["flows"]
+    assert isinstance(flows, list)
+    got = [(f["client"], f["server_port"], f["sent"], f["received"], f["packets"]) for f in flows]
+    assert got == [
+        ("10.0.0.3", 53, 20060, 120, 5),
+        ("10.0.0.2", 443, 100, 9000, 10),
+        ("*", -1, 5, 5, 1),
+    ]
+    limited = call(running.path, cmd="flows", monitor="input", limit=1)
+    assert len(limited["flows"]) == 1 and limited["count"] == 3  # type: ignore[arg-type]
+
+
+def test_flows_outside_the_range_are_left_out(running: Running) -> None:
+    db = running.path.parent / "state" / "trafmetux.sqlite3"
+    write_store(
+        db, NOW - 3 * 86400, [("input", Snapshot({}, {(4, 6, A, 1, WEB, 80): [1, 1, 1]}, 0))]
+    )
+    assert call(running.path, cmd="flows", monitor="input")["flows"] == []
+    old = call(running.path, cmd="flows", monitor="input", begin=NOW - 4 * 86400, end=NOW - 86400)
+    assert [f["server_port"] for f in old["flows"]] == [80]  # type: ignore[attr-defined]
+
+
+def test_top_ranks_clients_servers_and_ports(running: Running) -> None:
+    write_store(running.path.parent / "state" / "trafmetux.sqlite3", NOW - 600, [
+        ("input", Snapshot({}, {(4, 6, A, 50000, WEB, 443): [100, 900, 3]}, 0)),
+        ("output", Snapshot({}, {(4, 17, B, 40000, DNS, 53): [300, 400, 2],
+                                 (4, 6, B, 40001, WEB, 443): [50, 50, 2]}, 0)),
+    ])  # fmt: skip
+    by_client = call(running.path, cmd="top", by="client")["entries"]
+    assert by_client == [{"key": "10.0.0.2", "bytes": 1000}, {"key": "10.0.0.3", "bytes": 800}]
+    by_port = call(running.path, cmd="top", by="port", monitors=["output"])["entries"]
+    assert by_port == [{"key": "udp/53", "bytes": 700}, {"key": "tcp/443", "bytes": 100}]
+    by_server = call(running.path, cmd="top", by="server", limit=1)["entries"]
+    assert by_server == [{"key": "93.184.216.34", "bytes": 1100}]
+
+
+def test_quota_counts_the_billing_month_and_extrapolates(running: Running) -> None:
+    def minute(y: int, m: int, d: int) -> int:
+        return int(datetime(y, m, d, 12, tzinfo=PARIS).timestamp()) // 60
+
+    db = running.path.parent / "state" / "trafmetux.sqlite3"
+    write_store(db, NOW - 60, [
+        ("input", Snapshot({minute(2026, 10, 10): [GIB, 1, 0, 0],     # before the 15th: last period
+                            minute(2026, 10, 20): [2 * GIB, 1, 0, 0]}, {}, 0)),
+    ])  # fmt: skip
+    running.backend.pending = {"output": {NOW // 60: [0, 0, GIB // 2, 1]}}
+    (q,) = call(running.path, cmd="quota", name="mobile")["quotas"]  # type: ignore[misc]
+    begin = int(datetime(2026, 10, 15, tzinfo=PARIS).timestamp())
+    end = int(datetime(2026, 11, 15, tzinfo=PARIS).timestamp())
+    used = 2 * GIB + GIB // 2
+    assert (q["used"], q["limit"], q["state"]) == (used, 3 * GIB, "WARNING")
+    assert (q["begin"], q["end"], q["period_label"]) == (begin, end, "2026-10-15 - 2026-11-14")
+    assert q["estimate"] == round(used * (end - begin) / (NOW - begin))
+    assert q["percent"] == round(100 * used / (3 * GIB), 2)
+
+
+def test_admin_and_status_commands_reach_the_backend(running: Running) -> None:
+    assert call(running.path, cmd="flush") == {"flushed": True}
+    assert call(running.path, cmd="reload") == {"reloaded": True}
+    status = call(running.path, cmd="status")
+    assert status["timezone"] == "Europe/Paris" and status["protocol"] == 1
+    assert running.backend.calls == ["flush", "reload"]
+
+
+def test_no_database_yet_reads_as_empty(running: Running) -> None:
+    assert not (running.path.parent / "state" / "trafmetux.sqlite3").exists()
+    rows = call(running.path, cmd="report", period="month", last=2)["rows"]
+    assert [r["values"]["input"] for r in rows] == [[0, 0], [0, 0]]  # type: ignore[index]
