@@ -1,0 +1,54 @@
+"""e2e tests: real kernel, inside network namespaces; they need root, ip, iptables, nft, ethtool.
+
+Outside CI a missing requirement skips them with the reason; in CI (CI set) it fails loudly.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from netns import Pair, veth_pair
+
+TOOLS = ("ip", "iptables", "ip6tables", "iptables-save", "ip6tables-save", "nft", "ethtool")
+
+
+def missing_requirements() -> str:
+    """Why e2e tests cannot run here, or '' when they can."""
+    if os.geteuid() != 0:
+        return "e2e tests need root (network namespaces, netfilter rules)"
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        return f"e2e tests need {', '.join(missing)} on PATH (make deps)"
+    if not Path("/proc/net/netfilter").exists():
+        return "e2e tests need netfilter (/proc/net/netfilter missing)"
+    return ""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/e2e carries the e2e marker."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(autouse=True)
+def _requirements() -> None:
+    """Skip (or, in CI, fail) when the machine cannot run e2e tests."""
+    reason = missing_requirements()
+    if reason and os.environ.get("CI"):
+        pytest.fail(f"CI cannot run the e2e tests: {reason}", pytrace=False)
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    """Two fresh namespaces joined by a veth pair, quiet, offloads off; removed afterwards."""
+    with veth_pair() as made:
+        made.settle()
+        yield made

@@ -1,0 +1,154 @@
+"""Bounded traffic generators and sinks for the e2e tests (run inside a namespace).
+
+traffic.py tcp-sink PORT [SECONDS]        prints LISTENING, then the bytes received
+traffic.py tcp-send ADDR PORT NBYTES      exits 0 once every byte was sent and closed
+traffic.py udp-sink PORT COUNT [SECONDS]  prints LISTENING, then datagrams received
+traffic.py udp-send ADDR PORT COUNT SIZE [PPS]
+traffic.py ping ADDR COUNT [SIZE]         ICMP/ICMPv6 echo; exit 0 when all answered
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import sys
+import time
+
+
+def _family(addr: str) -> int:
+    """AF_INET6 for an address with a colon."""
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+def tcp_sink(port: int, seconds: float = 60.0) -> None:
+    """Accept one connection on both families, read to EOF, print the byte count."""
+    srv = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    srv.bind(("::", port))
+    srv.listen(1)
+    srv.settimeout(seconds)
+    print("LISTENING", flush=True)
+    conn, _ = srv.accept()
+    conn.settimeout(seconds)
+    total = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        chunk = conn.recv(1 << 16)
+        if not chunk:
+            break
+        total += len(chunk)
+    conn.close()
+    srv.close()
+    print(total, flush=True)
+
+
+def tcp_send(addr: str, port: int, nbytes: int) -> None:
+    """Send nbytes of zeros and close cleanly."""
+    sock = socket.create_connection((addr, port), timeout=30)
+    block = bytes(1 << 16)
+    left = nbytes
+    while left > 0:
+        sent = sock.send(block[: min(left, len(block))])
+        left -= sent
+    sock.shutdown(socket.SHUT_WR)
+    sock.recv(1)  # wait for the peer's close: every byte was acknowledged
+    sock.close()
+
+
+def udp_sink(port: int, count: int, seconds: float = 30.0) -> None:
+    """Receive until `count` datagrams or `seconds` pass; print how many came."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind(("::", port))
+    print("LISTENING", flush=True)
+    deadline = time.monotonic() + seconds
+    got = 0
+    while got < count and (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            sock.recv(65536)
+        except TimeoutError:
+            break
+        got += 1
+    sock.close()
+    print(got, flush=True)
+
+
+def udp_send(addr: str, port: int, count: int, size: int, pps: float = 0.0) -> None:
+    """Send `count` datagrams of `size` payload bytes, paced at pps when given."""
+    sock = socket.socket(_family(addr), socket.SOCK_DGRAM)
+    payload = bytes(size)
+    gap = 1.0 / pps if pps else 0.0
+    for _ in range(count):
+        sock.sendto(payload, (addr, port))
+        if gap:
+            time.sleep(gap)
+    sock.close()
+
+
+def _checksum(data: bytes) -> int:
+    """The Internet checksum (ICMPv4; the kernel fills ICMPv6's)."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+def ping(addr: str, count: int, size: int = 56) -> None:
+    """Echo requests one at a time; exit status 1 unless every one is answered."""
+    v6 = ":" in addr
+    proto = socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP
+    sock = socket.socket(_family(addr), socket.SOCK_RAW, proto)
+    sock.settimeout(1.0)
+    ident = os.getpid() & 0xFFFF
+    answered = 0
+    for seq in range(count):
+        kind = 128 if v6 else 8
+        body = struct.pack("!HH", ident, seq) + bytes(size)
+        header = struct.pack("!BBH", kind, 0, 0)
+        csum = 0 if v6 else _checksum(header + body)
+        sock.sendto(struct.pack("!BBH", kind, 0, csum) + body, (addr, 0))
+        answered += _await_reply(sock, v6, ident, seq)
+    sock.close()
+    print(answered, flush=True)
+    sys.exit(0 if answered == count else 1)
+
+
+def _await_reply(sock: socket.socket, v6: bool, ident: int, seq: int) -> int:
+    """1 when the matching echo reply arrives within the socket timeout."""
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            return 0
+        icmp = data if v6 else data[(data[0] & 0x0F) * 4 :]
+        kind, _code, _csum, rid, rseq = struct.unpack_from("!BBHHH", icmp)
+        if kind == (129 if v6 else 0) and rid == ident and rseq == seq:
+            return 1
+    return 0
+
+
+def main(argv: list[str]) -> None:
+    """Dispatch a subcommand."""
+    cmd, args = argv[0], argv[1:]
+    if cmd == "tcp-sink":
+        tcp_sink(int(args[0]), *(float(a) for a in args[1:]))
+    elif cmd == "tcp-send":
+        tcp_send(args[0], int(args[1]), int(args[2]))
+    elif cmd == "udp-sink":
+        udp_sink(int(args[0]), int(args[1]), *(float(a) for a in args[2:]))
+    elif cmd == "udp-send":
+        udp_send(args[0], int(args[1]), int(args[2]), int(args[3]), *(float(a) for a in args[4:]))
+    elif cmd == "ping":
+        ping(args[0], int(args[1]), *(int(a) for a in args[2:]))
+    else:
+        raise SystemExit(f"unknown command {cmd}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
