@@ -1,0 +1,1 @@
+"""Benchmarks of trafmetux against its performance targets (`make bench`, `python -m bench`)."""
