@@ -1,0 +1,174 @@
+"""trafmetuxctl against a canned fake server: usage errors, output lines, --json, exit codes."""
+
+from __future__ import annotations
+
+import json
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trafmetuxctl.cli import main
+
+GIB = 1024**3
+QUOTA = {
+    "name": "mobile", "monitors": ["input"], "used": 2 * GIB, "limit": 3 * GIB,
+    "warn_bytes": 2_576_980_378, "percent": 66.67, "begin": 0, "end": 1,
+    "period_label": "2026-10-15 - 2026-11-14", "estimate": 4 * GIB, "state": "OK",
+}  # fmt: skip
+DAYS = {
+    "period": "day", "timezone": "UTC", "week_start": 6, "monitors": ["input", "output"],
+    "rows": [
+        {"label": "2008-10-20", "begin": 0, "end": 1, "values": {"input": [0, 0], "output": [0, 0]}},
+        {"label": "2008-10-21", "begin": 1, "end": 2,
+         "values": {"input": [103_630_356, 0], "output": [0, 17_259_561]}},
+    ],
+}  # fmt: skip
+
+
+class Fake(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    replies: dict[str, Any]
+    seen: list[dict[str, Any]]
+
+
+class Handler(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        server = self.server
+        assert isinstance(server, Fake)
+        for line in self.rfile:
+            req = json.loads(line)
+            server.seen.append(req)
+            reply = server.replies.get(req["cmd"])
+            if callable(reply):
+                reply = reply(req)
+            self.wfile.write(json.dumps(reply).encode() + b"\n")
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Iterator[Fake]:
+    server = Fake(str(tmp_path / "fake.sock"), Handler)
+    server.replies = {
+        "report": {"ok": True, "result": DAYS},
+        "status": {"ok": True, "result": {"state": "running", "protocol": 1}},
+        "quota": {"ok": True, "result": {"quotas": [QUOTA]}},
+        "flush": {"ok": False, "error": {"code": "forbidden", "message": "uid 1000 may not"}},
+    }
+    server.seen = []
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def run(fake: Fake, *argv: str) -> int:
+    return main(["--socket", fake.server_address, *argv])  # type: ignore[list-item]
+
+
+def test_show_daily_prints_classic_lines_oldest_first(
+    fake: Fake, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(fake, "show-daily", "-t", "2", "-f", "mon", "input", "output") == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "2008-10-20: [input= 0 B] [output= 0 B] [total= 0 B]",
+        "2008-10-21: [input= 98.83 MiB] [output= 16.46 MiB] [total= 115.29 MiB]",
+    ]
+    (req,) = fake.seen
+    assert req == {"v": 1, "cmd": "report", "period": "day", "last": 2, "week_start": 0,
+                   "monitors": ["input", "output"]}  # fmt: skip
+
+
+def test_json_prints_the_result(fake: Fake, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(fake, "--json", "show-daily") == 0
+    assert json.loads(capsys.readouterr().out) == DAYS
+
+
+def test_begin_and_end_are_sent_as_local_text(fake: Fake) -> None:
+    assert run(fake, "show-hourly", "-b", "2026-10-25", "-e", "2026-10-26 06:00") == 0
+    assert fake.seen[0]["begin"] == "2026-10-25" and fake.seen[0]["end"] == "2026-10-26 06:00"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["show-daily", "-t", "0"],
+        ["show-daily", "-f", "someday"],
+        ["show-daily", "-u", "bits"],
+        ["show-daily", "-b", "last tuesday"],
+        ["frobnicate"],
+        [],
+        ["check-quota"],
+    ],
+)
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--socket", "/nonexistent", *argv])
+    assert exc.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_a_missing_socket_exits_3_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "gone.sock"
+    assert main(["--socket", str(path), "status"]) == 3
+    err = capsys.readouterr().err
+    assert str(path) in err and "missing" in err
+
+
+def test_a_stale_socket_exits_3_as_not_answering(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "stale.sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))
+    assert main(["--socket", str(path), "status"]) == 3
+    assert "nobody is answering" in capsys.readouterr().err
+
+
+def test_daemon_refusals_are_reported(fake: Fake, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(fake, "flush") == 2
+    assert "may not" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("state", "status"), [("OK", 0), ("WARNING", 1), ("CRITICAL", 2)])
+def test_check_quota_exit_status_follows_the_state(
+    fake: Fake, capsys: pytest.CaptureFixture[str], state: str, status: int
+) -> None:
+    fake.replies["quota"] = {"ok": True, "result": {"quotas": [{**QUOTA, "state": state}]}}
+    assert run(fake, "check-quota", "mobile") == status
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith(f"QUOTA {state} - mobile: used 2.00 GiB of 3.00 GiB")
+    assert line.endswith(f" | used={2 * GIB}B;2576980378;{3 * GIB};0;{3 * GIB}")
+
+
+def test_check_quota_unknown_when_no_such_quota_or_no_daemon(
+    fake: Fake, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.replies["quota"] = {"ok": False, "error": {"code": "not_found", "message": "no such"}}
+    assert run(fake, "check-quota", "nope") == 3
+    assert main(["--socket", str(tmp_path / "x.sock"), "check-quota", "mobile"]) == 3
+    out = capsys.readouterr().out.splitlines()
+    assert all(line.startswith("QUOTA UNKNOWN - ") for line in out) and len(out) == 2
+
+
+def test_status_prints_key_values(fake: Fake, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(fake, "status") == 0
+    assert capsys.readouterr().out.splitlines() == ["state: running", "protocol: 1"]
+
+
+def test_the_client_imports_nothing_heavy() -> None:
+    code = (
+        "import sys, trafmetuxctl.cli; "
+        "print(sorted(m for m in ('asyncio', 'sqlite3', 'pydantic', 'netfilterqueue', "
+        "'zoneinfo', 'scapy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,108 @@
+"""Classic report lines and the other human views, from reply dicts."""
+
+from __future__ import annotations
+
+from trafmetuxctl.report import (
+    check_quota_line,
+    flow_lines,
+    live_lines,
+    perfdata,
+    quota_lines,
+    report_lines,
+    top_lines,
+)
+
+MIB = 1024**2
+
+
+def reply(label: str, values: dict[str, list[int]]) -> dict[str, object]:
+    return {"monitors": list(values), "rows": [{"label": label, "values": values}]}
+
+
+def test_hourly_line_in_the_classic_format_totals_the_listed_monitors() -> None:
+    rx, tx = 25_386_516, 3_533_701  # 24.21 MiB and 3.37 MiB
+    (line,) = report_lines(reply("2008-10-27 19:00-20:00", {"input": [rx, 0], "output": [0, tx]}))
+    total = f"{(rx + tx) / MIB:.2f}"
+    assert line == (
+        f"2008-10-27 19:00-20:00: [input= 24.21 MiB] [output= 3.37 MiB] [total= {total} MiB]"
+    )
+
+
+def test_daily_weekly_monthly_yearly_labels_pass_through() -> None:
+    for label in ("2008-10-21", "2008-10-19 - 2008-10-25", "2008-10", "2008"):
+        (line,) = report_lines(reply(label, {"input": [1, 2]}))
+        assert line == f"{label}: [input= 3 B] [total= 3 B]"
+
+
+def test_split_shows_in_and_out_per_monitor() -> None:
+    (line,) = report_lines(reply("2008", {"ssh": [2048, 1024], "web": [0, 512]}), split=True)
+    assert line == (
+        "2008: [ssh in= 2.00 KiB out= 1.00 KiB] [web in= 0 B out= 512 B] "
+        "[total in= 2.00 KiB out= 1.50 KiB]"
+    )
+
+
+def test_a_fixed_unit_applies_to_every_cell() -> None:
+    (line,) = report_lines(reply("2008", {"a": [MIB, 0]}), unit="KiB")
+    assert line == "2008: [a= 1024.00 KiB] [total= 1024.00 KiB]"
+
+
+def test_periods_keep_the_daemons_order() -> None:
+    result = {
+        "monitors": ["a"],
+        "rows": [{"label": "2026-10-24", "values": {"a": [0, 0]}},
+                 {"label": "2026-10-25", "values": {"a": [5, 0]}}],
+    }  # fmt: skip
+    assert [line.split(":")[0] for line in report_lines(result)] == ["2026-10-24", "2026-10-25"]
+
+
+def test_flow_lines_show_endpoints_and_bytes() -> None:
+    result = {"flows": [
+        {"proto_name": "tcp", "protocol": 6, "client": "10.0.0.2", "client_port": 51234,
+         "server": "2001:db8::1", "server_port": 443, "sent": 1024, "received": 2 * MIB,
+         "packets": 12},
+        {"proto_name": "icmp", "protocol": 1, "client": "10.0.0.2", "client_port": -1,
+         "server": "10.0.0.1", "server_port": -1, "sent": 84, "received": 84, "packets": 2},
+    ]}  # fmt: skip
+    assert flow_lines(result) == [
+        "tcp 10.0.0.2:51234 -> [2001:db8::1]:443 sent= 1.00 KiB received= 2.00 MiB packets=12",
+        "icmp 10.0.0.2 -> 10.0.0.1 sent= 84 B received= 84 B packets=2",
+    ]
+
+
+def test_top_and_live_lines() -> None:
+    assert top_lines({"entries": [{"key": "udp/53", "bytes": 700}]}) == ["         700 B  udp/53"]
+    assert live_lines({"rates": {"input": [1536.0, 0.0]}}) == ["input: in= 1.50 KiB/s out= 0 B/s"]
+
+
+QUOTA = {
+    "name": "mobile",
+    "used": 2_684_354_560,
+    "limit": 3_221_225_472,
+    "warn_bytes": 2_576_980_378,
+    "percent": 83.33,
+    "period_label": "2026-10-15 - 2026-11-14",
+    "estimate": 4_000_000_000,
+    "state": "WARNING",
+}
+
+
+def test_check_quota_prints_one_status_line_with_perfdata() -> None:
+    status, line = check_quota_line(QUOTA)
+    assert status == 1
+    assert line == (
+        "QUOTA WARNING - mobile: used 2.50 GiB of 3.00 GiB (83.3%), "
+        "period 2026-10-15 - 2026-11-14, estimate 3.73 GiB at period end"
+        " | used=2684354560B;2576980378;3221225472;0;3221225472"
+    )
+    assert perfdata(QUOTA) == "used=2684354560B;2576980378;3221225472;0;3221225472"
+
+
+def test_each_state_maps_to_its_plugin_exit_status() -> None:
+    for state, status in (("OK", 0), ("WARNING", 1), ("CRITICAL", 2), ("???", 3)):
+        assert check_quota_line({**QUOTA, "state": state})[0] == status
+
+
+def test_quota_lines_for_humans() -> None:
+    (line,) = quota_lines({"quotas": [QUOTA]})
+    assert line.startswith("WARNING  mobile: used 2.50 GiB of 3.00 GiB (83.3%)")
