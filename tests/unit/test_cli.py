@@ -25,7 +25,8 @@ QUOTA = {
 DAYS = {
     "period": "day", "timezone": "UTC", "week_start": 6, "monitors": ["input", "output"],
     "rows": [
-        {"label": "2008-10-20", "begin": 0, "end": 1, "values": {"input": [0, 0], "output": [0, 0]}},
+        {"label": "2008-10-20", "begin": 0, "end": 1,
+         "values": {"input": [0, 0], "output": [0, 0]}},
         {"label": "2008-10-21", "begin": 1, "end": 2,
          "values": {"input": [103_630_356, 0], "output": [0, 17_259_561]}},
     ],

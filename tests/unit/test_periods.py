@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -120,7 +121,7 @@ def test_last_n_periods_are_contiguous_and_end_with_the_current_one() -> None:
     now = midnight("Europe/Paris", 2026, 10, 26) + 5000
     days = cal.last("day", 7, now)
     assert [p.label for p in days] == [f"2026-10-{d}" for d in range(20, 27)]
-    assert all(a.end == b.begin for a, b in zip(days, days[1:], strict=False))
+    assert all(a.end == b.begin for a, b in itertools.pairwise(days))
     assert days[-1].begin <= now < days[-1].end
 
 
