@@ -2,10 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 from collections.abc import Mapping
 
 import sdnotify
+
+
+class _Connected(sdnotify.SystemdNotifier):  # type: ignore[misc]
+    """sdnotify's sender on a socket we connect: its own constructor reads os.environ and
+    leaks the socket when the connection fails."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.debug = False
+        self.socket = sock
+
+
+def _connect(address: str) -> socket.socket | None:
+    """A datagram socket connected to NOTIFY_SOCKET ('@name' is an abstract name), or None."""
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.connect(address)
+    except OSError:
+        sock.close()
+        return None
+    return sock
 
 
 class Notifier:
@@ -13,9 +37,9 @@ class Notifier:
 
     def __init__(self, environ: Mapping[str, str] = os.environ) -> None:
         self._environ = environ
-        # Only build the notifier when there is a socket: without one sdnotify would open a
-        # socket it never uses.
-        self._notifier = sdnotify.SystemdNotifier() if environ.get("NOTIFY_SOCKET") else None
+        address = environ.get("NOTIFY_SOCKET", "")
+        sock = _connect(address) if address else None
+        self._notifier = _Connected(sock) if sock is not None else None
 
     @property
     def enabled(self) -> bool:
@@ -59,6 +83,7 @@ class Notifier:
 
     def close(self) -> None:
         """Close the notification socket."""
-        if self._notifier is not None and self._notifier.socket is not None:
-            self._notifier.socket.close()
+        if self._notifier is not None:
+            with contextlib.suppress(OSError):
+                self._notifier.socket.close()
         self._notifier = None
