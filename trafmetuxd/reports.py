@@ -55,12 +55,16 @@ def _periods(
     return cal.span(kind, begin, stop)
 
 
-async def _total_period(backend: Backend, names: Sequence[str], now: int) -> list[Period]:
+async def _total_period(
+    backend: Backend, cal: Calendar, names: Sequence[str], now: int
+) -> list[Period]:
     first = await asyncio.to_thread(query.first_instant, backend.config.database, names)
     minutes = [m for n, t in backend.unflushed().items() if n in names for m in t]
     candidates = [x for x in (first, min(minutes) * 60 if minutes else None) if x is not None]
     begin = min(candidates) if candidates else now
-    return [Period(begin - begin % 900, now + 1, "total")]
+    begin -= begin % 900
+    label = f"{cal.label('day', begin, begin)} - {cal.label('day', now, now)}"
+    return [Period(begin, now + 1, label)]
 
 
 async def report(
@@ -75,7 +79,7 @@ async def report(
 ) -> dict[str, object]:
     """Rows of [in, out] bytes per monitor per period, oldest first."""
     if kind == "total":
-        periods = await _total_period(backend, names, now)
+        periods = await _total_period(backend, cal, names, now)
     else:
         periods = _periods(cal, kind, last, begin, end, now)
     bounds = [p.begin for p in periods] + [periods[-1].end]
