@@ -169,3 +169,16 @@ def test_no_database_yet_reads_as_empty(running: Running) -> None:
     assert not (running.path.parent / "state" / "trafmetux.sqlite3").exists()
     rows = call(running.path, cmd="report", period="month", last=2)["rows"]
     assert [r["values"]["input"] for r in rows] == [[0, 0], [0, 0]]  # type: ignore[index]
+
+
+def test_total_runs_from_the_first_stored_quarter_to_now(running: Running) -> None:
+    first = NOW - 40 * 86400
+    write_store(running.path.parent / "state" / "trafmetux.sqlite3", NOW - 60, [
+        ("input", Snapshot({first // 60: [10, 1, 20, 1], (NOW - 3600) // 60: [1, 1, 2, 1]}, {}, 0)),
+    ])  # fmt: skip
+    running.backend.pending = {"input": {NOW // 60: [100, 1, 200, 1]}}
+    (row,) = call(running.path, cmd="report", period="total", monitors=["input"])["rows"]  # type: ignore[misc]
+    assert row["values"]["input"] == [111, 222]
+    assert row["begin"] == first // 900 * 900
+    first_day = datetime.fromtimestamp(first, PARIS).strftime("%Y-%m-%d")
+    assert row["label"] == f"{first_day} - {datetime.fromtimestamp(NOW, PARIS):%Y-%m-%d}"
