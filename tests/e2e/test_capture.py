@@ -205,3 +205,29 @@ def test_loopback_is_never_metered(pair: Pair) -> None:
 def strip_counters(save: str) -> list[str]:
     """iptables-save lines without comments and counters, comparable across runs."""
     return [line.split(" [")[0] for line in save.splitlines() if not line.startswith("#")]
+
+
+def test_gso_super_packets_are_metered_as_the_segments_on_the_wire(pair: Pair) -> None:
+    # With TSO/GSO on, TCP hands POSTROUTING super-packets; the queue (no NFQA_CFG_F_GSO)
+    # segments them first, so the meter counts what the peer really receives.
+    pair.offloads(gro=False, gso=True, tso=True)
+    probe = Probe(pair.a, "0", pair.a_if)
+    pair.settle()
+    nft_out0 = pair.b.nft_counters()
+    start = probe.mark()
+    sink = start_sink(pair.b, "tcp-sink", "6001", "60")
+    traffic(pair.a, "tcp-send", pair.b4, "6001", str(4 * MB))
+    assert sink_result(sink) == 4 * MB
+    pair.settle()
+    end = probe.mark()
+    wire = deltas(pair.b.nft_counters(), nft_out0)["ip_tcp"]
+    meter = metered(end, start)[f"out/{pair.a_if}/4/6"]
+    assert meter == wire
+    rule_packets = end["rules"]["2"][0] - start["rules"]["2"][0]
+    rule_bytes = end["rules"]["2"][1] - start["rules"]["2"][1]
+    # The rule counter saw the super-packets: fewer packets, and fewer bytes (one set of
+    # headers per super-packet instead of per segment).
+    assert rule_packets < wire[0]
+    assert rule_bytes < wire[1]
+    print(f"GSO: rule {rule_packets} pkts/{rule_bytes} B, wire+meter {wire[0]} pkts/{wire[1]} B")
+    probe.stop()
