@@ -1,0 +1,83 @@
+"""trafmetuxd command line: argv -> config.load() -> live service or replay."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from trafmetuxd import __version__
+from trafmetuxd.spec import Config
+
+DEFAULT_CONFIG = "/etc/trafmetux/trafmetux.toml"
+EXIT_CONFIG = 2
+EXIT_FAILURE = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The daemon's argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="trafmetuxd", description="Exact per-monitor network traffic meter (NFQUEUE)."
+    )
+    parser.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="TOML configuration file")
+    parser.add_argument("--replay", metavar="CAPTURE", help="meter a pcap/pcapng file and exit")
+    parser.add_argument(
+        "--interface", default="", help="interface name the rules see during --replay"
+    )
+    parser.add_argument(
+        "--serve", action="store_true", help="after --replay, serve the socket until SIGTERM"
+    )
+    parser.add_argument("--check", action="store_true", help="validate the configuration only")
+    parser.add_argument("--version", action="version", version=f"trafmetuxd {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the daemon; exit 2 on a bad configuration, 1 on another start-up failure."""
+    args = build_parser().parse_args(argv)
+    if args.serve and not args.replay:
+        print("trafmetuxd: --serve goes with --replay", file=sys.stderr)
+        return EXIT_CONFIG
+    from trafmetuxd import config, logs
+
+    logs.setup()
+    try:
+        cfg = config.load(Path(args.config))
+    except config.ConfigError as exc:
+        print(f"trafmetuxd: invalid configuration:\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.check:
+        print(f"{args.config}: OK ({len(cfg.monitors)} monitors)")
+        return 0
+    return _start(cfg, args)
+
+
+def _start(cfg: Config, args: argparse.Namespace) -> int:
+    from trafmetuxd.capture import CaptureError
+    from trafmetuxd.daemon import Daemon
+    from trafmetuxd.kernel import KernelError
+    from trafmetuxd.notify import Notifier
+    from trafmetuxd.pcap import CaptureFileError
+    from trafmetuxd.replay import replay
+    from trafmetuxd.service import Service
+    from trafmetuxd.store import StoreError
+
+    try:
+        cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        daemon = Daemon(cfg)
+        if args.replay:
+            ok = replay(daemon, Path(args.replay), args.interface)
+            if not args.serve:
+                daemon.close()
+                return 0 if ok else EXIT_FAILURE
+        service = Service(daemon, Notifier(), live=not args.replay)
+        return asyncio.run(service.run())
+    except (StoreError, CaptureError, KernelError, CaptureFileError, OSError) as exc:
+        print(f"trafmetuxd: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
