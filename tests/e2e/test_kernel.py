@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
+import pytest
 from netns import HERE, Namespace, Pair, Probe, traffic
 
 from trafmetuxd.kernel import queue_stats
@@ -103,3 +106,24 @@ def test_queue_stats_of_a_bound_queue(pair: Pair) -> None:
     assert stats.id_sequence == 6  # three requests out, three replies in
     assert queue_stats(6, proc_file) is None
     probe.stop()
+
+
+def test_iptables_legacy_works_the_same(pair: Pair, tmp_path: Path) -> None:
+    legacy = {"iptables": "iptables-legacy", "ip6tables": "ip6tables-legacy"}
+    if not all(shutil.which(tool) for tool in legacy.values()):
+        pytest.skip("iptables-legacy not installed")
+    for name, tool in legacy.items():
+        (tmp_path / name).symlink_to(shutil.which(tool))  # type: ignore[arg-type]
+    env = ["env", f"PATH={tmp_path}:{os.environ['PATH']}"]
+    probe = [*env, *pair.a.python(str(HERE / "probe_kernel.py"))]
+    for _ in range(2):
+        pair.a.run([*probe, "install", "0", pair.a_if])
+    saved = pair.a.run(["iptables-legacy-save", "-t", "mangle"]).stdout
+    assert saved.count("-A PREROUTING -j TRAFMETUX-IN") == 1
+    assert "TRAFMETUX" not in pair.a.iptables_save()  # the nft side is untouched
+    assert traffic(pair.a, "ping", pair.b4, "2").split() == ["2"]
+    counters = json.loads(pair.a.run([*probe, "counters", "0"]).stdout)
+    assert counters == {"1": [2, 2 * ICMP_ECHO_V4], "2": [2, 2 * ICMP_ECHO_V4]}
+    pair.a.run([*probe, "remove", "0"])
+    assert "TRAFMETUX" not in pair.a.run(["iptables-legacy-save", "-t", "mangle"]).stdout
+    assert "TRAFMETUX" not in pair.a.run(["ip6tables-legacy-save", "-t", "mangle"]).stdout
