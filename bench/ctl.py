@@ -55,12 +55,14 @@ def _measure(
 def run(scale: str = "full") -> Result:
     """Bare interpreters and the client, measured against one daemon."""
     size = FULL if scale == "full" else SMOKE
-    # The baseline is the interpreter trafmetuxctl itself runs on (the venv's python3, not a
-    # wrapper such as a pyenv shim on PATH, whose own start-up would flatter the ratio).
-    python3 = os.path.realpath(PYTHON)
+    # The target's baseline is the interpreter trafmetuxctl runs on: the venv's python3. The
+    # python3 found on PATH is measured too (resolved past wrappers such as a pyenv shim, whose
+    # own start-up would flatter the ratio); its site-packages may make it slower to start.
+    python3 = os.path.realpath(shutil.which("python3") or PYTHON)
     commands = {
-        "python3 -c pass": [python3, "-c", "pass"],
-        "python3 -I -S -c pass": [python3, "-I", "-S", "-c", "pass"],
+        "python3 -c pass": [PYTHON, "-c", "pass"],
+        "python3 (PATH) -c pass": [python3, "-c", "pass"],
+        "python3 -I -S -c pass": [PYTHON, "-I", "-S", "-c", "pass"],
         "trafmetuxctl show-daily": [str(VENV_BIN / "trafmetuxctl"), "show-daily"],
     }
     with (
@@ -72,11 +74,13 @@ def run(scale: str = "full") -> Result:
     figures = {label: summary(t) for label, t in zip(commands, times, strict=True)}
     ctl = figures["trafmetuxctl show-daily"]["median"]
     ratio = ctl / figures["python3 -c pass"]["median"]
+    ratio_path = ctl / figures["python3 (PATH) -c pass"]["median"]
     ratio_bare = ctl / figures["python3 -I -S -c pass"]["median"]
     return {
-        "params": {**size, "tool": tool, "python3": python3},
+        "params": {**size, "tool": tool, "python3": PYTHON, "path_python3": python3},
         "wall_ms": figures,
         "ratio": round(ratio, 2),
+        "ratio_vs_path_python3": round(ratio_path, 2),
         "ratio_vs_no_site": round(ratio_bare, 2),
         "targets": [
             target("show-daily / python3 -c pass (medians)", round(ratio, 2), "<=", 2.0, "x")
