@@ -52,13 +52,23 @@ def _measure(
     return "subprocess loop", [loop_ms(c, runs, env) for c in commands]
 
 
+def _real_python3() -> str:
+    """The interpreter `python3` on PATH really is (past shims), else the venv's."""
+    found = shutil.which("python3")
+    if found is None:
+        return PYTHON
+    argv = [found, "-c", "import sys; print(sys.executable)"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    return out.stdout.strip() or PYTHON
+
+
 def run(scale: str = "full") -> Result:
     """Bare interpreters and the client, measured against one daemon."""
     size = FULL if scale == "full" else SMOKE
     # The target's baseline is the interpreter trafmetuxctl runs on: the venv's python3. The
     # python3 found on PATH is measured too (resolved past wrappers such as a pyenv shim, whose
     # own start-up would flatter the ratio); its site-packages may make it slower to start.
-    python3 = os.path.realpath(shutil.which("python3") or PYTHON)
+    python3 = _real_python3()
     commands = {
         "python3 -c pass": [PYTHON, "-c", "pass"],
         "python3 (PATH) -c pass": [python3, "-c", "pass"],
