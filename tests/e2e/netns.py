@@ -23,6 +23,7 @@ PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv").exists() els
 HERE = Path(__file__).resolve().parent
 
 _NUMBERS = itertools.count()
+MB = 1 << 20
 
 # Named nft counters on each side's prerouting, where packets are what the veth carried.
 # "icmp6_echo" leaves out neighbour discovery and MLD, which the kernel sends on its own.
@@ -306,3 +307,28 @@ def sink_result(proc: subprocess.Popen[str], timeout: float = 60.0) -> int:
     if proc.returncode != 0:
         raise RuntimeError(f"sink failed: {err}")
     return int(out.split()[-1])
+
+
+def mixed_traffic(pair: Pair, tcp_bytes: int) -> None:
+    """ICMP both families, UDP both ways, TCP both ways over IPv4 and IPv6; all must complete."""
+    a, b = pair.a, pair.b
+    assert traffic(a, "ping", pair.b4, "20").split() == ["20"]
+    assert traffic(b, "ping", pair.a6, "20").split() == ["20"]
+    for sender, receiver, addr, port in (
+        (a, b, pair.b4, 5001),
+        (b, a, pair.a4, 5002),
+        (a, b, pair.b6, 5003),
+        (b, a, pair.a6, 5004),
+    ):
+        sink = start_sink(receiver, "udp-sink", str(port), "50", "10")
+        traffic(sender, "udp-send", addr, str(port), "50", "700", "2000")
+        assert sink_result(sink) == 50
+    for sender, receiver, addr, port in (
+        (a, b, pair.b4, 6001),
+        (b, a, pair.a4, 6002),
+        (a, b, pair.b6, 6003),
+        (b, a, pair.a6, 6004),
+    ):
+        sink = start_sink(receiver, "tcp-sink", str(port), "60")
+        traffic(sender, "tcp-send", addr, str(port), str(tcp_bytes), timeout=90)
+        assert sink_result(sink) == tcp_bytes

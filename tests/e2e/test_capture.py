@@ -5,11 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from netns import Pair, Probe, sink_result, start_sink, traffic
+from netns import MB, Pair, Probe, mixed_traffic, sink_result, start_sink, traffic
 
 from trafmetuxd.kernel import queue_stats
 
-MB = 1 << 20
 # Meter keys ("family/proto") and the nft counter that counts the same packets on the veth.
 CLASSES = {
     "4/1": "ip_icmp",
@@ -35,30 +34,6 @@ def metered(mark: dict, before: dict | None = None) -> dict[str, tuple[int, int]
     return {
         k: (v[0] - old.get(k, [0, 0])[0], v[1] - old.get(k, [0, 0])[1]) for k, v in counts.items()
     }
-
-
-def mixed_traffic(pair: Pair, tcp_bytes: int) -> None:
-    """ICMP both families, UDP both ways, TCP both ways over IPv4 and IPv6; all must complete."""
-    a, b = pair.a, pair.b
-    assert traffic(a, "ping", pair.b4, "20").split() == ["20"]
-    assert traffic(b, "ping", pair.a6, "20").split() == ["20"]
-    for sender, receiver, addr, port in (
-        (a, b, pair.b4, 5001),
-        (b, a, pair.a4, 5002),
-        (a, b, pair.b6, 5003),
-        (b, a, pair.a6, 5004),
-    ):
-        sink = start_sink(receiver, "udp-sink", str(port), "50", "10")
-        traffic(sender, "udp-send", addr, str(port), "50", "700", "2000")
-        assert sink_result(sink) == 50
-    for sender, receiver, addr, port in (
-        (a, b, pair.b4, 6001),
-        (b, a, pair.a4, 6002),
-        (a, b, pair.b6, 6003),
-    ):
-        sink = start_sink(receiver, "tcp-sink", str(port), "60")
-        traffic(sender, "tcp-send", addr, str(port), str(tcp_bytes), timeout=90)
-        assert sink_result(sink) == tcp_bytes
 
 
 def test_every_packet_is_accepted_and_counted_to_the_byte(pair: Pair) -> None:
