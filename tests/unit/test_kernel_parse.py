@@ -1,0 +1,54 @@
+"""Queue-rule counters and queue statistics parsed from the kernel tools' real output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trafmetuxd.kernel import QueueStats, interface_matches, parse_listing, queue_stats
+from trafmetuxd.spec import CaptureSpec
+
+# In the layout of `iptables -t mangle -L -v -x -n` (counters can be wider than their column).
+LISTING = """\
+Chain PREROUTING (policy ACCEPT 40 packets, 3360 bytes)
+    pkts      bytes target     prot opt in     out     source               destination
+      42     3528 TRAFMETUX-IN  0    --  *      *       0.0.0.0/0            0.0.0.0/0
+
+Chain POSTROUTING (policy ACCEPT 12 packets, 1008 bytes)
+    pkts      bytes target     prot opt in     out     source               destination
+      12     1008 TRAFMETUX-OUT  0    --  *      *       0.0.0.0/0            0.0.0.0/0
+
+Chain TRAFMETUX-IN (1 references)
+    pkts      bytes target     prot opt in     out     source               destination
+      40     3360 NFQUEUE    0    --  veth-a *       0.0.0.0/0            0.0.0.0/0            NFQUEUE num 0 bypass
+       2      168 NFQUEUE    0    --  wlan0  *       0.0.0.0/0            0.0.0.0/0            NFQUEUE num 0 bypass
+
+Chain TRAFMETUX-OUT (1 references)
+    pkts      bytes target     prot opt in     out     source               destination
+12345678901 98765432109876 NFQUEUE    0    --  *      veth-a  0.0.0.0/0            0.0.0.0/0            NFQUEUE num 0 bypass
+"""  # noqa: E501  (the tool's real line width)
+
+
+def test_nfqueue_rule_counters_are_summed_per_chain() -> None:
+    sums = parse_listing(LISTING)
+    assert sums == {
+        "TRAFMETUX-IN": (40 + 2, 3360 + 168),
+        "TRAFMETUX-OUT": (12345678901, 98765432109876),
+    }
+
+
+def test_queue_statistics_line(tmp_path: Path) -> None:
+    proc = tmp_path / "nfnetlink_queue"
+    proc.write_text(
+        "    0  31337     0 2   128     0     0      733  1\n"
+        "    5 -4123      3 2  4016    17     2   900001  1\n"
+    )
+    assert queue_stats(5, proc) == QueueStats(5, -4123, 3, 2, 4016, 17, 2, 900001)
+    assert queue_stats(0, proc) == QueueStats(0, 31337, 0, 2, 128, 0, 0, 733)
+    assert queue_stats(1, proc) is None
+    assert queue_stats(0, tmp_path / "missing") is None
+
+
+def test_interfaces_become_one_match_each_and_lo_is_never_metered() -> None:
+    spec = CaptureSpec(interfaces=("eth0", "wlan*", "lo"))
+    assert interface_matches(spec, "-i") == [["-i", "eth0"], ["-i", "wlan+"]]
+    assert interface_matches(CaptureSpec(), "-o") == [["!", "-o", "lo"]]
