@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.example.toml
 DEB_PACKAGES := python3 python3-venv python3-dev gcc make libnetfilter-queue-dev \
-	libnfnetlink-dev iptables nftables iproute2 socat procps
+	libnfnetlink-dev iptables nftables iproute2 ethtool socat procps systemd
 PYTEST_ARGS ?=
 
 .PHONY: install deps venv lint test test-long run bench install-systemd clean
@@ -46,6 +46,19 @@ run: install
 
 bench: install
 	$(BIN)/python -m bench
+
+# Install the unit, the system user and directories, and the example config (kept if present).
+install-systemd: install
+	install -D -m 0644 systemd/trafmetuxd.service /etc/systemd/system/trafmetuxd.service
+	install -D -m 0644 systemd/trafmetux.sysusers.conf /usr/lib/sysusers.d/trafmetux.conf
+	install -D -m 0644 systemd/trafmetux.tmpfiles.conf /usr/lib/tmpfiles.d/trafmetux.conf
+	systemd-sysusers trafmetux.conf
+	systemd-tmpfiles --create trafmetux.conf
+	test -e /etc/trafmetux/trafmetux.toml || \
+		install -D -m 0640 -g trafmetux config.example.toml /etc/trafmetux/trafmetux.toml
+	ln -sf $(abspath $(BIN))/trafmetuxd /usr/local/bin/trafmetuxd
+	ln -sf $(abspath $(BIN))/trafmetuxctl /usr/local/bin/trafmetuxctl
+	systemctl daemon-reload
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
