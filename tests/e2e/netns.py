@@ -118,6 +118,11 @@ class Namespace:
         """Zero the harness's nft counters."""
         self.run(["nft", "reset", "counters", "table", "inet", "tmx"])
 
+    def mac(self, dev: str) -> str:
+        """The link-layer address of an interface in this namespace."""
+        info = json.loads(self.run(["ip", "-j", "link", "show", "dev", dev]).stdout)
+        return str(info[0]["address"])
+
     def iptables_save(self) -> str:
         """The mangle table of both families as iptables-save prints them."""
         v4 = self.run(["iptables-save", "-t", "mangle"]).stdout
@@ -158,7 +163,20 @@ class Pair:
         self.offloads(gro=False, gso=False, tso=False)
         for ns, dev in ((self.a, self.a_if), (self.b, self.b_if)):
             ns.run(["ip", "link", "set", dev, "up"])
+        self.pin_neighbours()
         self.wait_reachable()
+
+    def pin_neighbours(self) -> None:
+        """Permanent neighbour entries: no NUD probe or solicitation ever joins the counts."""
+        mac_a = self.a.mac(self.a_if)
+        mac_b = self.b.mac(self.b_if)
+        for ns, dev, mac, peers in (
+            (self.a, self.a_if, mac_b, (self.b4, self.b6)),
+            (self.b, self.b_if, mac_a, (self.a4, self.a6)),
+        ):
+            for peer in peers:
+                neigh = ["ip", "neigh", "replace", peer, "lladdr", mac, "dev", dev]
+                ns.run([*neigh, "nud", "permanent"])
 
     def offloads(self, *, gro: bool, gso: bool, tso: bool) -> None:
         """Set GRO/GSO/TSO on both ends (off: every skb on the veth is one wire packet)."""
