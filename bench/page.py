@@ -1,0 +1,185 @@
+"""docs/performance.md from the benchmark results: the machine, the commands, figures, targets."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bench.analysis import ANALYSIS
+from bench.common import ROOT, Result
+
+PAGE = ROOT / "docs" / "performance.md"
+
+HEAD = """# Performance
+
+Figures measured by `make bench` (`.venv/bin/python -m bench`; one benchmark:
+`.venv/bin/python -m bench --only pipeline`), raw results in `bench/results/*.json`. Every
+figure is compared with a baseline measured in the same run on the same machine. The machine is
+shared and has 2 cores: expect a few percent of noise between runs, more on the latency maxima.
+"""
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _targets(result: Result) -> list[str]:
+    lines = ["| target | measured | limit | met |", "|---|---|---|---|"]
+    for t in result.get("targets", []):
+        verdict = "yes" if t["met"] else f"**no** ({t['ratio_to_limit']}x the limit)"
+        limit = f"{t['op']} {_fmt(t['limit'])} {t['unit']}"
+        lines.append(f"| {t['name']} | {_fmt(t['value'])} {t['unit']} | {limit} | {verdict} |")
+    return [*lines, ""]
+
+
+def _summary(results: dict[str, Result]) -> list[str]:
+    lines = ["| benchmark | target | measured | limit | met |", "|---|---|---|---|---|"]
+    for name, _title, _fn in SECTIONS:
+        r = results.get(name, {})
+        if "skipped" in r or "error" in r:
+            lines.append(
+                f"| {name} | (not run: {'skipped' if 'skipped' in r else 'failed'}) | | | |"
+            )
+        for t in r.get("targets", []):
+            verdict = "yes" if t["met"] else f"**no** ({t['ratio_to_limit']}x the limit)"
+            limit = f"{t['op']} {_fmt(t['limit'])} {t['unit']}"
+            measured = f"{_fmt(t['value'])} {t['unit']}"
+            lines.append(f"| {name} | {t['name']} | {measured} | {limit} | {verdict} |")
+    return [*lines, ""]
+
+
+def _pipeline(r: Result) -> list[str]:
+    p = r["params"]
+    lines = [
+        f"{p['packets']:,} pre-generated packets (IMIX {p['imix']}, 80/18/2 TCP/UDP/ICMP, 30% "
+        f"IPv6, {p['flows']:,} Zipf-ranked flows, first {p['copy_range']} bytes as NFQUEUE "
+        f"copies them), timed over the same list, best of {p['repeats']} passes after a warm-up "
+        f"pass, pinned to core {p['core']}.",
+        "",
+        "| stage | ns/packet | packets/s | x no-op call |",
+        "|---|---|---|---|",
+    ]
+    for name, s in r["stages"].items():
+        lines.append(
+            f"| {name} | {_fmt(s['ns_per_packet'])} | {_fmt(s['packets_per_second'])} "
+            f"| {s['x_noop']} |"
+        )
+    return [*lines, ""]
+
+
+def _e2e(r: Result) -> list[str]:
+    if "skipped" in r:
+        return [f"Skipped: {r['skipped']}.", ""]
+    lines = [
+        "| run | arrived/s | delivered/s | queued (metered)/s | fail-open/s | dropped | "
+        "CPU s per M packets |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, s in r["runs"].items():
+        if "arrived_pps" not in s:
+            continue
+        unqueued = s["unqueued"] / s["seconds"] if s.get("queued_pps") else 0
+        lines.append(
+            f"| {name} | {_fmt(s['arrived_pps'])} | {_fmt(s['delivered_pps'])} | "
+            f"{_fmt(s['queued_pps'])} | {_fmt(round(unqueued))} | {_fmt(s['dropped'])} | "
+            f"{_fmt(s['cpu_s_per_million'])} |"
+        )
+    acc = r["runs"]["c_trafmetuxd_accuracy"]
+    lines += [
+        "",
+        f"Accuracy below saturation ({_fmt(r['params']['low_pps'])} packets/s): kernel rule "
+        f"counters {_fmt(acc['kernel_packets'])} packets / {_fmt(acc['kernel_bytes'])} bytes; "
+        f"meter {_fmt(acc['metered_packets'])} packets / {_fmt(acc['metered_bytes'])} bytes; "
+        f"monitor `all` (report over the socket) {_fmt(acc['monitor_all_bytes'])} bytes.",
+        "",
+    ]
+    return lines
+
+
+def _latency(r: Result, key: str) -> list[str]:
+    lines = ["| query | median ms | p99 ms | max ms |", "|---|---|---|---|"]
+    for name, s in r[key].items():
+        lines.append(f"| {name} | {_fmt(s['median'])} | {_fmt(s['p99'])} | {_fmt(s['max'])} |")
+    return [*lines, ""]
+
+
+def _flush(r: Result) -> list[str]:
+    d, i = r["lag_ms_during_flush"], r["lag_ms_without_flush"]
+    p = r["params"]
+    return [
+        f"{p['monitors']} monitors x {p['positions']:,} positions, {p['flushes']} flushes; a "
+        f"batch of {p['batch']} packets due every {p['period'] * 1000:g} ms on the loop.",
+        "",
+        "| verdict lag | median ms | p99 ms | max ms |",
+        "|---|---|---|---|",
+        f"| during a flush | {_fmt(d['median'])} | {_fmt(d['p99'])} | {_fmt(d['max'])} |",
+        f"| outside flushes (baseline) | {_fmt(i['median'])} | {_fmt(i['p99'])} | "
+        f"{_fmt(i['max'])} |",
+        "",
+        f"Flush wall time: median {_fmt(r['flush_seconds']['median'])} s. Loop-thread part "
+        f"alone (swap + merge into the flush collectors): {_fmt(r['swap_absorb_ms_on_loop'])} ms.",
+        "",
+    ]
+
+
+def _memory(r: Result) -> list[str]:
+    return [
+        f"Fresh interpreter with the daemon's modules imported: {_fmt(r['baseline_mib'])} MiB. "
+        f"Realtime positions full: {_fmt(r['realtime_full_mib'])} MiB "
+        f"(+{_fmt(r['realtime_over_baseline_mib'])} MiB, {r['bytes_per_position']} bytes per "
+        f"position). Realtime and flush collectors both full: {_fmt(r['both_full_mib'])} MiB.",
+        "",
+    ]
+
+
+def _ctl(r: Result) -> list[str]:
+    return [
+        f"Measured with {r['params']['tool']}, {r['params']['runs']} runs each. Ratio "
+        f"show-daily / `python3 -c pass` (the venv interpreter): {r['ratio']}; against the "
+        f"python3 on PATH ({r['params']['path_python3']}): {r['ratio_vs_path_python3']}; "
+        f"against `python3 -I -S -c pass`: {r['ratio_vs_no_site']}.",
+        "",
+        *_latency(r, "wall_ms"),
+    ]
+
+
+SECTIONS: tuple[tuple[str, str, Any], ...] = (
+    ("pipeline", "1. Pipeline in process (parse + classify + collect)", _pipeline),
+    ("e2e", "2. End to end through NFQUEUE", _e2e),
+    ("reports", "3. Reports through the socket (2 years of history, 20 monitors)", None),
+    ("flush", "4. Flush stall", _flush),
+    ("memory", "5. Memory at 20 x 65,536 positions", _memory),
+    ("ctl", "6. trafmetuxctl show-daily start-up", _ctl),
+)
+
+
+def render(results: dict[str, Result], machine: dict[str, object], scale: str) -> str:
+    """The whole page."""
+    out = [HEAD]
+    out += [
+        "## Machine and run",
+        "",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}; scale: {scale}",
+        f"- CPU: {machine['cpu']}, {machine['nproc']} cores (nproc)",
+        f"- kernel: {machine['kernel']}; Python: {machine['implementation']} {machine['python']}",
+        "",
+        "## Summary of targets",
+        "",
+    ]
+    out += _summary(results)
+    for name, title, fn in SECTIONS:
+        r = results.get(name)
+        if r is None:
+            continue
+        out += [f"## {title}", ""]
+        if "error" in r:
+            out += ["The benchmark failed to run:", "", "```", r["error"], "```", ""]
+            continue
+        out += fn(r) if fn is not None else _latency(r, "latency_ms")
+        out += _targets(r)
+        out += [ANALYSIS.get(name, ""), ""]
+    return "\n".join(out).rstrip() + "\n"
