@@ -172,6 +172,14 @@ class Live:
         finally:
             self._close_notify()
 
+    def wait(self, timeout: float = 30.0) -> int:
+        """Wait for the daemon to exit on its own; the exit status."""
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self._close_notify()
+
     def _close_notify(self) -> None:
         if self.notify is not None:
             self.notify.close()
