@@ -50,6 +50,8 @@ class Daemon:
         self.config = cfg
         self.clock = clock
         self.started = clock()
+        # Uptime from the monotonic clock: a wall clock stepped back must not make it negative.
+        self._started_monotonic = time.monotonic()
         self.meter = Meter(cfg.monitors)
         self.store = Store(cfg.database)
         self.flusher = Flusher(self.store, cfg.monitors, periods.resolve_zone(cfg.timezone))
@@ -151,7 +153,7 @@ class Daemon:
             "version": __version__,
             "pid": os.getpid(),
             "started": self.started,
-            "uptime": self.clock() - self.started,
+            "uptime": time.monotonic() - self._started_monotonic,
             "config": str(self.config.path),
             "database": str(self.config.database),
             "monitors": self.meter.names,
