@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import time
@@ -37,7 +38,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS))
     parser.add_argument("--results", type=Path, default=RESULTS, help="JSON output directory")
     parser.add_argument("--page", type=Path, default=PAGE, help="performance page to write")
+    parser.add_argument(
+        "--render", action="store_true", help="only rewrite the page from --results"
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        return _render(args.results, args.page)
     signal.signal(signal.SIGTERM, _terminate)
     scale = "smoke" if args.smoke else "full"
     results: dict[str, Result] = {}
@@ -60,6 +66,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.page.write_text(render(results, machine(), scale))
         print(f"bench: wrote {args.page}")
     return 1 if failed else 0
+
+
+def _render(directory: Path, page: Path) -> int:
+    """Rewrite the page from the JSON results already written."""
+    results = {}
+    for name in BENCHMARKS:
+        path = directory / f"{name}.json"
+        if path.exists():
+            results[name] = json.loads(path.read_text())
+    first = next(iter(results.values()))
+    page.write_text(render(results, first["machine"], first["scale"]))
+    print(f"bench: wrote {page}")
+    return 0
 
 
 def _print_targets(name: str, result: Result) -> None:

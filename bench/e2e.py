@@ -36,6 +36,7 @@ SMOKE = {"warmup": 0.3, "window": 1.0, "low_pps": 500, "low_window": 1.0}
 TOOLS = ("ip", "iptables", "ip6tables", "nft", "ethtool", "trafgen", "taskset")
 QUEUE = 0
 GENERATOR_CPU, CONSUMER_CPU = "0", "1"
+PROC_QUEUE = "/proc/net/netfilter/nfnetlink_queue"
 
 BENCH_NFT = """table inet tmxbench {
   counter arrived {}
@@ -66,21 +67,25 @@ class Snapshot:
     """Kernel counters in namespace b at one instant."""
 
     def __init__(self, ns: Namespace, pid: int | None) -> None:
+        # One command reads both, so the two counters are as close in time as they can be.
+        script = f"nft -j list counters table inet tmxbench; echo; cat {PROC_QUEUE}"
+        out = ns.run(["sh", "-c", script]).stdout
+        counters, _, queues = out.partition("\n")
         self.time = time.monotonic()
-        counters = json.loads(
-            ns.run(["nft", "-j", "list", "counters", "table", "inet", "tmxbench"]).stdout
-        )
-        found = {c["counter"]["name"]: c["counter"] for c in counters["nftables"] if "counter" in c}
+        found = {
+            c["counter"]["name"]: c["counter"]
+            for c in json.loads(counters)["nftables"]
+            if "counter" in c
+        }
         self.arrived = found["arrived"]["packets"]
         self.arrived_bytes = found["arrived"]["bytes"]
         self.delivered = found["delivered"]["packets"]
-        self.queued = _queue_sequence(ns)
+        self.queued = _queue_sequence(queues)
         self.cpu = cpu_seconds(pid) if pid else 0.0
 
 
-def _queue_sequence(ns: Namespace) -> int:
+def _queue_sequence(text: str) -> int:
     """Packets the kernel handed to the bound queue so far (id_sequence), 0 when unbound."""
-    text = ns.run(["cat", "/proc/net/netfilter/nfnetlink_queue"], check=False).stdout
     for line in text.splitlines():
         fields = line.split()
         if len(fields) >= 8 and fields[0] == str(QUEUE):
