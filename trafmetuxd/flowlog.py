@@ -16,11 +16,11 @@ which holds flows that found no free position, comes last as `* * 0 * 0 SENT REC
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from datetime import datetime
 from pathlib import Path
 
+from trafmetuxd.addresses import address_text
 from trafmetuxd.collector import OTHER, FlowKey, Snapshot
 
 PROTOCOL_NAMES = {
@@ -44,19 +44,14 @@ def protocol_name(proto: int) -> str:
     return PROTOCOL_NAMES.get(proto) or str(proto)
 
 
-def _address(family: int, value: int) -> str:
-    """An address int as text for its family."""
-    return str(ipaddress.IPv4Address(value) if family == 4 else ipaddress.IPv6Address(value))
-
-
 def flow_line(key: FlowKey, sent: int, received: int) -> str:
     """One position as a log line (without the newline)."""
     if key == OTHER:
         return f"* * 0 * 0 {sent} {received}"
     family, proto, client, client_port, server, server_port = key
     return (
-        f"{protocol_name(proto)} {_address(family, client)} {max(client_port, 0)} "
-        f"{_address(family, server)} {max(server_port, 0)} {sent} {received}"
+        f"{protocol_name(proto)} {address_text(family, client)} {max(client_port, 0)} "
+        f"{address_text(family, server)} {max(server_port, 0)} {sent} {received}"
     )
 
 

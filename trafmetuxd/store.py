@@ -6,13 +6,13 @@ its flush worker thread; the caller serializes every call (one thread at a time)
 
 from __future__ import annotations
 
-import ipaddress
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import NamedTuple
 
+from trafmetuxd.addresses import address_text
 from trafmetuxd.collector import OTHER, Snapshot
 from trafmetuxd.spec import RetentionSpec
 
@@ -97,11 +97,6 @@ def quarters(totals: dict[int, list[int]]) -> dict[int, list[int]]:
         for i in range(4):
             acc[i] += row[i]
     return out
-
-
-def _address(family: int, value: int) -> str:
-    """An address int as text for its family."""
-    return str(ipaddress.IPv4Address(value) if family == 4 else ipaddress.IPv6Address(value))
 
 
 class Store:
@@ -294,9 +289,9 @@ def _flow_row(flush_id: int | None, key: tuple[int, ...], entry: list[int]) -> t
         flush_id,
         family,
         proto,
-        _address(family, client),
+        address_text(family, client),
         client_port,
-        _address(family, server),
+        address_text(family, server),
         server_port,
         sent,
         received,
