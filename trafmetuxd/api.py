@@ -11,6 +11,7 @@ import pwd
 import socket
 import stat
 import struct
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,10 @@ from trafmetuxd.protocol import (
 log = logging.getLogger(__name__)
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 SOCKET_MODE = 0o660
+FIRST_LINE_TIMEOUT = 5.0  # seconds a new connection has to send its first complete request
+WRITE_TIMEOUT = 5.0  # seconds a reply may wait for a client that does not read
+EVICT_GRACE = 0.5  # seconds of silence (or not reading) before a connection may be evicted
+MAX_CLIENTS = 512  # an idle connection costs a few KiB; the fd limit is 1024 by default
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +126,27 @@ def bind_socket(path: Path, gid: int) -> socket.socket:
     return sock
 
 
+@dataclass(slots=True)
+class _Connection:
+    """One client connection; `evictable` while it has sent no request or reads no reply."""
+
+    writer: asyncio.StreamWriter
+    evictable: bool = True
+    since: float = 0.0  # monotonic time it became evictable
+
+    def mark(self, evictable: bool) -> None:
+        """Note whether the connection is of no use right now, and since when."""
+        self.evictable = evictable
+        self.since = time.monotonic()
+
+
 class Server:
-    """The running control socket server."""
+    """The running control socket server.
+
+    At the client limit a newcomer takes the slot of the oldest connection that is of no use
+    to anyone (it has not sent a complete request yet, or does not read its reply), so idle or
+    deaf clients can delay a legitimate one by a moment but never lock it out.
+    """
 
     def __init__(
         self,
@@ -139,8 +163,12 @@ class Server:
         self.max_clients = max_clients
         self.idle_timeout = idle_timeout
         self.clients = 0
+        self.evicted = 0
+        self.first_line_timeout = min(FIRST_LINE_TIMEOUT, idle_timeout)
+        self.write_timeout = min(WRITE_TIMEOUT, idle_timeout)
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._conns: dict[asyncio.Task[None], _Connection] = {}  # insertion order: oldest first
 
     def info(self) -> dict[str, object]:
         """JSON-able facts for the status command."""
@@ -150,6 +178,7 @@ class Server:
             "socket_gid": self.gid,
             "socket_group_found": self.group_found,
             "clients": self.clients,
+            "evicted": self.evicted,
         }
 
     async def start(self) -> None:
@@ -164,10 +193,15 @@ class Server:
         if self._server is not None:
             self._server.close()
             self._server = None
-        for task in list(self._tasks):
-            task.cancel()
+        # Abort the connections first: their tasks end on their own. Cancelling a stream
+        # task makes Python 3.11's stream callback log a spurious CancelledError.
+        for conn in self._conns.values():
+            conn.writer.transport.abort()
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            _done, pending = await asyncio.wait(list(self._tasks), timeout=1.0)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISSOCK(self.path.lstat().st_mode):
                 self.path.unlink()
@@ -177,13 +211,15 @@ class Server:
         assert task is not None
         self._tasks.add(task)
         self.clients += 1
+        conn = _Connection(writer, since=time.monotonic())
         try:
-            if self.clients > self.max_clients:
+            if self.clients > self.max_clients and not self._evict():
                 msg = f"too many clients (max {self.max_clients})"
-                await self._send(writer, protocol.encode_reply_err(UNAVAILABLE, msg))
+                await self._send(conn, protocol.encode_reply_err(UNAVAILABLE, msg))
                 return
+            self._conns[task] = conn
             peer = await self._peer(writer)
-            await self._serve(peer, reader, writer)
+            await self._serve(peer, reader, conn)
         except (ConnectionError, TimeoutError):
             pass
         except Exception:
@@ -191,26 +227,44 @@ class Server:
         finally:
             self.clients -= 1
             self._tasks.discard(task)
+            self._conns.pop(task, None)
             writer.close()
+
+    def _evict(self) -> bool:
+        """Drop the connection longest silent before its first request, or longest not reading.
+
+        Only connections in that state for EVICT_GRACE: a real client sends its request and
+        reads its reply at once, so it is never taken for an idle one.
+        """
+        limit = time.monotonic() - EVICT_GRACE
+        victims = [(c.since, t) for t, c in self._conns.items() if c.evictable and c.since < limit]
+        if not victims:
+            return False
+        task = min(victims, key=lambda victim: victim[0])[1]
+        conn = self._conns.pop(task)  # counted out now; its task ends on the abort
+        conn.writer.transport.abort()
+        self.evicted += 1
+        return True
 
     async def _peer(self, writer: asyncio.StreamWriter) -> Peer:
         pid, uid, gid = peer_credentials(writer.get_extra_info("socket"))
         # pwd/grp may consult NSS (LDAP, ...): keep it off the loop
         return await asyncio.to_thread(authorize, pid, uid, gid, self.gid)
 
-    async def _serve(
-        self, peer: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def _serve(self, peer: Peer, reader: asyncio.StreamReader, conn: _Connection) -> None:
+        timeout = self.first_line_timeout  # a new connection must say something soon
         while True:
             try:
-                line = await asyncio.wait_for(reader.readuntil(b"\n"), self.idle_timeout)
+                line = await asyncio.wait_for(reader.readuntil(b"\n"), timeout)
             except asyncio.IncompleteReadError:
                 return  # peer closed (a final line without newline is ignored)
             except asyncio.LimitOverrunError:
                 msg = f"request line longer than {protocol.MAX_LINE} bytes"
-                await self._send(writer, protocol.encode_reply_err(TOO_LARGE, msg))
+                await self._send(conn, protocol.encode_reply_err(TOO_LARGE, msg))
                 return
-            await self._send(writer, await self.dispatch(peer, line))
+            conn.mark(False)
+            timeout = self.idle_timeout
+            await self._send(conn, await self.dispatch(peer, line))
 
     async def dispatch(self, peer: Peer, line: bytes) -> bytes:
         """One request line -> one reply line; never raises."""
@@ -229,17 +283,21 @@ class Server:
             return protocol.encode_reply_err(INTERNAL, f"{type(exc).__name__}: {exc}")
         return protocol.encode_reply_ok(result)
 
-    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
-        writer.write(data)
-        # a client that does not read its replies is dropped like an idle one
-        await asyncio.wait_for(writer.drain(), self.idle_timeout)
+    async def _send(self, conn: _Connection, data: bytes) -> None:
+        conn.writer.write(data)
+        if conn.writer.transport.get_write_buffer_size() == 0:
+            return
+        # A client that does not read its replies may lose its slot, and is dropped soon.
+        conn.mark(True)
+        await asyncio.wait_for(conn.writer.drain(), self.write_timeout)
+        conn.mark(False)
 
 
 async def start_server(
     path: Path | str,
     group: str,
     handlers: Mapping[str, Handler],
-    max_clients: int = 64,
+    max_clients: int = MAX_CLIENTS,
     idle_timeout: float = 30.0,
 ) -> Server:
     """Create the socket (0660, group) and serve requests through the handler table."""
