@@ -10,7 +10,7 @@ import time
 
 from trafmetuxd.api import Server, start_server
 from trafmetuxd.capture import Capture
-from trafmetuxd.daemon import Daemon
+from trafmetuxd.daemon import Daemon, tune_switch_interval
 from trafmetuxd.handlers import Handlers
 from trafmetuxd.kernel import KernelError, QueueRules, queue_stats
 from trafmetuxd.notify import Notifier
@@ -20,6 +20,9 @@ from trafmetuxd.spec import DIR_IN, DIR_OUT
 log = logging.getLogger("trafmetuxd")
 
 RATE_SAMPLE_EVERY = 1.0
+# The audit runs iptables on the event loop; a client asking for status in a loop must not
+# turn that into a stall of the meter, so one audit serves every status request for this long.
+AUDIT_TTL = 0.2
 
 
 class Service:
@@ -37,11 +40,13 @@ class Service:
         self.handlers = Handlers(daemon)
         self.quotas = QuotaWatcher()
         self.server: Server | None = None
+        self._audit_cache: tuple[float, dict[str, object]] = (-AUDIT_TTL, {})
         daemon.extra_status = self._capture_status
 
     async def run(self) -> int:
         """Bind, install, listen, announce READY; meter until told to stop; shut down cleanly."""
         loop = asyncio.get_running_loop()
+        tune_switch_interval()
         loop.add_signal_handler(signal.SIGTERM, self.stop.set)
         loop.add_signal_handler(signal.SIGINT, self.stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.hup.set)
@@ -157,8 +162,17 @@ class Service:
         if queue is not None:
             out["queue"] = queue._asdict()
         if self.rules is not None:
-            out["audit"] = self._audit()
+            out["audit"] = self._cached_audit()
         return out
+
+    def _cached_audit(self) -> dict[str, object]:
+        """The audit, recomputed at most once per AUDIT_TTL (kernel and meter read together)."""
+        at, audit = self._audit_cache
+        now = time.monotonic()
+        if now - at >= AUDIT_TTL:
+            audit = self._audit()
+            self._audit_cache = (now, audit)
+        return audit
 
     def _audit(self) -> dict[str, object]:
         """What the kernel's queue rules counted versus what the meter metered."""
