@@ -77,6 +77,7 @@ class Live:
         state_dir: Path | None = None,
         top: str = "",
         capture: Mapping[str, str] | None = None,
+        socket_group: str = "",
     ) -> None:
         self.pair = pair
         self.tmp = tmp
@@ -87,6 +88,7 @@ class Live:
         self.flush_interval = flush_interval
         self.top = top
         self.capture = dict(capture or {})
+        self.socket_group = socket_group or grp.getgrgid(os.getgid()).gr_name
         self.write_config(monitors)
         self.proc: subprocess.Popen[str] | None = None
         self.notify: socket.socket | None = None
@@ -104,7 +106,7 @@ class Live:
         self.config.write_text(
             f'state_dir = "{self.state_dir}"\n'
             f'socket = "{self.sock_path}"\n'
-            f'socket_group = "{grp.getgrgid(os.getgid()).gr_name}"\n'
+            f'socket_group = "{self.socket_group}"\n'
             'timezone = "UTC"\n'
             f'flush_interval = "{self.flush_interval}"\n'
             f"{self.top}"
