@@ -63,6 +63,7 @@ def test_daemon_as_nobody_with_net_admin_only_meters_exactly(pair: Pair, public_
     assert "TRAFMETUX" not in pair.a.iptables_save()
     a, b = pair.a.nft_counters(), pair.b.nft_counters()
     stored = live.stored()
+    assert "icmp" in stored, (stored, live.log(), live.config.read_text())
     assert stored["icmp"] == expected("icmp", a, b)
     assert stored["all"] == expected("all", a, b)
     assert live.database.stat().st_uid == NOBODY.pw_uid
