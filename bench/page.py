@@ -120,8 +120,10 @@ def _flush(r: Result) -> list[str]:
         f"| outside flushes (baseline) | {_fmt(i['median'])} | {_fmt(i['p99'])} | "
         f"{_fmt(i['max'])} |",
         "",
-        f"Flush wall time: median {_fmt(r['flush_seconds']['median'])} s. Loop-thread part "
-        f"alone (swap + merge into the flush collectors): {_fmt(r['swap_absorb_ms_on_loop'])} ms.",
+        f"Flush wall time: median {_fmt(r['flush_seconds']['median'])} s. On the loop thread "
+        f"a flush only swaps the collectors ({_fmt(r['swap_ms_on_loop'])} ms); merging them "
+        f"into the flush collectors ({_fmt(r['absorb_ms_in_thread'])} ms) and writing run in "
+        "the flush worker thread.",
         "",
     ]
 

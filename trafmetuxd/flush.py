@@ -13,6 +13,7 @@ seeing a merge half done and committed() from clearing data that arrived during 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
@@ -36,6 +37,7 @@ class FlushState:
     failures: int = 0  # consecutive failed writes
     last_error: str = ""
     flushes: int = 0
+    held_bytes: int = 0  # counted but not committed, as of the last failed write
 
 
 class Flusher:
@@ -63,6 +65,7 @@ class Flusher:
                 coll = FlushCollector(self._sizes.get(name, 2000))
                 self.collectors[name] = coll
             coll.merge(snap)
+            time.sleep(0)  # in the worker thread: let a waiting packet loop have the GIL
 
     def pending(self) -> list[tuple[str, Snapshot]]:
         """Every non-empty flush collector's contents."""
@@ -83,6 +86,7 @@ class Flusher:
         except StoreError as exc:
             self.state.failures += 1
             self.state.last_error = str(exc)
+            self.state.held_bytes = self.held_bytes()
             return False
         self._render_logs(when, batches)
         return True
@@ -94,6 +98,7 @@ class Flusher:
         self.state.last_success = when
         self.state.failures = 0
         self.state.last_error = ""
+        self.state.held_bytes = 0
         self.state.flushes += 1
 
     def held_bytes(self) -> int:

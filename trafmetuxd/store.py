@@ -7,13 +7,14 @@ its flush worker thread; the caller serializes every call (one thread at a time)
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import NamedTuple
 
 from trafmetuxd.addresses import address_text
-from trafmetuxd.collector import OTHER, Snapshot
+from trafmetuxd.collector import OTHER, Flows, Snapshot
 from trafmetuxd.spec import RetentionSpec
 
 MINUTES_PER_QUARTER = 15  # a quarter is unix seconds // 900, so minute // 15
@@ -189,9 +190,10 @@ class Store:
     ) -> None:
         """Add every monitor's snapshot (and prune, if asked) in one transaction."""
         with self._transaction("cannot write flush"):
+            rows = _FlowRows()
             for name, snap in batches:
                 if snap.totals or snap.flows:
-                    self._write_one(self._monitor_id(name), flush_time, snap)
+                    self._write_one(self._monitor_id(name), flush_time, snap, rows)
             if prune_before is not None:
                 self._prune(*prune_before)
 
@@ -202,7 +204,7 @@ class Store:
         row = conn.execute("SELECT id FROM monitor WHERE name = ?", (name,)).fetchone()
         return int(row[0])
 
-    def _write_one(self, monitor: int, flush_time: float, snap: Snapshot) -> None:
+    def _write_one(self, monitor: int, flush_time: float, snap: Snapshot, rows: _FlowRows) -> None:
         """Upsert-add one snapshot's totals and insert its flush and flow rows."""
         conn = self._conn
         conn.executemany(_UPSERT_MINUTE, ((monitor, m, *r) for m, r in snap.totals.items()))
@@ -213,9 +215,7 @@ class Store:
             "INSERT INTO flush (monitor, time, overflow) VALUES (?, ?, ?)",
             (monitor, flush_time, snap.overflow),
         )
-        flush_id = cur.lastrowid
-        rows = (_flow_row(flush_id, k, e) for k, e in snap.flows.items() if e[2])
-        conn.executemany(_INSERT_FLOW, rows)
+        conn.executemany(_INSERT_FLOW, rows.rows(cur.lastrowid, snap.flows))
 
     def _prune(self, first_minute: int, first_flush_time: int) -> None:
         """Delete minutes and flushes before the bounds (a bound <= 0 keeps everything)."""
@@ -279,21 +279,50 @@ class Store:
             return int(self._conn.execute(sql, (monitor, since, until)).fetchone()[0])
 
 
-def _flow_row(flush_id: int | None, key: tuple[int, ...], entry: list[int]) -> tuple[object, ...]:
-    """A flow table row for one position (OTHER: family 0, protocol 0, '*' addresses)."""
-    sent, received, packets = entry
-    if key == OTHER:
-        return (flush_id, 0, 0, "*", -1, "*", -1, sent, received, packets)
-    family, proto, client, client_port, server, server_port = key
-    return (
-        flush_id,
-        family,
-        proto,
-        address_text(family, client),
-        client_port,
-        address_text(family, server),
-        server_port,
-        sent,
-        received,
-        packets,
-    )
+class _FlowRows:
+    """Flow table rows for one write; address text memoised across monitors.
+
+    Every `YIELD_EVERY` rows it sleeps(0): the write runs in a worker thread and holds the GIL
+    for its Python work, and that pause hands the GIL to a waiting packet loop at once instead
+    of after the interpreter's switch interval.
+    """
+
+    YIELD_EVERY = 256
+
+    def __init__(self) -> None:
+        self._texts: dict[tuple[int, int], str] = {}
+        self._count = 0
+
+    def text(self, family: int, value: int) -> str:
+        """The address's text, formatted once per write."""
+        key = (family, value)
+        text = self._texts.get(key)
+        if text is None:
+            text = self._texts[key] = address_text(family, value)
+        return text
+
+    def rows(self, flush_id: int | None, flows: Flows) -> Iterator[tuple[object, ...]]:
+        """A row per position with packets (OTHER: family 0, protocol 0, '*' addresses)."""
+        text = self.text
+        for key, (sent, received, packets) in flows.items():
+            if not packets:
+                continue
+            self._count += 1
+            if not self._count % self.YIELD_EVERY:
+                time.sleep(0)
+            if key == OTHER:
+                yield (flush_id, 0, 0, "*", -1, "*", -1, sent, received, packets)
+                continue
+            family, proto, client, client_port, server, server_port = key
+            yield (
+                flush_id,
+                family,
+                proto,
+                text(family, client),
+                client_port,
+                text(family, server),
+                server_port,
+                sent,
+                received,
+                packets,
+            )
