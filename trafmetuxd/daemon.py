@@ -7,7 +7,8 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from trafmetuxd import __version__, config, periods
 from trafmetuxd.collector import Flows, Snapshot, Totals
@@ -32,19 +33,11 @@ def tune_switch_interval() -> None:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
 
 
-def merge_totals(into: Totals, add: Totals) -> None:
-    """Add one minute-totals mapping into another, exactly."""
-    for minute, row in add.items():
-        have = into.get(minute)
-        if have is None:
-            into[minute] = list(row)
-        else:
-            for i, value in enumerate(row):
-                have[i] += value
+Key = TypeVar("Key")
 
 
-def merge_flows(into: Flows, add: Flows) -> None:
-    """Add one flow-positions mapping into another, exactly."""
+def merge_counts(into: dict[Key, list[int]], add: Mapping[Key, list[int]]) -> None:
+    """Add one mapping of counter rows (minute totals, flow positions) into another, exactly."""
     for key, row in add.items():
         have = into.get(key)
         if have is None:
@@ -137,9 +130,9 @@ class Daemon:
         """Per monitor: minute totals counted but not committed yet."""
         out: dict[str, Totals] = {}
         for name, totals in self.flusher.unflushed_totals().items():
-            merge_totals(out.setdefault(name, {}), totals)
+            merge_counts(out.setdefault(name, {}), totals)
         for spec, coll in zip(self.meter.monitors, self.meter.collectors, strict=True):
-            merge_totals(out.setdefault(spec.name, {}), coll.totals)
+            merge_counts(out.setdefault(spec.name, {}), coll.totals)
         return out
 
     def unflushed_flows(self, monitor: str) -> Flows:
@@ -147,10 +140,10 @@ class Daemon:
         out: Flows = {}
         held = self.flusher.collectors.get(monitor)
         if held is not None:
-            merge_flows(out, held.pending().flows)
+            merge_counts(out, held.pending().flows)
         for spec, coll in zip(self.meter.monitors, self.meter.collectors, strict=True):
             if spec.name == monitor:
-                merge_flows(out, coll.flows)
+                merge_counts(out, coll.flows)
         return out
 
     def cumulative_bytes(self) -> dict[str, tuple[int, int]]:
