@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
-from trafmetuxd import reports
+from trafmetuxd import query, reports
 from trafmetuxd.collector import Flows, Totals
 from trafmetuxd.periods import Calendar, parse_local, resolve_zone
 from trafmetuxd.protocol import BAD_ARGUMENT, NOT_FOUND, VERSION, ProtocolError
@@ -49,6 +49,12 @@ class Handlers:
     def __init__(self, backend: Backend, clock: Callable[[], float] = time.time) -> None:
         self.backend = backend
         self.clock = clock
+        # one store connection and its cache of period sums, shared by every request
+        self.reader = query.Reader()
+
+    def close(self) -> None:
+        """Close the store connection the reports read through."""
+        self.reader.close()
 
     def table(self) -> dict[str, Handler]:
         """Command name -> handler; api.py dispatches through this dict only."""
@@ -124,7 +130,15 @@ class Handlers:
         begin = self.instant(args.get("begin"), cal)
         end = self.instant(args.get("end"), cal)
         return await reports.report(
-            self.backend, cal, names, args["period"], args.get("last"), begin, end, self.now()
+            self.backend,
+            self.reader,
+            cal,
+            names,
+            args["period"],
+            args.get("last"),
+            begin,
+            end,
+            self.now(),
         )
 
     async def flows(self, args: Mapping[str, Any]) -> object:
@@ -151,13 +165,15 @@ class Handlers:
             specs = tuple(q for q in specs if q.name == name)
             if not specs:
                 raise ProtocolError(NOT_FOUND, f"no such quota: {name}")
-        statuses = await reports.quotas(self.backend, self.calendar(), specs, self.now())
+        statuses = await reports.quotas(
+            self.backend, self.reader, self.calendar(), specs, self.now()
+        )
         return {"quotas": [s.as_dict() for s in statuses]}
 
     async def quota_statuses(self) -> list[QuotaStatus]:
         """Every quota now: what the daemon feeds its QuotaWatcher after each flush."""
         return await reports.quotas(
-            self.backend, self.calendar(), self.backend.config.quotas, self.now()
+            self.backend, self.reader, self.calendar(), self.backend.config.quotas, self.now()
         )
 
     async def flush(self, args: Mapping[str, Any]) -> object:

@@ -23,12 +23,16 @@ _PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "ipv6-icmp", 132: "sctp"}
 
 
 async def sums(
-    backend: Backend, names: Sequence[str], bounds: Sequence[int], grain: str
+    backend: Backend,
+    reader: query.Reader,
+    names: Sequence[str],
+    bounds: Sequence[int],
+    grain: str,
 ) -> query.Sums:
     """Stored sums plus unflushed minutes, read under the flush lock so nothing counts twice."""
     db = backend.config.database
     async with backend.flush_lock:
-        result = await asyncio.to_thread(query.bucket_sums, db, names, bounds, grain)
+        result = await asyncio.to_thread(reader.bucket_sums, db, names, bounds, grain)
         pending = backend.unflushed()
     for name in names:
         for minute, (rx, _, tx, _) in pending.get(name, {}).items():
@@ -69,6 +73,7 @@ async def _total_period(
 
 async def report(
     backend: Backend,
+    reader: query.Reader,
     cal: Calendar,
     names: Sequence[str],
     kind: str,
@@ -84,7 +89,7 @@ async def report(
         periods = _periods(cal, kind, last, begin, end, now)
     bounds = [p.begin for p in periods] + [periods[-1].end]
     grain = "minute" if kind == "minute" else "quarter"
-    figures = await sums(backend, names, bounds, grain)
+    figures = await sums(backend, reader, names, bounds, grain)
     rows = [
         {
             "label": p.label,
@@ -194,13 +199,14 @@ async def top(
 
 
 async def quotas(
-    backend: Backend, cal: Calendar, specs: Sequence[QuotaSpec], now: int
+    backend: Backend, reader: query.Reader, cal: Calendar, specs: Sequence[QuotaSpec], now: int
 ) -> list[QuotaStatus]:
     """Each quota's usage so far in its current period (stored + unflushed)."""
     out = []
     for spec in specs:
         period = quota_period(spec, cal, now)
-        figures = await sums(backend, spec.monitors, [period.begin, period.end], "quarter")
+        bounds = [period.begin, period.end]
+        figures = await sums(backend, reader, spec.monitors, bounds, "quarter")
         used = sum(rx + tx for per in figures.values() for rx, tx in per)
         out.append(evaluate(spec, used, now, period))
     return out

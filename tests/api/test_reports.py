@@ -182,3 +182,34 @@ def test_total_runs_from_the_first_stored_quarter_to_now(running: Running) -> No
     assert row["begin"] == first // 900 * 900
     first_day = datetime.fromtimestamp(first, PARIS).strftime("%Y-%m-%d")
     assert row["label"] == f"{first_day} - {datetime.fromtimestamp(NOW, PARIS):%Y-%m-%d}"
+
+
+def test_a_flush_between_two_reports_reaches_the_second_even_in_a_closed_month(
+    running: Running,
+) -> None:
+    db = running.path.parent / "state" / "trafmetux.sqlite3"
+    last_year = int(datetime(2025, 12, 3, 12, tzinfo=PARIS).timestamp()) // 60
+    write_store(db, NOW - 60, [("input", Snapshot({last_year: [100, 1, 1, 1]}, {}, 0))])
+    request = {"cmd": "report", "period": "month", "last": 12, "monitors": ["input"]}
+    first = call(running.path, **request)["rows"]
+    assert call(running.path, **request)["rows"] == first  # answered again, unchanged
+    # a replay lands in the same long-closed month, then a live flush in this one
+    write_store(db, NOW - 30, [("input", Snapshot({last_year + 5: [20, 1, 2, 1]}, {}, 0))])
+    write_store(db, NOW - 10, [("input", Snapshot({NOW // 60 - 1: [3, 1, 4, 1]}, {}, 0))])
+    rows = call(running.path, **request)["rows"]
+    assert isinstance(first, list) and isinstance(rows, list)
+    december = next(i for i, r in enumerate(rows) if r["label"].startswith("2025-12"))
+    assert first[december]["values"]["input"] == [100, 1]
+    assert rows[december]["values"]["input"] == [120, 3]
+    assert rows[-1]["values"]["input"] == [3, 4]
+    assert all(r["values"]["input"] == [0, 0] for i, r in enumerate(rows[:-1]) if i != december)
+
+
+def test_quota_follows_each_flush(running: Running) -> None:
+    db = running.path.parent / "state" / "trafmetux.sqlite3"
+    used = []
+    for _ in range(2):  # the same minute flushed twice: 1 GiB each time
+        write_store(db, NOW - 60, [("input", Snapshot({NOW // 60 - 2: [GIB, 1, 0, 0]}, {}, 0))])
+        (q,) = call(running.path, cmd="quota", name="mobile")["quotas"]  # type: ignore[misc]
+        used.append(q["used"])
+    assert used == [GIB, 2 * GIB]

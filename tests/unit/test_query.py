@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import random
+import sqlite3
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import closing
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -98,3 +100,93 @@ def test_first_instant_is_the_earliest_quarter(traffic: tuple[Path, dict[int, li
     db, totals = traffic
     assert query.first_instant(db, ["input"]) == min(totals) * 60 // 900 * 900
     assert query.first_instant(db, ["ghost"]) is None
+
+
+def month_bounds(zone: str = "Europe/Paris") -> list[int]:
+    """Every local month of the fixture's range, as bucket bounds."""
+    periods = Calendar(ZoneInfo(zone), 0).span("month", START - 86400 * 40, STOP + 86400 * 40)
+    return [p.begin for p in periods] + [periods[-1].end]
+
+
+def copy_store(src: Path, dst: Path) -> Path:
+    """A private copy of the fixture's store that a test may write to."""
+    with closing(sqlite3.connect(src)) as a, closing(sqlite3.connect(dst)) as b:
+        a.backup(b)
+    return dst
+
+
+def test_a_reader_answers_like_a_fresh_read_and_answers_again_from_its_cache(
+    traffic: tuple[Path, dict[int, list[int]]],
+) -> None:
+    db, _ = traffic
+    bounds = month_bounds()
+    fresh = query.bucket_sums(db, ["input", "ghost"], bounds, "quarter")
+    with closing(query.Reader()) as reader:
+        assert reader.bucket_sums(db, ["input", "ghost"], bounds, "quarter") == fresh
+        assert reader.cached == len(bounds) - 1  # one sum per month of the known monitor
+        again = reader.bucket_sums(db, ["input", "ghost"], bounds, "quarter")
+        assert again == fresh
+        again["input"][0][0] += 1  # callers may add unflushed minutes to what they get
+        assert reader.bucket_sums(db, ["input"], bounds, "quarter")["input"] == fresh["input"]
+
+
+def test_a_flush_into_an_old_closed_month_reaches_the_next_report(
+    traffic: tuple[Path, dict[int, list[int]]], tmp_path: Path
+) -> None:
+    # replayed traffic can land in any past period: the cache must never hide it
+    db = copy_store(traffic[0], tmp_path / "trafmetux.sqlite3")
+    bounds = month_bounds()
+    with closing(query.Reader()) as reader:
+        before = reader.bucket_sums(db, ["input"], bounds, "quarter")["input"]
+        old = int(datetime(2026, 4, 10, 12, tzinfo=ZoneInfo("Europe/Paris")).timestamp()) // 60
+        store = Store(db)
+        try:
+            store.write(STOP + 60, [("input", Snapshot({old: [5000, 1, 70, 1]}, {}, 0))])
+            after = reader.bucket_sums(db, ["input"], bounds, "quarter")["input"]
+        finally:
+            store.close()
+    april = next(i for i in range(len(bounds) - 1) if bounds[i] <= old * 60 < bounds[i + 1])
+    expected = [list(v) for v in before]
+    expected[april] = [before[april][0] + 5000, before[april][1] + 70]
+    assert after == expected
+
+
+def test_a_new_monitor_written_after_the_first_read_is_found(tmp_path: Path) -> None:
+    db = tmp_path / "trafmetux.sqlite3"
+    with closing(query.Reader()) as reader:
+        assert reader.bucket_sums(db, ["late"], [0, 900], "quarter") == {"late": [[0, 0]]}
+        assert not db.exists()  # reading never creates the store
+        store = Store(db)
+        try:
+            assert reader.bucket_sums(db, ["late"], [0, 900], "quarter") == {"late": [[0, 0]]}
+            store.write(60, [("late", Snapshot({0: [4, 1, 2, 1]}, {}, 0))])
+            assert reader.bucket_sums(db, ["late"], [0, 900], "quarter") == {"late": [[4, 2]]}
+        finally:
+            store.close()
+
+
+def test_a_replaced_or_removed_database_is_read_afresh(tmp_path: Path) -> None:
+    db, other = tmp_path / "trafmetux.sqlite3", tmp_path / "other.sqlite3"
+    for path, rx in ((db, 10), (other, 99)):
+        store = Store(path)
+        store.write(60, [("input", Snapshot({0: [rx, 1, 1, 1]}, {}, 0))])
+        store.close()
+    with closing(query.Reader()) as reader:
+        assert reader.bucket_sums(db, ["input"], [0, 900], "quarter")["input"] == [[10, 1]]
+        other.replace(db)
+        assert reader.bucket_sums(db, ["input"], [0, 900], "quarter")["input"] == [[99, 1]]
+        db.unlink()
+        assert reader.bucket_sums(db, ["input"], [0, 900], "quarter")["input"] == [[0, 0]]
+        assert reader.cached == 0
+
+
+def test_the_cache_is_bounded_and_sums_stay_exact_past_the_bound(
+    traffic: tuple[Path, dict[int, list[int]]],
+) -> None:
+    db, _ = traffic
+    bounds = month_bounds("UTC")
+    with closing(query.Reader(limit=3)) as reader:
+        for _ in range(2):
+            got = reader.bucket_sums(db, ["input"], bounds, "quarter")
+            assert got == query.bucket_sums(db, ["input"], bounds, "quarter")
+            assert reader.cached == 3
