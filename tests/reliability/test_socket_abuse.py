@@ -77,7 +77,7 @@ def abuse(pair: Pair, tmp: Path, clients: int, seconds: float) -> dict[str, floa
         # niced: the CPU it takes itself on a small machine is not what is being measured
         ["nice", "-n", "10", sys.executable, str(HERE / "abuser.py"), str(live.sock_path),
          str(clients), str(seconds)],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     legit = Legit(live)
     peak = rss_before
