@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from trafmetuxctl.units import format_bytes, format_rate
+
+TYPE_CHECKING = False  # typing costs ~2 ms of the client's start-up: annotations only
+if TYPE_CHECKING:
+    from typing import Any
 
 QUOTA_STATES = {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}
 

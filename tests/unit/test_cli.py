@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import shutil
 import socket
 import socketserver
 import subprocess
@@ -14,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from trafmetuxctl.cli import main
+from trafmetuxctl.cli import build_parser, main, terminal_columns
 
 GIB = 1024**3
 QUOTA = {
@@ -173,3 +175,50 @@ def test_the_client_imports_nothing_heavy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_client_starts_without_typing_socket_py_or_shutil() -> None:
+    # each costs milliseconds of every start (issue 5: show-daily <= 2x a bare interpreter)
+    code = (
+        "import sys\n"
+        "from trafmetuxctl.cli import main\n"
+        "assert main(['--socket', '/nonexistent/trafmetuxd.sock', 'show-daily', '-t', '3']) == 3\n"
+        "print(sorted(m for m in ('typing', 'socket', 'shutil') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    assert "socket /nonexistent/trafmetuxd.sock is missing" in out.stderr
+
+
+@pytest.mark.parametrize("columns", [None, "120", "33", "0", "-5", "wide"])
+def test_terminal_columns_match_shutil(
+    monkeypatch: pytest.MonkeyPatch, columns: str | None
+) -> None:
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    assert terminal_columns() == shutil.get_terminal_size().columns
+
+
+def subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parser and every sub-command parser under it."""
+    found = [parser]
+    for action in parser._actions:  # argparse keeps no public list of its sub-commands
+        if isinstance(action, argparse._SubParsersAction):
+            found += list(action.choices.values())
+    return found
+
+
+@pytest.mark.parametrize("columns", ["100", "47"])
+def test_help_and_usage_read_as_argparse_formats_them(
+    monkeypatch: pytest.MonkeyPatch, columns: str
+) -> None:
+    monkeypatch.setenv("COLUMNS", columns)
+    ours, plain = subparsers(build_parser()), subparsers(build_parser())
+    for parser in plain:
+        parser.formatter_class = argparse.HelpFormatter  # argparse's own sizing (shutil)
+    assert len(ours) == 16
+    for a, b in zip(ours, plain, strict=True):
+        assert a.format_help() == b.format_help()
+        assert a.format_usage() == b.format_usage()
