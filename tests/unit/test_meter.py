@@ -3,10 +3,35 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 
-from packets import TCP, UDP, ipv4, tcp, udp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from packets import (
+    ACK,
+    FRAGMENT,
+    HOP_BY_HOP,
+    ICMP,
+    ICMPV6,
+    SCTP,
+    SYN,
+    TCP,
+    UDP,
+    addr,
+    fragment_header,
+    icmp,
+    ipv4,
+    ipv6,
+    options_header,
+    sctp,
+    tcp,
+    udp,
+)
 
-from trafmetuxd.meter import LocalNetworks, Meter
+from trafmetuxd import rules
+from trafmetuxd.collector import RealtimeCollector, Snapshot
+from trafmetuxd.meter import CACHE_LIMIT, LocalNetworks, Meter
+from trafmetuxd.packet import parse
 from trafmetuxd.spec import DIR_IN, DIR_OUT, MonitorSpec, RuleSpec
 
 SSH = MonitorSpec("ssh", (RuleSpec(protocol=TCP, port=((22, 22),)),))
@@ -77,3 +102,185 @@ def test_replay_direction_comes_from_the_local_networks() -> None:
     assert got["output"] == len(outbound) + len(transit)
     assert got["input"] == len(inbound) + len(transit)
     assert got["all"] == len(inbound) + len(outbound) + len(transit)
+
+
+# The verdict cache: a cached meter must count exactly what parse + classify + add count.
+
+V4_HOSTS = ("10.0.0.1", "10.0.0.2", "192.0.2.7")
+V6_HOSTS = ("fd00::1", "fd00::2", "2001:db8::9")
+PORTS = (22, 53, 443, 1023, 1024, 3128, 8080, 40000, 61000)
+FLAGS = (SYN, SYN | ACK, ACK, 0)
+
+
+def transport(proto: int, sport: int, dport: int, flags: int, size: int) -> bytes:
+    """A transport header and payload for proto."""
+    if proto == TCP:
+        return tcp(sport, dport, flags, bytes(size))
+    if proto == UDP:
+        return udp(sport, dport, bytes(size))
+    if proto == SCTP:
+        return sctp(sport, dport) + bytes(size)
+    return icmp(8, 0, bytes(size))
+
+
+Flow = tuple[bool, str, str, int, int, int]  # IPv6?, source, destination, protocol, ports
+
+
+@st.composite
+def flows(draw: st.DrawFn) -> Flow:
+    """One conversation's fixed header fields."""
+    v6 = draw(st.booleans())
+    hosts = V6_HOSTS if v6 else V4_HOSTS
+    src, dst = draw(st.sampled_from(hosts)), draw(st.sampled_from(hosts))
+    proto = draw(st.sampled_from((TCP, UDP, SCTP, ICMPV6 if v6 else ICMP)))
+    return v6, src, dst, proto, draw(st.sampled_from(PORTS)), draw(st.sampled_from(PORTS))
+
+
+@st.composite
+def raw_packets(draw: st.DrawFn, flow: Flow) -> bytes:
+    """A packet of flow: plain, with options, extension headers, a fragment, cut short,
+    with an odd IP length, or not IP at all."""
+    v6, src, dst, proto, sport, dport = flow
+    flags = draw(st.sampled_from(FLAGS))
+    body = transport(proto, sport, dport, flags, draw(st.sampled_from((0, 6, 40, 200))))
+    shape = draw(st.sampled_from(("plain",) * 4 + ("odd", "cut", "length", "junk")))
+    if v6:
+        if shape == "odd":
+            kind = draw(st.sampled_from((HOP_BY_HOP, FRAGMENT)))
+            ext = options_header(proto) if kind == HOP_BY_HOP else fragment_header(proto)
+            buf = ipv6(kind, ext + body, src=src, dst=dst)
+        else:
+            buf = ipv6(proto, body, src=src, dst=dst)
+    elif shape == "odd":
+        options = draw(st.sampled_from((b"\x01\x01\x01\x01", b"")))
+        offset = 0 if options else draw(st.sampled_from((1, 185)))
+        buf = ipv4(proto, body, src=src, dst=dst, options=options, frag_offset=offset)
+    else:
+        buf = ipv4(proto, body, src=src, dst=dst)
+    if shape == "cut":
+        return buf[: draw(st.integers(0, len(buf)))]
+    if shape == "length":  # an IP length that disagrees with the bytes at hand
+        field = slice(4, 6) if v6 else slice(2, 4)
+        value = draw(st.integers(0, 300)).to_bytes(2, "big")
+        return buf[: field.start] + value + buf[field.stop :]
+    if shape == "junk":
+        return bytes([draw(st.sampled_from((0x00, 0x4F, 0x70, 0xFF)))]) + buf[1:]
+    return buf
+
+
+CACHE_MONITORS = (
+    ("all", ()),
+    ("ssh", (RuleSpec(protocol=TCP, port=((22, 22),)),)),
+    ("in_eth", (RuleSpec(direction=DIR_IN, interface="eth*"),)),
+    ("lan", (RuleSpec(host=(ipaddress.ip_network("10.0.0.0/31"),)), RuleSpec(family=6))),
+    ("dns", (RuleSpec(protocol=UDP, dst_port=((53, 53),)),)),
+    ("high", (RuleSpec(src_port=((1024, 65535),), dst=(ipaddress.ip_network("10.0.0.2/32"),)),)),
+)
+
+
+@st.composite
+def events(draw: st.DrawFn) -> list[tuple[bytes, int, str, int, int]]:
+    """Packets of a few flows (so flows repeat), with directions, interfaces and times."""
+    pool = draw(st.lists(flows(), min_size=1, max_size=5))
+    one = st.tuples(
+        st.sampled_from(pool).flatmap(raw_packets),
+        st.sampled_from((DIR_IN, DIR_OUT)),
+        st.sampled_from(("eth0", "wlan0", "")),
+        st.integers(0, 150),  # seconds: three minutes
+        st.integers(0, 12),  # 0: swap before this packet
+    )
+    return draw(st.lists(one, max_size=80))
+
+
+def reference(specs: tuple[MonitorSpec, ...]) -> tuple[Callable[..., None], Callable[[], list]]:
+    """The uncached path: parse, classify, RealtimeCollector.add per matching monitor."""
+    classifier = rules.compile(specs)
+    colls = [RealtimeCollector(s.collector_size, s.compress_ports) for s in specs]
+
+    def feed(ts: float, buf: bytes, direction: int, iface: str) -> None:
+        pkt = parse(buf)
+        if pkt is not None:
+            for i in classifier.match(pkt, direction, iface):
+                colls[i].add(int(ts) // 60, pkt, direction)
+
+    def swap() -> list[Snapshot]:
+        return [c.swap() for c in colls]
+
+    return feed, swap
+
+
+@settings(max_examples=300, deadline=None)
+@given(events(), st.lists(st.tuples(st.integers(0, 4), st.booleans()), min_size=6, max_size=6))
+def test_the_cached_meter_counts_exactly_what_the_uncached_path_counts(
+    evs: list[tuple[bytes, int, str, int, int]], shapes: list[tuple[int, bool]]
+) -> None:
+    specs = tuple(
+        MonitorSpec(name, rules, collector_size=size, compress_ports=compress)
+        for (name, rules), (size, compress) in zip(CACHE_MONITORS, shapes, strict=True)
+    )
+    meter = Meter(specs)
+    feed, swap = reference(specs)
+    for buf, direction, iface, second, swap_now in evs:
+        if not swap_now:
+            assert [s for _, s in meter.swap()] == swap()
+        meter.feed(1_800_000_000.0 + second, buf, direction, iface)
+        feed(1_800_000_000.0 + second, buf, direction, iface)
+    assert [s for _, s in meter.swap()] == swap()
+    assert meter.stats.errors == 0
+    expected = [parse(buf) for buf, *_ in evs]
+    assert meter.stats.malformed == expected.count(None)
+    in_bytes = sum(p.length for p, e in zip(expected, evs, strict=True) if p and e[1] == DIR_IN)
+    assert meter.stats.in_bytes == in_bytes
+
+
+def test_a_cached_flow_follows_a_reload_to_the_new_monitors() -> None:
+    meter = Meter((SSH, ALL))
+    packet = ipv4(TCP, tcp(40000, 22, payload=b"x" * 30))
+    meter.feed(0.0, packet, DIR_IN, "eth0")  # cached: ssh and all
+    meter.reconfigure((INPUT,))
+    meter.feed(1.0, packet, DIR_IN, "eth0")
+    assert totals(meter) == {"input": len(packet)}
+
+
+def test_the_cache_stays_bounded_under_a_stream_of_new_flows() -> None:
+    meter = Meter((ALL,))
+    for n in range(CACHE_LIMIT + 10):
+        src = str(ipaddress.IPv4Address(0x0A000000 + n))
+        meter.feed(0.0, ipv4(UDP, udp(5000, 53, bytes(10)), src=src), DIR_OUT, "eth0")
+    assert 0 < meter.cached_flows <= CACHE_LIMIT
+    assert meter.stats.out_packets == CACHE_LIMIT + 10
+
+
+def test_a_syn_decides_the_client_of_a_cached_flow_after_a_swap() -> None:
+    # Both ports unprivileged: the SYN sender is the client even when its port is lower,
+    # and the cached flow re-reads the flags after the swap emptied the positions.
+    meter = Meter((MonitorSpec("raw", compress_ports=False),))
+    syn = ipv4(TCP, tcp(3128, 40000, SYN), src="10.0.0.1", dst="10.0.0.2")
+    data = ipv4(TCP, tcp(3128, 40000, ACK, bytes(20)), src="10.0.0.1", dst="10.0.0.2")
+    meter.feed(0.0, data, DIR_OUT, "eth0")
+    first = meter.swap()[0][1].flows
+    meter.feed(0.0, syn, DIR_OUT, "eth0")
+    second = meter.swap()[0][1].flows
+    ten1, ten2 = addr("10.0.0.1"), addr("10.0.0.2")
+    assert first == {(4, TCP, ten2, 40000, ten1, 3128): [0, len(data), 1]}
+    assert second == {(4, TCP, ten1, 3128, ten2, 40000): [len(syn), 0, 1]}
+
+
+def test_packets_the_cache_cannot_key_are_counted_by_their_own_headers() -> None:
+    # Same raw bytes where the cache would look for ports, different flows: each such packet
+    # must be parsed in full (IPv6 extension headers, IPv4 fragments and options).
+    meter = Meter((MonitorSpec("raw", compress_ports=False),))
+    hop = [ipv6(HOP_BY_HOP, options_header(TCP) + tcp(40000, port, ACK)) for port in (22, 80)]
+    first = ipv4(TCP, tcp(40000, 22, ACK, bytes(20)))
+    later = ipv4(TCP, tcp(40000, 22, ACK, bytes(20)), frag_offset=3)
+    optioned = ipv4(TCP, tcp(40000, 80, ACK), options=bytes(4))
+    for buf in (*hop, first, later, optioned):
+        meter.feed(0.0, buf, DIR_OUT, "eth0")
+    got = {(k[0], k[3], k[5]): e for k, e in meter.swap()[0][1].flows.items()}
+    assert got == {
+        (6, 40000, 22): [len(hop[0]), 0, 1],
+        (6, 40000, 80): [len(hop[1]), 0, 1],
+        (4, 40000, 22): [len(first), 0, 1],
+        (4, -1, -1): [len(later), 0, 1],
+        (4, 40000, 80): [len(optioned), 0, 1],
+    }
