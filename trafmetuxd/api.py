@@ -35,6 +35,10 @@ FIRST_LINE_TIMEOUT = 5.0  # seconds a new connection has to send its first compl
 WRITE_TIMEOUT = 5.0  # seconds a reply may wait for a client that does not read
 EVICT_GRACE = 0.5  # seconds of silence (or not reading) before a connection may be evicted
 MAX_CLIENTS = 512  # an idle connection costs a few KiB; the fd limit is 1024 by default
+REQUEST_RATE = 100.0  # requests per second one connection may make (sustained) ...
+REQUEST_BURST = 20.0  # ... and at once; past that its requests wait, nobody else's do
+MEMBERSHIP_TTL = 10.0  # seconds a group-membership answer is reused for the same uid/gid
+MEMBERSHIP_CACHE = 1024  # (uid, gid) answers kept at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +130,26 @@ def bind_socket(path: Path, gid: int) -> socket.socket:
     return sock
 
 
+class _Bucket:
+    """A token bucket: how long to wait before the next request of one connection."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.stamp = time.monotonic()
+
+    def wait(self) -> float:
+        """Seconds until a token is free; takes it."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        self.tokens -= 1.0
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+
 @dataclass(slots=True)
 class _Connection:
     """One client connection; `evictable` while it has sent no request or reads no reply."""
@@ -169,6 +193,7 @@ class Server:
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._conns: dict[asyncio.Task[None], _Connection] = {}  # insertion order: oldest first
+        self._members: dict[tuple[int, int], tuple[bool, float]] = {}  # -> (member, expires)
 
     def info(self) -> dict[str, object]:
         """JSON-able facts for the status command."""
@@ -248,12 +273,29 @@ class Server:
 
     async def _peer(self, writer: asyncio.StreamWriter) -> Peer:
         pid, uid, gid = peer_credentials(writer.get_extra_info("socket"))
-        # pwd/grp may consult NSS (LDAP, ...): keep it off the loop
-        return await asyncio.to_thread(authorize, pid, uid, gid, self.gid)
+        if uid == 0:
+            return authorize(pid, uid, gid, self.gid)  # root: no lookup at all
+        now = time.monotonic()
+        cached = self._members.get((uid, gid))
+        if cached is None or cached[1] < now:
+            # pwd/grp may consult NSS (LDAP, ...): keep it off the loop. The answer is reused
+            # for a while, so a storm of connections does not queue lookups in the thread pool
+            # ahead of a legitimate client's.
+            member = await asyncio.to_thread(is_member, uid, gid, self.gid)
+            if len(self._members) >= MEMBERSHIP_CACHE:
+                self._members.clear()
+            cached = self._members[(uid, gid)] = (member, now + MEMBERSHIP_TTL)
+        return Peer(pid, uid, gid, may_read=cached[0], may_admin=False)
 
     async def _serve(self, peer: Peer, reader: asyncio.StreamReader, conn: _Connection) -> None:
         timeout = self.first_line_timeout  # a new connection must say something soon
+        bucket = _Bucket(REQUEST_RATE, REQUEST_BURST)
         while True:
+            # Pipelined requests are already buffered: without this pause one connection would
+            # be served until its socket buffers fill while every other client (and the packet
+            # reader on the same loop) waits. Each request yields the loop; a connection over
+            # its rate waits its turn.
+            await asyncio.sleep(bucket.wait())
             try:
                 line = await asyncio.wait_for(reader.readuntil(b"\n"), timeout)
             except asyncio.IncompleteReadError:
