@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 from trafmetuxd import __version__, config, periods
@@ -47,6 +47,10 @@ def merge_counts(into: dict[Key, list[int]], add: Mapping[Key, list[int]]) -> No
                 have[i] += value
 
 
+async def _no_extra_status() -> dict[str, object]:
+    return {}
+
+
 class Daemon:
     """The metering core and its persistence, shared by live capture and replay."""
 
@@ -64,7 +68,7 @@ class Daemon:
         self.reload_error = ""
         self._last_prune = 0.0
         self._swapped: dict[str, tuple[int, int]] = {}
-        self.extra_status: Callable[[], dict[str, object]] = dict
+        self.extra_status: Callable[[], Awaitable[dict[str, object]]] = _no_extra_status
 
     # -- flushing ---------------------------------------------------------------------------
     def _swap(self) -> list[tuple[str, Snapshot]]:
@@ -159,7 +163,7 @@ class Daemon:
         """Per monitor: (in B/s, out B/s) over the last sampling window."""
         return self.rates_sampler.rates()
 
-    def status(self) -> dict[str, object]:
+    async def status(self) -> dict[str, object]:
         """The daemon's state as a JSON-able dict."""
         state = self.flusher.state
         return {
@@ -181,7 +185,7 @@ class Daemon:
                 "held_bytes": state.held_bytes,
             },
             "reload_error": self.reload_error or None,
-            **self.extra_status(),
+            **(await self.extra_status()),
         }
 
     # -- reload ----------------------------------------------------------------------------

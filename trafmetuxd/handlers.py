@@ -30,8 +30,8 @@ class Backend(Protocol):
     def unflushed_flows(self, monitor: str) -> Flows:
         """A monitor's flow positions not committed yet."""
 
-    def status(self) -> dict[str, object]:
-        """JSON-able daemon status."""
+    async def status(self) -> dict[str, object]:
+        """JSON-able daemon status (may read kernel counters: awaited, off the loop)."""
 
     def rates(self) -> dict[str, tuple[float, float]]:
         """Monitor -> (in B/s, out B/s)."""
@@ -102,7 +102,7 @@ class Handlers:
         """Daemon status plus the protocol version and zone."""
         cfg = self.backend.config
         return {
-            **self.backend.status(),
+            **(await self.backend.status()),
             "protocol": VERSION,
             "timezone": resolve_zone(cfg.timezone).key,
             "time": self.clock(),

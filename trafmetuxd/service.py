@@ -41,6 +41,7 @@ class Service:
         self.quotas = QuotaWatcher()
         self.server: Server | None = None
         self._audit_cache: tuple[float, dict[str, object]] = (-AUDIT_TTL, {})
+        self._audit_task: asyncio.Future[dict[str, object]] | None = None
         daemon.extra_status = self._capture_status
 
     async def run(self) -> int:
@@ -66,7 +67,8 @@ class Service:
             if self.server is not None:
                 await self.server.close()
             ok = await self.daemon.flush()
-            self.daemon.close()
+            self.handlers.close()  # the report reader first: the store's close is then the last
+            self.daemon.close()  # and checkpoints the WAL
         return 0 if ok["flushed"] else 1
 
     def _start_capture(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -144,7 +146,7 @@ class Service:
         )
         self.notifier.status(f"{text}; {note}" if note else text)
 
-    def _capture_status(self) -> dict[str, object]:
+    async def _capture_status(self) -> dict[str, object]:
         out: dict[str, object] = {"socket": self.server.info() if self.server else None}
         if self.capture is None:
             return {**out, "capture": None}
@@ -162,16 +164,22 @@ class Service:
         if queue is not None:
             out["queue"] = queue._asdict()
         if self.rules is not None:
-            out["audit"] = self._cached_audit()
+            out["audit"] = await self._cached_audit()
         return out
 
-    def _cached_audit(self) -> dict[str, object]:
-        """The audit, recomputed at most once per AUDIT_TTL (kernel and meter read together)."""
+    async def _cached_audit(self) -> dict[str, object]:
+        """The audit, recomputed at most once per AUDIT_TTL (kernel and meter read together).
+
+        Reading the rule counters runs iptables: in a worker thread, so a client asking for
+        status in a loop never holds up the packet loop; concurrent requests share one read.
+        """
         at, audit = self._audit_cache
-        now = time.monotonic()
-        if now - at >= AUDIT_TTL:
-            audit = self._audit()
-            self._audit_cache = (now, audit)
+        if time.monotonic() - at < AUDIT_TTL:
+            return audit
+        if self._audit_task is None or self._audit_task.done():
+            self._audit_task = asyncio.ensure_future(asyncio.to_thread(self._audit))
+        audit = await asyncio.shield(self._audit_task)
+        self._audit_cache = (time.monotonic(), audit)
         return audit
 
     def _audit(self) -> dict[str, object]:

@@ -41,7 +41,7 @@ class FakeBackend:
     def unflushed_flows(self, monitor: str) -> Flows:
         return self.pending_flows.get(monitor, {})
 
-    def status(self) -> dict[str, object]:
+    async def status(self) -> dict[str, object]:
         return {"state": "running", "monitors": len(self.config.monitors)}
 
     def rates(self) -> dict[str, tuple[float, float]]:
