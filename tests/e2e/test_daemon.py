@@ -239,17 +239,18 @@ def test_reload_adds_and_removes_monitors_without_a_gap(pair: Pair, daemon_dir: 
 def test_kill_9_mid_transfer_then_restart(pair: Pair, daemon_dir: Path) -> None:
     daemon = Daemon(pair, daemon_dir)
     rules = pair.a.iptables_save().count("TRAFMETUX")
+    size = 400 * MB  # long enough to still be running at the crash however fast the meter is
     sink = start_sink(pair.b, "tcp-sink", "6001", "60")
     sender = pair.a.popen(
-        pair.a.python(str(HERE / "traffic.py"), "tcp-send", pair.b4, "6001", str(60 * MB))
+        pair.a.python(str(HERE / "traffic.py"), "tcp-send", pair.b4, "6001", str(size))
     )
-    time.sleep(0.5)
+    time.sleep(0.2)
     assert sender.poll() is None, "the transfer ended before the crash; make it longer"
     daemon.proc.kill()
     daemon.proc.wait(timeout=10)
     daemon.notify.close()
     assert sender.wait(timeout=60) == 0  # bypass carried the rest of the transfer
-    assert sink_result(sink) == 60 * MB
+    assert sink_result(sink) == size
 
     fresh_counters(pair)
     before = daemon.stored().get("icmp", (0, 0, 0, 0))
