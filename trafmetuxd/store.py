@@ -18,6 +18,9 @@ from trafmetuxd.collector import OTHER, Flows, Snapshot
 from trafmetuxd.spec import RetentionSpec
 
 MINUTES_PER_QUARTER = 15  # a quarter is unix seconds // 900, so minute // 15
+MINUTES_PER_HOUR = 60  # an hour is unix seconds // 3600 (UTC)
+MINUTES_PER_DAY = 1440  # a day is unix seconds // 86400 (UTC)
+QUARTERS_PER_DAY = 96
 
 _SCHEMA_V1 = """
 CREATE TABLE monitor (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
@@ -49,8 +52,35 @@ def _migrate_to_1(conn: sqlite3.Connection) -> None:
             conn.execute(statement)
 
 
+_ROLLUP_TABLE = """CREATE TABLE {table} (monitor INTEGER NOT NULL REFERENCES monitor(id),
+    {unit} INTEGER NOT NULL,
+    in_bytes INTEGER NOT NULL, in_packets INTEGER NOT NULL,
+    out_bytes INTEGER NOT NULL, out_packets INTEGER NOT NULL,
+    PRIMARY KEY (monitor, {unit})) WITHOUT ROWID"""
+# floor(quarter / n) in SQL, whose integer division truncates toward zero
+_ROLLUP_FILL = """INSERT INTO {table}
+SELECT monitor, (quarter - ((quarter % {n}) + {n}) % {n}) / {n} AS unit, SUM(in_bytes),
+    SUM(in_packets), SUM(out_bytes), SUM(out_packets)
+FROM quarter_totals GROUP BY monitor, unit"""
+ROLLUPS = (("hour_totals", "hour", 4), ("day_totals", "day", QUARTERS_PER_DAY))
+
+
+def _migrate_to_2(conn: sqlite3.Connection) -> None:
+    """Version 1 -> 2: UTC hour and day rollups, filled from the stored quarters."""
+    for table, unit, _ in ROLLUPS:
+        conn.execute(_ROLLUP_TABLE.format(table=table, unit=unit))
+    rebuild_rollups(conn)
+
+
+def rebuild_rollups(conn: sqlite3.Connection) -> None:
+    """Refill the hour and day rollups from quarter_totals (for quarters written directly)."""
+    for table, _, per in ROLLUPS:
+        conn.execute(f"DELETE FROM {table}")
+        conn.execute(_ROLLUP_FILL.format(table=table, n=per))
+
+
 # MIGRATIONS[n] takes a database from user_version n to n + 1; append to add a version.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_to_1,)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_to_1, _migrate_to_2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _UPSERT = """INSERT INTO {table} (monitor, {unit}, in_bytes, in_packets, out_bytes, out_packets)
@@ -59,6 +89,8 @@ in_bytes = in_bytes + excluded.in_bytes, in_packets = in_packets + excluded.in_p
 out_bytes = out_bytes + excluded.out_bytes, out_packets = out_packets + excluded.out_packets"""
 _UPSERT_MINUTE = _UPSERT.format(table="minute_totals", unit="minute")
 _UPSERT_QUARTER = _UPSERT.format(table="quarter_totals", unit="quarter")
+_UPSERT_HOUR = _UPSERT.format(table="hour_totals", unit="hour")
+_UPSERT_DAY = _UPSERT.format(table="day_totals", unit="day")
 _INSERT_FLOW = "INSERT INTO flow VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 Row = tuple[int, int, int, int]  # in_bytes, in_packets, out_bytes, out_packets
@@ -90,14 +122,19 @@ def prune_bounds(now: float, retention: RetentionSpec) -> tuple[int, int]:
     return minutes, flows
 
 
-def quarters(totals: dict[int, list[int]]) -> dict[int, list[int]]:
-    """Roll minute totals up into quarter-hour totals."""
+def rollup(totals: dict[int, list[int]], minutes: int) -> dict[int, list[int]]:
+    """Roll minute totals up into totals of `minutes`-minute units (minute // minutes)."""
     out: dict[int, list[int]] = {}
     for minute, row in totals.items():
-        acc = out.setdefault(minute // MINUTES_PER_QUARTER, [0, 0, 0, 0])
+        acc = out.setdefault(minute // minutes, [0, 0, 0, 0])
         for i in range(4):
             acc[i] += row[i]
     return out
+
+
+def quarters(totals: dict[int, list[int]]) -> dict[int, list[int]]:
+    """Roll minute totals up into quarter-hour totals."""
+    return rollup(totals, MINUTES_PER_QUARTER)
 
 
 class Store:
@@ -208,9 +245,14 @@ class Store:
         """Upsert-add one snapshot's totals and insert its flush and flow rows."""
         conn = self._conn
         conn.executemany(_UPSERT_MINUTE, ((monitor, m, *r) for m, r in snap.totals.items()))
-        conn.executemany(
-            _UPSERT_QUARTER, ((monitor, q, *r) for q, r in quarters(snap.totals).items())
-        )
+        # a flush holds a few minutes: one or two hour and day rows per monitor to upsert
+        for sql, minutes in (
+            (_UPSERT_QUARTER, MINUTES_PER_QUARTER),
+            (_UPSERT_HOUR, MINUTES_PER_HOUR),
+            (_UPSERT_DAY, MINUTES_PER_DAY),
+        ):
+            units = rollup(snap.totals, minutes).items()
+            conn.executemany(sql, ((monitor, u, *r) for u, r in units))
         cur = conn.execute(
             "INSERT INTO flush (monitor, time, overflow) VALUES (?, ?, ?)",
             (monitor, flush_time, snap.overflow),
@@ -232,8 +274,20 @@ class Store:
         with self._transaction("cannot prune"):
             self._prune(*prune_bounds(now, retention))
             if retention.quarters > 0:
-                first = int(now - retention.quarters) // 900
-                self._conn.execute("DELETE FROM quarter_totals WHERE quarter < ?", (first,))
+                self._prune_quarters(int(now - retention.quarters) // 900)
+
+    def _prune_quarters(self, first: int) -> None:
+        """Delete quarters, hours and days before the UTC day holding quarter `first`.
+
+        The bound is rounded down to a UTC day so that every hour and day kept is still the
+        exact sum of the quarters kept: reports may read either.
+        """
+        day = first // QUARTERS_PER_DAY
+        conn = self._conn
+        conn.execute("DELETE FROM quarter_totals WHERE quarter < ?", (day * QUARTERS_PER_DAY,))
+        for table, unit, per in ROLLUPS:
+            first_unit = day * QUARTERS_PER_DAY // per
+            conn.execute(f"DELETE FROM {table} WHERE {unit} < ?", (first_unit,))
 
     def close(self) -> None:
         """Close the connection (WAL is checkpointed by SQLite on the last close)."""
@@ -246,6 +300,14 @@ class Store:
     def quarter_totals(self, monitor: str) -> dict[int, Row]:
         """Every stored quarter of a monitor: quarter -> (in_b, in_p, out_b, out_p)."""
         return self._totals("quarter_totals", "quarter", monitor)
+
+    def hour_totals(self, monitor: str) -> dict[int, Row]:
+        """Every stored UTC hour of a monitor: hour -> (in_b, in_p, out_b, out_p)."""
+        return self._totals("hour_totals", "hour", monitor)
+
+    def day_totals(self, monitor: str) -> dict[int, Row]:
+        """Every stored UTC day of a monitor: day -> (in_b, in_p, out_b, out_p)."""
+        return self._totals("day_totals", "day", monitor)
 
     def _totals(self, table: str, unit: str, monitor: str) -> dict[int, Row]:
         """Read one totals table for one monitor (table/unit are fixed names, never input)."""

@@ -21,7 +21,14 @@ from trafmetuxd.collector import (
 )
 from trafmetuxd.packet import NO_PORT, PacketInfo
 from trafmetuxd.spec import DIR_IN, DIR_OUT, RetentionSpec
-from trafmetuxd.store import SCHEMA_VERSION, FlowRow, Store, StoreError, prune_bounds
+from trafmetuxd.store import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    FlowRow,
+    Store,
+    StoreError,
+    prune_bounds,
+)
 
 T0 = 1_000_000_800.0  # a minute and quarter-hour boundary
 M0 = minute_of(T0)
@@ -101,7 +108,8 @@ def counts(db: Path) -> dict[str, int]:
     """Row counts of every table, read through a separate connection."""
     conn = sqlite3.connect(db)
     try:
-        tables = ["monitor", "minute_totals", "quarter_totals", "flush", "flow"]
+        tables = ["monitor", "minute_totals", "quarter_totals", "hour_totals", "day_totals"]
+        tables += ["flush", "flow"]
         return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
     finally:
         conn.close()
@@ -216,7 +224,7 @@ def test_a_new_database_gets_the_schema_wal_and_current_version(db: Path) -> Non
     Store(db).close()  # reopening an up-to-date file migrates nothing
     conn = sqlite3.connect(db)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         conn.close()
@@ -307,3 +315,81 @@ def test_a_write_failing_midway_keeps_no_part_of_the_flush(db: Path, store: Stor
     assert (counts(db), store.minute_totals("input")) == before
     store.write(T0 + 180, [("output", sample())])  # no transaction was left open
     assert store.minute_totals("output") == store.minute_totals("input")
+
+
+def rolled_up(
+    rows: dict[int, Any], seconds_per_row: int, seconds: int
+) -> dict[int, tuple[int, ...]]:
+    """Rows of one unit summed into coarser UTC units, computed here from the rows alone."""
+    out: dict[int, list[int]] = {}
+    for unit, row in rows.items():
+        acc = out.setdefault(unit * seconds_per_row // seconds, [0, 0, 0, 0])
+        out[unit * seconds_per_row // seconds] = [a + b for a, b in zip(acc, row, strict=True)]
+    return {u: tuple(r) for u, r in out.items()}
+
+
+def test_hours_and_days_are_the_sums_of_their_minutes_across_boundaries(store: Store) -> None:
+    midnight = 1_000_080_000 // 60  # minute of a UTC midnight (1_000_080_000 = 86400 * 11575)
+    first = {midnight - 61: [1, 1, 2, 1], midnight - 1: [10, 2, 20, 2], midnight: [4, 1, 0, 0]}
+    store.write(midnight * 60 + 60, [("input", Snapshot(first, {}, 0))])
+    again = {midnight - 1: [5, 1, 0, 0], midnight + 75: [0, 0, 7, 1]}
+    store.write(midnight * 60 + 4800, [("input", Snapshot(again, {}, 0))])
+    minutes = store.minute_totals("input")
+    assert store.hour_totals("input") == rolled_up(minutes, 60, 3600)
+    assert store.day_totals("input") == rolled_up(minutes, 60, 86400)
+    assert len(store.hour_totals("input")) == 4 and len(store.day_totals("input")) == 2
+
+
+def v1_database(db: Path, quarters: dict[int, list[int]]) -> None:
+    """A database as schema version 1 left it, holding these quarters of monitor `input`."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        MIGRATIONS[0](conn)
+        conn.execute("PRAGMA user_version = 1")
+        conn.execute("INSERT INTO monitor (id, name) VALUES (1, 'input')")
+        conn.executemany(
+            "INSERT INTO quarter_totals VALUES (1, ?, ?, ?, ?, ?)",
+            [(q, *r) for q, r in quarters.items()],
+        )
+    finally:
+        conn.close()
+
+
+def test_migration_to_version_2_fills_hours_and_days_from_the_quarters(db: Path) -> None:
+    q0 = 1_000_080_000 // 900  # the first quarter of a UTC day
+    quarters = {q0 - 97: [1, 1, 1, 1], q0 - 1: [2, 1, 3, 1], q0: [5, 1, 0, 0], q0 + 3: [7, 2, 1, 1]}
+    quarters[q0 + 4] = [11, 3, 13, 4]
+    v1_database(db, quarters)
+    store = Store(db)
+    try:
+        assert store.hour_totals("input") == rolled_up(quarters, 900, 3600)
+        assert store.day_totals("input") == rolled_up(quarters, 900, 86400)
+        assert len(store.day_totals("input")) == 3
+        store.write(q0 * 900 + 60, [("input", Snapshot({q0 * 15: [100, 1, 0, 0]}, {}, 0))])
+        after = store.quarter_totals("input")
+        assert after[q0] == (105, 2, 0, 0)  # the write added onto the migrated rows
+        assert store.hour_totals("input") == rolled_up(after, 900, 3600)
+        assert store.day_totals("input") == rolled_up(after, 900, 86400)
+    finally:
+        store.close()
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        conn.close()
+
+
+def test_prune_of_quarters_keeps_whole_utc_days_whose_hours_and_days_stay_exact(
+    store: Store,
+) -> None:
+    day = 86400
+    midnight = 1_000_080_000
+    for t in (midnight - 3 * day + 600, midnight - 5400, midnight + 900, midnight + 7200):
+        store.write(t + 60, [("input", Snapshot({int(t) // 60: [10, 1, 5, 1]}, {}, 0))])
+    # keep 2 hours of quarters at 02:00: the whole UTC day is kept, the days before it go
+    store.prune(midnight + 7200, RetentionSpec(minutes=0, flows=0, quarters=7200))
+    quarters = store.quarter_totals("input")
+    assert sorted(quarters) == [(midnight + 900) // 900, (midnight + 7200) // 900]
+    assert store.hour_totals("input") == rolled_up(quarters, 900, 3600)
+    assert store.day_totals("input") == rolled_up(quarters, 900, 86400)
+    assert len(store.minute_totals("input")) == 4  # minutes follow their own retention
