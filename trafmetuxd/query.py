@@ -17,8 +17,14 @@ Sums = dict[str, list[list[int]]]
 # (family, protocol, client, client_port, server, server_port) -> [sent, received, packets]
 TextFlows = dict[tuple[int, int, str, int, str, int], list[int]]
 
-_GRAIN = {"minute": ("minute_totals", "minute", 60), "quarter": ("quarter_totals", "quarter", 900)}
-_GRAIN_COLUMN = {table: column for table, column, _ in _GRAIN.values()}
+_GRAIN = {"minute": ("minute_totals", 60), "quarter": ("quarter_totals", 900)}
+_UNIT = {"minute_totals": "minute", "quarter_totals": "quarter", "hour_totals": "hour",
+         "day_totals": "day"}  # fmt: skip
+QUARTERS_PER_HOUR, QUARTERS_PER_DAY = 4, 96
+ROLLUP_VERSION = 2  # the schema version that added hour_totals and day_totals
+BATCH = 200  # ranges per statement: 4 parameters each, under SQLite's oldest limit of 999
+# (table, first unit, end unit): the rows lo <= unit < hi of one totals table
+Segment = tuple[str, int, int]
 CACHE_LIMIT = 50_000  # cached bucket sums per reader (~10 MB)
 
 
@@ -38,10 +44,45 @@ def _ids(con: sqlite3.Connection, names: Sequence[str]) -> dict[str, int]:
     return {name: mid for name, mid in rows if name in names}
 
 
+def split_quarters(lo: int, hi: int) -> list[Segment]:
+    """The quarters [lo, hi) as whole UTC days, whole hours beside them, quarters at the edges.
+
+    The rollups are exact sums of their quarters, so the pieces' rows sum to the same figures
+    as the quarters [lo, hi) themselves, in every zone: local midnight need not be UTC midnight
+    nor even on the hour (+05:30, Lord Howe's +10:30).
+    """
+    first, end = -(-lo // QUARTERS_PER_DAY), hi // QUARTERS_PER_DAY
+    if first >= end:
+        return _split_hours(lo, hi)
+    return [
+        *_split_hours(lo, first * QUARTERS_PER_DAY),
+        ("day_totals", first, end),
+        *_split_hours(end * QUARTERS_PER_DAY, hi),
+    ]
+
+
+def _split_hours(lo: int, hi: int) -> list[Segment]:
+    """The quarters [lo, hi) as whole UTC hours in the middle and quarters at the edges."""
+    first, end = -(-lo // QUARTERS_PER_HOUR), hi // QUARTERS_PER_HOUR
+    if first >= end:
+        pieces = [("quarter_totals", lo, hi)]
+    else:
+        pieces = [
+            ("quarter_totals", lo, first * QUARTERS_PER_HOUR),
+            ("hour_totals", first, end),
+            ("quarter_totals", end * QUARTERS_PER_HOUR, hi),
+        ]
+    return [p for p in pieces if p[1] < p[2]]
+
+
 def bucket_sums(db: Path, names: Sequence[str], bounds: Sequence[int], grain: str) -> Sums:
     """Sum in/out bytes into the buckets [bounds[i], bounds[i+1]) (UTC seconds, ascending)."""
     with closing(Reader()) as reader:
         return reader.bucket_sums(db, names, bounds, grain)
+
+
+# (table, monitor id, first unit, end unit): one bucket of one monitor
+_Key = tuple[str, int, int, int]
 
 
 class Reader:
@@ -51,7 +92,8 @@ class Reader:
     differs as soon as any other connection (the daemon's writer, a flush, a prune, anything)
     committed since this connection's last read, and the file's identity is checked on every
     call, so a replaced database is reopened. Each call reads one snapshot in one read
-    transaction. Thread-safe: calls are serialised by a lock.
+    transaction. Thread-safe: calls are serialised by a lock. Quarter buckets are summed from
+    the UTC day and hour rollups where whole days and hours fit (schema version 2 on).
     """
 
     def __init__(self, limit: int = CACHE_LIMIT) -> None:
@@ -60,8 +102,8 @@ class Reader:
         self._con: sqlite3.Connection | None = None
         self._ident: tuple[str, int, int] | None = None
         self._version: int | None = None
-        # (table, monitor id, first unit, end unit) -> (in_bytes, out_bytes)
-        self._cache: dict[tuple[str, int, int, int], tuple[int, int]] = {}
+        self._rollups = False
+        self._cache: dict[_Key, tuple[int, int]] = {}  # -> (in_bytes, out_bytes)
 
     @property
     def cached(self) -> int:
@@ -80,7 +122,7 @@ class Reader:
         sums: Sums = {n: [[0, 0] for _ in range(len(bounds) - 1)] for n in names}
         if len(bounds) < 2:
             return sums
-        table, _, seconds = _GRAIN[grain]
+        table, seconds = _GRAIN[grain]
         # a row of unit u lies in bucket i when bounds[i] <= u * seconds < bounds[i + 1]
         edges = [-(-b // seconds) for b in bounds]
         with self._lock:
@@ -88,26 +130,26 @@ class Reader:
             if con is None:
                 return sums
             with self._snapshot(con):
-                for name, mid in _ids(con, names).items():
-                    sums[name] = self._sums(con, table, mid, edges)
+                keys = {
+                    (name, i): (table, mid, lo, hi)
+                    for name, mid in _ids(con, names).items()
+                    for i, (lo, hi) in enumerate(pairwise(edges))
+                    if lo < hi
+                }
+                found = self._lookup(con, set(keys.values()))
+        for (name, i), key in keys.items():
+            sums[name][i] = list(found[key])
         return sums
 
-    def _sums(
-        self, con: sqlite3.Connection, table: str, mid: int, edges: Sequence[int]
-    ) -> list[list[int]]:
-        out = []
-        for lo, hi in pairwise(edges):
-            if lo >= hi:
-                out.append([0, 0])
-                continue
-            key = (table, mid, lo, hi)
-            hit = self._cache.get(key)
-            if hit is None:
-                hit = _range_sum(con, table, mid, lo, hi)
-                if len(self._cache) < self.limit:  # bounded memory; cleared on the next change
-                    self._cache[key] = hit
-            out.append([hit[0], hit[1]])
-        return out
+    def _lookup(self, con: sqlite3.Connection, keys: set[_Key]) -> dict[_Key, tuple[int, int]]:
+        """Every key's sum: from the cache, the rest read in batches and cached while room."""
+        found = {k: self._cache[k] for k in keys if k in self._cache}
+        missing = [k for k in keys if k not in found]
+        fresh = _read_sums(con, missing, self._rollups)
+        for key, value in fresh.items():
+            if len(self._cache) < self.limit:  # bounded memory; cleared on the next change
+                self._cache[key] = value
+        return found | fresh
 
     def _connect(self, db: Path) -> sqlite3.Connection | None:
         """The open connection, (re)opened when the file at `db` is not the one it reads."""
@@ -136,6 +178,9 @@ class Reader:
             if version != self._version:
                 self._cache.clear()
                 self._version = version
+                # a migration by the daemon is a change too: the rollups appear with it
+                schema = con.execute("PRAGMA user_version").fetchone()[0]
+                self._rollups = schema >= ROLLUP_VERSION
             yield
             con.execute("COMMIT")
         except BaseException:
@@ -146,18 +191,44 @@ class Reader:
         if self._con is not None:
             self._con.close()
         self._con = self._ident = self._version = None
+        self._rollups = False
         self._cache.clear()
 
 
-def _range_sum(con: sqlite3.Connection, table: str, mid: int, lo: int, hi: int) -> tuple[int, int]:
-    """In/out bytes of one monitor's rows with lo <= unit < hi (a primary-key range)."""
-    column = _GRAIN_COLUMN[table]
-    row = con.execute(
-        f"SELECT SUM(in_bytes), SUM(out_bytes) FROM {table} "
-        f"WHERE monitor = ? AND {column} >= ? AND {column} < ?",
-        (mid, lo, hi),
-    ).fetchone()
-    return (int(row[0] or 0), int(row[1] or 0))
+def _read_sums(
+    con: sqlite3.Connection, keys: Sequence[_Key], rollups: bool
+) -> dict[_Key, tuple[int, int]]:
+    """In/out bytes of each key's rows, quarter keys split into days, hours and quarters."""
+    per_table: dict[str, list[tuple[int, int, int, int]]] = {}
+    for index, (table, mid, lo, hi) in enumerate(keys):
+        pieces = split_quarters(lo, hi) if rollups and table == "quarter_totals" else None
+        for piece, first, end in pieces or [(table, lo, hi)]:
+            per_table.setdefault(piece, []).append((index, mid, first, end))
+    sums = [[0, 0] for _ in keys]
+    for table, ranges in per_table.items():
+        for start in range(0, len(ranges), BATCH):
+            for index, rx, tx in _range_sums(con, table, ranges[start : start + BATCH]):
+                sums[index][0] += rx
+                sums[index][1] += tx
+    return {key: (rx, tx) for key, (rx, tx) in zip(keys, sums, strict=True)}
+
+
+def _range_sums(
+    con: sqlite3.Connection, table: str, ranges: Sequence[tuple[int, int, int, int]]
+) -> list[tuple[int, int, int]]:
+    """(index, in, out) per (index, monitor, lo, hi) with rows: lo <= unit < hi, one statement.
+
+    CROSS JOIN keeps the ranges as the outer loop: one primary-key range scan per range.
+    """
+    unit = _UNIT[table]
+    marks = ",".join(["(?, ?, ?, ?)"] * len(ranges))
+    sql = (
+        f"WITH r(i, m, lo, hi) AS (VALUES {marks}) "
+        f"SELECT r.i, SUM(t.in_bytes), SUM(t.out_bytes) FROM r CROSS JOIN {table} t "
+        f"WHERE t.monitor = r.m AND t.{unit} >= r.lo AND t.{unit} < r.hi GROUP BY r.i"
+    )
+    params = [value for r in ranges for value in r]
+    return [(int(i), int(rx), int(tx)) for i, rx, tx in con.execute(sql, params)]
 
 
 def add_to_bucket(
@@ -172,18 +243,31 @@ def add_to_bucket(
 
 def first_instant(db: Path, names: Sequence[str]) -> int | None:
     """UTC seconds of the earliest stored quarter of these monitors, None when nothing is stored."""
+    span = stored_span(db, names)
+    return None if span is None else span[0]
+
+
+def stored_span(db: Path, names: Sequence[str]) -> tuple[int, int] | None:
+    """(start of the first, end of the last) stored quarter of these monitors in UTC seconds."""
     con = open_readonly(db)
     if con is None:
         return None
+    first: list[int] = []
+    last: list[int] = []
     with closing(con):
-        ids = list(_ids(con, names).values())
-        if not ids:
-            return None
-        marks = ",".join("?" * len(ids))
-        row = con.execute(
-            f"SELECT MIN(quarter) FROM quarter_totals WHERE monitor IN ({marks})", ids
-        ).fetchone()
-    return None if row[0] is None else int(row[0]) * 900
+        for mid in _ids(con, names).values():
+            # one primary-key seek at each end per monitor, never a scan
+            for order, out in (("ASC", first), ("DESC", last)):
+                row = con.execute(
+                    "SELECT quarter FROM quarter_totals WHERE monitor = ? "
+                    f"ORDER BY quarter {order} LIMIT 1",
+                    (mid,),
+                ).fetchone()
+                if row is not None:
+                    out.append(int(row[0]))
+    if not first:
+        return None
+    return min(first) * 900, (max(last) + 1) * 900
 
 
 def flows(db: Path, monitor: str, begin: float, end: float) -> TextFlows:

@@ -12,6 +12,8 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trafmetuxd import query
 from trafmetuxd.collector import Snapshot
@@ -190,3 +192,93 @@ def test_the_cache_is_bounded_and_sums_stay_exact_past_the_bound(
             got = reader.bucket_sums(db, ["input"], bounds, "quarter")
             assert got == query.bucket_sums(db, ["input"], bounds, "quarter")
             assert reader.cached == 3
+
+
+def test_every_bucket_is_read_from_the_rollups_where_they_fit(
+    traffic: tuple[Path, dict[int, list[int]]], tmp_path: Path
+) -> None:
+    # the reader must use the rollups: with the quarters gone, whole days still answer
+    db = copy_store(traffic[0], tmp_path / "trafmetux.sqlite3")
+    bounds = month_bounds("UTC")
+    want = query.bucket_sums(db, ["input"], bounds, "quarter")
+    with closing(sqlite3.connect(db)) as con, con:
+        con.execute("DELETE FROM quarter_totals")
+    assert query.bucket_sums(db, ["input"], bounds, "quarter") == want
+
+
+def quarters_of(pieces: list[query.Segment]) -> list[int]:
+    """The quarters a list of (table, first, end) pieces stands for, in order."""
+    per = {"quarter_totals": 1, "hour_totals": 4, "day_totals": 96}
+    return [q for table, lo, hi in pieces for q in range(lo * per[table], hi * per[table])]
+
+
+@given(st.integers(-(10**6), 10**6), st.integers(0, 3000))
+def test_a_split_stands_for_exactly_its_quarters_in_order(lo: int, length: int) -> None:
+    pieces = query.split_quarters(lo, lo + length)
+    assert quarters_of(pieces) == list(range(lo, lo + length))
+    assert len(pieces) <= 5  # at most quarters, hours, days, hours, quarters
+    assert sum(1 for p in pieces if p[0] == "day_totals") <= 1
+
+
+DENSE_START = int(datetime(2026, 3, 20, tzinfo=ZoneInfo("UTC")).timestamp()) // 60
+ZONES = ["UTC", "Europe/Paris", "Asia/Kolkata", "Australia/Lord_Howe", "Asia/Kathmandu",
+         "Pacific/Chatham", "America/St_Johns", "America/Los_Angeles"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, list[int]]]:
+    """Three weeks with a row every 7 minutes (across the March DST changes), in a real store."""
+    rnd = random.Random(9)
+    totals = {
+        m: [rnd.randrange(1, 10**6), 1, rnd.randrange(0, 10**5), 1]
+        for m in range(DENSE_START, DENSE_START + 21 * 1440, 7)
+    }
+    db = tmp_path_factory.mktemp("dense") / "trafmetux.sqlite3"
+    store = Store(db)
+    store.write(STOP, [("input", Snapshot(totals, {}, 0))])
+    store.close()
+    return db, totals
+
+
+def plain_quarter_sums(totals: dict[int, list[int]], bounds: list[int]) -> list[list[int]]:
+    """Each bucket's sum over its quarters, from the minutes alone (no store, no rollups)."""
+    sums = [[0, 0] for _ in bounds[1:]]
+    for minute, (rx, _, tx, _) in totals.items():
+        start = minute // 15 * 900  # the quarter's start decides its bucket
+        for i in range(len(sums)):
+            if bounds[i] <= start < bounds[i + 1]:
+                sums[i][0] += rx
+                sums[i][1] += tx
+    return sums
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    zone=st.sampled_from(ZONES),
+    kind=st.sampled_from(["hour", "day", "week", "month"]),
+    begin=st.integers(-3 * 86400, 24 * 86400),
+    count=st.integers(1, 40),
+)
+def test_local_periods_from_days_hours_and_quarters_equal_plain_quarter_sums(
+    dense: tuple[Path, dict[int, list[int]]], zone: str, kind: str, begin: int, count: int
+) -> None:
+    db, totals = dense
+    cal = Calendar(ZoneInfo(zone), 0)
+    first = DENSE_START * 60 + begin
+    periods = cal.span(kind, first, first + 1)
+    while len(periods) < count:
+        periods.append(cal.period(kind, periods[-1].end))
+    bounds = [p.begin for p in periods] + [periods[-1].end]
+    got = query.bucket_sums(db, ["input"], bounds, "quarter")["input"]
+    assert got == plain_quarter_sums(totals, bounds)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(-86400, 23 * 86400), min_size=2, max_size=12, unique=True))
+def test_arbitrary_second_bounds_sum_like_plain_quarters(
+    dense: tuple[Path, dict[int, list[int]]], offsets: list[int]
+) -> None:
+    db, totals = dense
+    bounds = sorted(DENSE_START * 60 + o for o in offsets)
+    got = query.bucket_sums(db, ["input"], bounds, "quarter")["input"]
+    assert got == plain_quarter_sums(totals, bounds)
