@@ -107,6 +107,23 @@ def _latency(r: Result, key: str) -> list[str]:
     return [*lines, ""]
 
 
+def _reports(r: Result) -> list[str]:
+    lines = [
+        "Warm: the same request again (the daemon's report cache holds the period sums).",
+        "",
+        *_latency(r, "latency_ms"),
+    ]
+    if "cold_latency_ms" in r:
+        lines += [
+            "Cold: a flush of every monitor committed from another connection before each "
+            "request, so the daemon's cache is cleared and the sums are read from the tables "
+            "again (the first report after each flush).",
+            "",
+            *_latency(r, "cold_latency_ms"),
+        ]
+    return lines
+
+
 def _flush(r: Result) -> list[str]:
     d, i = r["lag_ms_during_flush"], r["lag_ms_without_flush"]
     p = r["params"]
@@ -152,7 +169,7 @@ def _ctl(r: Result) -> list[str]:
 SECTIONS: tuple[tuple[str, str, Any], ...] = (
     ("pipeline", "1. Pipeline in process (parse + classify + collect)", _pipeline),
     ("e2e", "2. End to end through NFQUEUE", _e2e),
-    ("reports", "3. Reports through the socket (2 years of history, 20 monitors)", None),
+    ("reports", "3. Reports through the socket (2 years of history, 20 monitors)", _reports),
     ("flush", "4. Flush stall", _flush),
     ("memory", "5. Memory at 20 x 65,536 positions", _memory),
     ("ctl", "6. trafmetuxctl show-daily start-up", _ctl),
