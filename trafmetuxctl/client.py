@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import _socket  # the C module behind `socket`: same calls, without socket.py's enum set-up
 import errno
+import time
 
 from trafmetuxd import protocol
 
@@ -39,6 +40,23 @@ def _why(path: str, exc: OSError) -> str:
     return f"cannot talk to trafmetuxd on socket {path}: {exc.strerror or exc}"
 
 
+def connect_socket(sock: _socket.socket, path: str, timeout: float) -> None:
+    """Connect, waiting while the daemon's accept queue is full (EAGAIN), up to timeout.
+
+    A Unix socket with a timeout fails at once with EAGAIN when the listener's backlog is full,
+    where a TCP client would keep retrying its SYN: do the same here.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(errno.ETIMEDOUT, "accept queue full") from None
+            time.sleep(0.01)
+
+
 class Client:
     """A connection to the daemon; several requests may share it."""
 
@@ -59,7 +77,7 @@ class Client:
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
-            sock.connect(self.path)
+            connect_socket(sock, self.path, self.timeout)
         except OSError as exc:
             sock.close()
             raise UnreachableError(_why(self.path, exc)) from None

@@ -35,6 +35,7 @@ FIRST_LINE_TIMEOUT = 5.0  # seconds a new connection has to send its first compl
 WRITE_TIMEOUT = 5.0  # seconds a reply may wait for a client that does not read
 EVICT_GRACE = 0.5  # seconds of silence (or not reading) before a connection may be evicted
 MAX_CLIENTS = 512  # an idle connection costs a few KiB; the fd limit is 1024 by default
+LISTEN_BACKLOG = 1024  # connections the kernel queues before accept (capped by somaxconn)
 REQUEST_RATE = 100.0  # requests per second one connection may make (sustained) ...
 REQUEST_BURST = 20.0  # ... and at once; past that its requests wait, nobody else's do
 MEMBERSHIP_TTL = 10.0  # seconds a group-membership answer is reused for the same uid/gid
@@ -122,7 +123,7 @@ def bind_socket(path: Path, gid: int) -> socket.socket:
         sock.bind(str(path))
         os.chown(path, -1, gid)
         os.chmod(path, SOCKET_MODE)
-        sock.listen(128)
+        sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
     except BaseException:
         sock.close()

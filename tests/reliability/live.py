@@ -19,6 +19,8 @@ from pathlib import Path
 
 from netns import PYTHON, ROOT, Pair
 
+from trafmetuxctl.client import connect_socket
+
 MONITORS = """
 [[monitor]]
 name = "all"
@@ -191,7 +193,7 @@ class Live:
         """One request on the control socket; the whole reply."""
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
-            sock.connect(str(self.sock_path))
+            connect_socket(sock, str(self.sock_path), timeout)  # as trafmetuxctl does
             sock.sendall(json.dumps({"v": 1, "cmd": cmd, **args}).encode() + b"\n")
             return json.loads(sock.makefile().readline())  # type: ignore[no-any-return]
 
