@@ -248,7 +248,7 @@ def first_instant(db: Path, names: Sequence[str]) -> int | None:
 
 
 def stored_span(db: Path, names: Sequence[str]) -> tuple[int, int] | None:
-    """(start of the first, end of the last) stored quarter of these monitors in UTC seconds."""
+    """(start of the first, start of the last) stored quarter of these monitors, UTC seconds."""
     con = open_readonly(db)
     if con is None:
         return None
@@ -267,7 +267,7 @@ def stored_span(db: Path, names: Sequence[str]) -> tuple[int, int] | None:
                     out.append(int(row[0]))
     if not first:
         return None
-    return min(first) * 900, (max(last) + 1) * 900
+    return min(first) * 900, max(last) * 900
 
 
 def flows(db: Path, monitor: str, begin: float, end: float) -> TextFlows:

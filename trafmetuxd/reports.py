@@ -62,13 +62,24 @@ def _periods(
 async def _total_period(
     backend: Backend, cal: Calendar, names: Sequence[str], now: int
 ) -> list[Period]:
-    first = await asyncio.to_thread(query.first_instant, backend.config.database, names)
+    """One period from the first stored or unflushed quarter through the latest of them.
+
+    It ends after now, or after the latest data when that lies ahead of the clock (the wall
+    clock stepped back after it was metered): the total holds everything stored and unflushed.
+    """
+    span = await asyncio.to_thread(query.stored_span, backend.config.database, names)
     minutes = [m for n, t in backend.unflushed().items() if n in names for m in t]
-    candidates = [x for x in (first, min(minutes) * 60 if minutes else None) if x is not None]
-    begin = min(candidates) if candidates else now
+    starts, lasts = [now], [now]
+    if span is not None:
+        starts.append(span[0])
+        lasts.append(span[1])
+    if minutes:
+        starts.append(min(minutes) * 60)
+        lasts.append(max(minutes) * 60)
+    begin, last = min(starts), max(lasts)
     begin -= begin % 900
-    label = f"{cal.label('day', begin, begin)} - {cal.label('day', now, now)}"
-    return [Period(begin, now + 1, label)]
+    label = f"{cal.label('day', begin, begin)} - {cal.label('day', last, last)}"
+    return [Period(begin, last + 1, label)]
 
 
 async def report(

@@ -143,11 +143,6 @@ def test_clock_steps_lose_nothing_and_count_nothing_twice(tmp_path: Path, seed: 
     asyncio.run(scenario(tmp_path, seed))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reports.py ends the total period at now + 1: after the clock steps back, the "
-    "minutes stored ahead of the clock are left out of 'total' until the clock catches up",
-)
 def test_total_report_after_a_step_back_holds_the_minutes_ahead_of_the_clock(
     tmp_path: Path,
 ) -> None:

@@ -104,6 +104,15 @@ def test_first_instant_is_the_earliest_quarter(traffic: tuple[Path, dict[int, li
     assert query.first_instant(db, ["ghost"]) is None
 
 
+def test_stored_span_runs_from_the_first_to_the_last_stored_quarter(
+    traffic: tuple[Path, dict[int, list[int]]],
+) -> None:
+    db, totals = traffic
+    span = (min(totals) // 15 * 900, max(totals) // 15 * 900)
+    assert query.stored_span(db, ["input", "ghost"]) == span
+    assert query.stored_span(db, ["ghost"]) is None
+
+
 def month_bounds(zone: str = "Europe/Paris") -> list[int]:
     """Every local month of the fixture's range, as bucket bounds."""
     periods = Calendar(ZoneInfo(zone), 0).span("month", START - 86400 * 40, STOP + 86400 * 40)
