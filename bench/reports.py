@@ -8,7 +8,6 @@ the first report after each flush costs).
 
 from __future__ import annotations
 
-import sqlite3
 import tempfile
 import time
 from collections.abc import Callable
@@ -19,7 +18,6 @@ from typing import Any
 from bench.common import Result, summary, target
 from bench.served import served_store
 from trafmetuxctl.client import Client
-from trafmetuxd import store
 from trafmetuxd.api import REQUEST_RATE
 from trafmetuxd.collector import Snapshot
 from trafmetuxd.store import Store
@@ -77,14 +75,6 @@ def flusher(db: Path, monitors: int) -> tuple[Store, Callable[[], None]]:
     return store, flush
 
 
-def rebuild_rollups(db: Path) -> None:
-    """Fill the hour and day rollups from the quarters the history wrote directly."""
-    with closing(sqlite3.connect(db, isolation_level=None)) as con:
-        con.execute("BEGIN IMMEDIATE")
-        store.rebuild_rollups(con)
-        con.execute("COMMIT")
-
-
 def measure(sock: Path, db: Path, size: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """{"warm": {query: summary}, "cold": {query: summary}}."""
     count, monitors = int(size["requests"]), int(size["monitors"])
@@ -104,7 +94,6 @@ def run(scale: str = "full") -> Result:
         start = time.perf_counter()
         db = Path(tmp) / "trafmetux.sqlite3"
         with served_store(Path(tmp), int(size["monitors"]), size["years"]) as (sock, rows):
-            rebuild_rollups(db)  # the daemon's cache is cleared by this change, like a flush
             setup = time.perf_counter() - start
             figures = measure(sock, db, size)
     return {

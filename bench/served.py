@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench.common import VENV_BIN
 from trafmetuxctl.client import Client, UnreachableError
-from trafmetuxd.store import Store
+from trafmetuxd.store import Store, rebuild_rollups
 
 QUARTER, MINUTE = 900, 60
 WEEK = 7 * 86400
@@ -55,6 +55,7 @@ def build_store(path: Path, monitors: int, years: float, now: int, seed: int = 3
                 ),
             )
             rows += (last_q - first_q) + (last_m - first_m)
+        rebuild_rollups(con)  # the hour and day tables the daemon reads, from the quarters
         con.execute("COMMIT")
     finally:
         con.close()
