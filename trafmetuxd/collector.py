@@ -21,7 +21,10 @@ from trafmetuxd.spec import DIR_OUT
 
 # (family, protocol, client address, client port, server address, server port); ports are
 # packet.NO_PORT (-1) for protocols without ports. OTHER collects flows that found no free position.
-FlowKey = tuple[int, int, int, int, int, int]
+# Typed variable-length on purpose: compiled (mypyc), a fixed-length tuple type is unboxed into a
+# C struct and boxed into a new tuple at every dict lookup; this keeps the key tuples built once
+# per flow shared, as in plain Python. Keys always have six items.
+FlowKey = tuple[int, ...]
 OTHER: FlowKey = (0, 0, 0, 0, 0, 0)
 COMPRESSED_PORT = 65535
 
@@ -183,6 +186,7 @@ class RealtimeCollector:
             row[1] += 1
 
         flows = self._flows
+        key: FlowKey
         if sport >= _PRIVILEGED:
             if dport < _PRIVILEGED:
                 key = (family, proto, src, COMPRESSED_PORT if self._compress else sport, dst, dport)

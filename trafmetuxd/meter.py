@@ -58,7 +58,15 @@ class MeterStats:
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a JSON-able dict."""
-        return {name: getattr(self, name) for name in self.__slots__}
+        # Spelled out: a compiled (mypyc) class has no __slots__ attribute to walk.
+        return {
+            "errors": self.errors,
+            "in_bytes": self.in_bytes,
+            "in_packets": self.in_packets,
+            "malformed": self.malformed,
+            "out_bytes": self.out_bytes,
+            "out_packets": self.out_packets,
+        }
 
 
 class LocalNetworks:
