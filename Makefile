@@ -24,7 +24,11 @@ deps:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The editable install compiles these with mypyc (setup.py) next to their sources: rebuild when
+# they change, or the stale compiled modules would run. TRAFMETUX_PURE=1 installs plain Python.
+COMPILED := $(addprefix trafmetuxd/,packet.py rules.py collector.py meter.py)
+
+$(VENV)/.installed: pyproject.toml setup.py $(COMPILED)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
