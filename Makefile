@@ -65,4 +65,4 @@ install-systemd: install
 	systemctl daemon-reload
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info build trafmetuxd/*.so
