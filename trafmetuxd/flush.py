@@ -84,12 +84,18 @@ class Flusher:
             if retention is not None:
                 self.store.prune(when, retention)
         except StoreError as exc:
-            self.state.failures += 1
-            self.state.last_error = str(exc)
-            self.state.held_bytes = self.held_bytes()
-            return False
+            return self._failed(str(exc))
+        except Exception as exc:  # a bug must not cost counted bytes: keep them, like a fault
+            log.exception("flush write raised")
+            return self._failed(f"{type(exc).__name__}: {exc}")
         self._render_logs(when, batches)
         return True
+
+    def _failed(self, error: str) -> bool:
+        self.state.failures += 1
+        self.state.last_error = error
+        self.state.held_bytes = self.held_bytes()
+        return False
 
     def committed(self, when: float) -> None:
         """Forget what the last write committed (loop thread, after write() returned True)."""
