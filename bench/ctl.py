@@ -80,6 +80,11 @@ def run(scale: str = "full") -> Result:
         served_store(Path(tmp), int(size["monitors"]), size["years"]) as (sock, _rows),
     ):
         env = {**os.environ, "TRAFMETUX_SOCKET": str(sock)}
+        # As installed: with its bytecode cached (pip writes it at install time; an editable
+        # install writes it on first use). Without this, a session that sets
+        # PYTHONDONTWRITEBYTECODE compiles every client module from source on every run.
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(Path(tmp) / "pycache")
         tool, times = _measure(list(commands.values()), int(size["runs"]), env, Path(tmp))
     figures = {label: summary(t) for label, t in zip(commands, times, strict=True)}
     ctl = figures["trafmetuxctl show-daily"]["median"]
