@@ -1,94 +1,82 @@
-"""What the figures mean: causes of missed targets, profiles and proposed fixes (for the page).
+"""What the figures mean: what was done, causes of missed targets, what is left (for the page).
 
 Profiles and prototype timings quoted here were taken on the machine of the page with
-cProfile, `python -X importtime` and throw-away prototypes timed over the benchmark's packets.
+cProfile, tracemalloc, `python -X importtime` and throw-away prototypes timed over the
+benchmark's packets.
 """
 
 from __future__ import annotations
 
 PIPELINE = """\
-**Why it misses.** On this CPU a bare Python call costs ~50 ns and `parse()` alone ~700 ns
-(~1.4 M packets/s): the 1-monitor target (2 M packets/s = 500 ns per packet for everything) is
-below what parsing alone costs in CPython here. A cProfile of `Meter.feed` with 20 monitors
-(100,000 packets): `Classifier.match` ~55% of the time (its rule checks through helper calls),
-`RealtimeCollector.add` ~35% (a packet matches 3.1 of the 20 monitors on average, each builds
-its own flow key), `parse` ~15%.
+**What was done.** (1) A per-flow verdict cache in `Meter.feed`: for plain IPv4 (IHL 5, not a
+fragment) and IPv6 without extension headers, the key is the raw protocol, address and port
+bytes plus direction and interface; a hit skips parsing and classification and only reads the
+IP length (and the TCP flags where the SYN rule can decide the client). Everything else takes
+the full path. A hypothesis test proves the cached meter equal to the uncached one. (2) The
+flow key and client side are worked out once per flow and the key tuple is shared by every
+monitor's collector. (3) packet, rules, collector and meter are compiled with mypyc at install
+(`TRAFMETUX_PURE=1 make install` keeps plain Python). Together, from 4,986 to about 1,500
+ns/packet with 20 monitors and from 2,081 to about 560 ns with 1 (the table above has this
+run's figures; pure Python after (1) and (2): ~2,000 and ~900).
 
-**Proposals** (measured with a prototype over the same packets, not merged):
-1. A per-flow verdict cache in `Meter.feed`: key = (direction, iface, protocol, the raw
-   address+port bytes of the header) -> (monitor indices, parsed header), for plain IPv4
-   (IHL 5, not a fragment) and IPv6 without extension headers; everything else takes today's
-   path. Bounded, cleared on reconfigure; correct because the key holds every field a rule
-   reads. Prototype, lookup + totals (without flow positions): 577 ns/packet with 1 monitor,
-   884 ns/packet with 20 (today 1,800-2,000 and 4,700-5,400). With the flow positions
-   (one dict lookup per matched monitor) about 1.3 us with 20 monitors: ~4x, still short of
-   1 us.
-2. Compute the flow key and client side once per packet instead of once per matched monitor.
-3. Compile the pure core (packet, rules, collector, meter) with mypyc (it ships with mypy, the
-   modules are already strictly typed): the only way seen to approach 2 M packets/s on this
-   CPU; not measured yet. Otherwise the targets should be restated for this class of CPU.
+**Why it still misses.** With 20 monitors a packet matches 3.1 of them on average; each match
+is a dict lookup of the shared key and an update of its counters, ~400 ns each, mostly cache
+misses on the collectors' dicts, which compiling does not remove. With 1 monitor the target is
+~10% away. Next steps, not done: counters in per-collector arrays (fewer objects to touch and
+to free), and batching several packets per call into the compiled core.
 """
 
-E2E = """**Why c/b misses.** The accept-only consumer (the binding's own C loop) is the ceiling;
-trafmetuxd spends the pipeline's 5 us per packet on top of the binding's ~2.5 us (compare the
-CPU seconds per million packets), so it verdicts about a third as many packets. Nothing is
-dropped: with fail-open the kernel accepts what the queue cannot hold, so the network never
-waits, but those packets are not metered (the fail-open column; `status` shows the same gap
-in its audit). Below saturation the meter equals the kernel rule counters to the byte.
+E2E = """**Why c/b misses.** The accept-only consumer (the binding's own loop) is the ceiling;
+trafmetuxd adds the pipeline and the Python callback per packet on top (compare the CPU
+seconds per million packets), so it verdicts about 60% as many packets (28% before the
+pipeline work). Nothing is dropped: with fail-open the kernel accepts what the queue cannot
+hold, so the network never waits, but those packets are not metered (the fail-open column;
+`status` shows the same gap in its audit). Below saturation the meter equals the kernel rule
+counters to the byte.
 
-**Proposals.** The pipeline speed-ups above translate directly. `--queue-balance` over N
-queues with one daemon process each would scale with cores (not measurable on this 2-core
-machine, where trafgen and the kernel's receive path take one core): each process keeps its
-own collectors; minute/quarter totals merge exactly because every flush is an upsert-add into
-the same rows, flows stay per-flush rows; needs one flush row per process and a busy timeout
-for concurrent writers (or one writer process fed the snapshots).
+**What is left.** `--queue-balance` over N queues with one daemon process each would scale with
+cores (not measurable on this 2-core machine, where the generator and the kernel's receive
+path take one core): each process keeps its own collectors; minute and quarter totals merge
+exactly because every flush is an upsert-add into the same rows.
 """
 
 REPORTS = """\
-**Why daily and monthly miss.** `query.bucket_sums` reads every quarter row of the range into
-Python and bisects each: 24 months x 20 monitors is ~1.4 M rows, 60 days ~115,000. Measured on
-the same store: summing in SQL, one `SUM` per bucket over the primary-key range, gives the
-same sums in 114 ms (month, was 801 ms) and 14 ms (day, was 70 ms): enough for daily, not for
-monthly. Monthly needs a coarser source: sums of closed periods cached in the daemon (history
-before the last flush does not change; a flush or replay invalidates only the buckets holding
-the minutes it wrote, retention clears all). A stored hour rollup would not do for zones with
-half-hour offsets; quarters are the coarsest zone-safe unit.
+**What was done.** Each period is one `SUM` over a primary-key range instead of every quarter
+row read into Python; schema version 2 adds UTC hour and day rollups written in the same
+transaction as minutes and quarters, so a local period is summed from whole UTC days in its
+middle, whole hours next to them and quarters only at its uneven edges (exact in every zone,
++05:30 and Lord Howe included); the report reader keeps one read-only connection and a cache
+of period sums cleared whenever `PRAGMA data_version` says the store changed. Cold means a
+flush committed just before the request (the cache is empty); warm means it did not.
 """
 
-FLUSH = """**Why it misses.** Two causes. (1) `Flusher.absorb` merges the swapped snapshots into the
-flush collectors on the loop thread: measured alone, 20 x 2,000 positions take the time shown
-above as the loop-thread part, all of it a stall. (2) The write runs in a worker thread but
-holds the GIL while it builds rows (address text through `ipaddress`, tuples); the loop
-thread then waits up to the 5 ms switch interval for each hand-back.
-
-**Proposals.** (a) When a flush collector is empty (the usual case: the last write
-committed), adopt the snapshot's dicts instead of merging (O(1) per monitor); otherwise merge
-in the worker thread under the flush lock (snapshots are immutable after the swap). (b)
-`sys.setswitchinterval(0.001)` in the daemon bounds each GIL hand-back at 1 ms. (c) Build the
-flow rows with `socket.inet_ntop` on packed addresses instead of `ipaddress` objects.
+FLUSH = """**What was done.** The loop thread only swaps the realtime collectors (O(1) per monitor);
+merging into the flush collectors, the write and freeing the committed data run in the flush
+worker thread, which sleeps(0) between monitors and every 256 flow rows so a waiting packet
+loop gets the GIL at once (the daemon also sets a 1 ms switch interval). The largest stall
+left was the cyclic garbage collector: a full collection set off by the merge's allocations
+walked every flow position holding the GIL (17-22 ms). The worker now disables the collector
+for the flush and freezes what is alive afterwards, and a full sweep runs once an hour so no
+cyclic garbage piles up behind the freeze (that hourly pause is not included here).
 """
 
 MEMORY = """\
-**Why it misses.** About 240 bytes per position: a 6-tuple key (~100 bytes), a 3-int list
-(~90 bytes with its ints) and the dict slot. A packet matching 20 monitors builds 20 equal key
-tuples. With the flush collectors full as well (a slow or failing write) the memory doubles.
+**Why it misses.** After the work above (shared key tuples across monitors) a position costs
+about 134 bytes (its dict slot and a 3-int list), so 20 x 65,536 positions are ~170 MiB on
+their own, plus the interpreter and the verdict cache (about 350 bytes per cached flow; the
+benchmark feeds a new flow with every packet, so the cache is full: ~22 MiB). With the flush
+collectors full as well (a slow or failing write) the positions exist twice.
 
-**Proposals** (estimates, not measured): share one key tuple per distinct flow across monitors
-(an intern dict in the meter, cleared at swap): ~100 bytes less per position; counters in one
-`array('Q')` per collector indexed by a slot number kept in the dict: ~60 bytes less; and let
-the flush collector adopt the snapshot instead of copying it (see Flush). Together about
-80-100 bytes per position, ~110-130 MiB realtime.
+**What is left.** Counters in per-collector `array('q')` columns indexed by a slot number kept
+in the dict would save ~70 bytes per position (~90 MiB here), but need the flows dict built
+from the arrays in the flush thread; a smaller verdict-cache entry (nested per-interface dicts)
+would save part of its 22 MiB.
 """
 
-CTL = """**Where the time goes** (`python -X importtime`): the interpreter with this venv's site
-(~18 ms, 9 ms of it the editable-install finder `pip install -e` adds; a regular install has
-none), ~14 ms importing the client (`typing` 2 ms, `socket` 2.5 ms, `trafmetuxd.protocol`
-1.8 ms, `argparse`, `json`), then the request. The target is judged against the venv
-interpreter; against the python3 on PATH (with its own site-packages) the ratio is lower.
-
-**Proposals.** Drop `typing` from the client's import path (annotations only, under
-`TYPE_CHECKING`), import `argparse`/`json` pieces lazily where possible, and make the daily
-report cheaper on the server (see Reports).
+CTL = """**What was done.** The client imports neither `typing`, `socket.py` (it uses `_socket`)
+nor `shutil` (argparse's help formatter is given the terminal width); it is measured as
+installed, with its bytecode cached. What remains is the interpreter with this venv's site
+(including the editable-install finder), `argparse` and `json`, then the request.
 """
 
 ANALYSIS: dict[str, str] = {
