@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from trafmetuxctl.client import Client
 from trafmetuxd.kernel import parse_listing
 
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+import prereq
 from netns import Namespace, Pair, veth_pair
 
 FULL = {"warmup": 1.0, "window": 8.0, "low_pps": 5000, "low_window": 4.0}
@@ -55,12 +55,12 @@ BENCH_NFT = """table inet tmxbench {
 
 def missing_requirements() -> str:
     """Why this benchmark cannot run here, or ''."""
-    if os.geteuid() != 0:
-        return "the end-to-end benchmark needs root (network namespaces, netfilter rules)"
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-    if missing:
-        return f"the end-to-end benchmark needs {', '.join(missing)} (apt-get install netsniff-ng)"
-    return ""
+    return prereq.missing_requirements(
+        "the end-to-end benchmark needs",
+        TOOLS,
+        hint="(apt-get install netsniff-ng)",
+        netfilter=False,
+    )
 
 
 class Snapshot:

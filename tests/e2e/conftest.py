@@ -5,11 +5,10 @@ Outside CI a missing requirement skips them with the reason; in CI (CI set) it f
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import prereq
 import pytest
 from netns import Pair, veth_pair
 
@@ -18,14 +17,7 @@ TOOLS = ("ip", "iptables", "ip6tables", "iptables-save", "ip6tables-save", "nft"
 
 def missing_requirements() -> str:
     """Why e2e tests cannot run here, or '' when they can."""
-    if os.geteuid() != 0:
-        return "e2e tests need root (network namespaces, netfilter rules)"
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-    if missing:
-        return f"e2e tests need {', '.join(missing)} on PATH (make deps)"
-    if not Path("/proc/net/netfilter").exists():
-        return "e2e tests need netfilter (/proc/net/netfilter missing)"
-    return ""
+    return prereq.missing_requirements("e2e tests need", TOOLS)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -39,11 +31,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(autouse=True)
 def _requirements() -> None:
     """Skip (or, in CI, fail) when the machine cannot run e2e tests."""
-    reason = missing_requirements()
-    if reason and os.environ.get("CI"):
-        pytest.fail(f"CI cannot run the e2e tests: {reason}", pytrace=False)
-    if reason:
-        pytest.skip(reason)
+    prereq.require(missing_requirements(), "the e2e tests")
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ namespaces created and deleted by each test. They need root; without it they are
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +18,7 @@ for _dir in (E2E, HERE):
     if str(_dir) not in sys.path:
         sys.path.insert(0, str(_dir))
 
+import prereq  # noqa: E402
 from netns import Pair, veth_pair  # noqa: E402
 
 TOOLS = ("ip", "iptables", "ip6tables", "nft", "ethtool")
@@ -27,24 +26,15 @@ TOOLS = ("ip", "iptables", "ip6tables", "nft", "ethtool")
 
 def missing_requirements() -> str:
     """Why the kernel-side tests cannot run here, or '' when they can."""
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, netfilter rules, uids)"
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-    if missing:
-        return f"needs {', '.join(missing)} on PATH (make deps)"
-    if not Path("/proc/net/netfilter").exists():
-        return "needs netfilter (/proc/net/netfilter missing)"
-    return ""
+    return prereq.missing_requirements(
+        "needs", TOOLS, root_for="network namespaces, netfilter rules, uids"
+    )
 
 
 @pytest.fixture
 def kernel() -> None:
     """Skip (or, in CI, fail) a kernel-side test when the machine cannot run it."""
-    reason = missing_requirements()
-    if reason and os.environ.get("CI"):
-        pytest.fail(f"CI cannot run the reliability tests: {reason}", pytrace=False)
-    if reason:
-        pytest.skip(reason)
+    prereq.require(missing_requirements(), "the reliability tests")
 
 
 @pytest.fixture

@@ -1,220 +1,31 @@
-"""The real trafmetuxd in namespace a of a Pair: start, kill -9, restart, SIGTERM, ask, read store.
+"""The reliability suites' daemon (tests/e2e/daemon.py) with their monitors, and paced streams.
 
-Unlike the e2e helper it logs to a file (a long run must never block on a full stderr pipe) and
-can be restarted on the same state directory any number of times.
+The launcher is shared with the e2e tests; here it meters four monitors and is restarted on the
+same state directory any number of times.
 """
 
 from __future__ import annotations
 
-import grp
-import json
 import os
 import signal
-import socket
-import sqlite3
-import subprocess
-import time
-from collections.abc import Mapping
-from pathlib import Path
 
-from netns import PYTHON, ROOT, Pair
+import daemon
+from daemon import expected, fresh_counters
+from netns import Pair
 
-from trafmetuxctl.client import connect_socket
-
-MONITORS = """
-[[monitor]]
-name = "all"
-
-[[monitor]]
-name = "v4"
-rules = [{ family = "ipv4" }]
-
-[[monitor]]
-name = "udp"
-rules = [{ protocol = "udp" }]
-
-[[monitor]]
-name = "icmp"
-rules = [{ protocol = "icmp" }]
-"""
-
+# The e2e monitors without "tcp6": the four these suites meter and check.
+MONITORS = "[[monitor]]".join(
+    block for block in daemon.MONITORS.split("[[monitor]]") if 'name = "tcp6"' not in block
+)
 # Each monitor's expected totals as sums of the harness's nft counters.
-NFT_SUMS = {
-    "all": ("ip_all", "ip6_all"),
-    "v4": ("ip_all",),
-    "udp": ("ip_udp", "ip6_udp"),
-    "icmp": ("ip_icmp",),
-}
-Counters = dict[str, tuple[int, int]]
-Totals = tuple[int, int, int, int]  # in packets, in bytes, out packets, out bytes
+NFT_SUMS = {name: sums for name, sums in daemon.NFT_SUMS.items() if name != "tcp6"}
+__all__ = ["MONITORS", "NFT_SUMS", "Live", "Stream", "expected", "fresh_counters"]
 
 
-def expected(monitor: str, a: Counters, b: Counters) -> Totals:
-    """A monitor's totals from the nft counters: a's prerouting is in, b's is out."""
-    names = NFT_SUMS[monitor]
-    return (
-        sum(a[n][0] for n in names),
-        sum(a[n][1] for n in names),
-        sum(b[n][0] for n in names),
-        sum(b[n][1] for n in names),
-    )
+class Live(daemon.Daemon):
+    """The shared launcher metering the four monitors above unless told otherwise."""
 
-
-def fresh_counters(pair: Pair) -> None:
-    """Quiet link, zeroed counters: from here on both sides count the same packets."""
-    pair.settle()
-    pair.a.reset_counters()
-    pair.b.reset_counters()
-
-
-class Live:
-    """One state directory and config; any number of daemon lives on it."""
-
-    def __init__(
-        self,
-        pair: Pair,
-        tmp: Path,
-        monitors: str = MONITORS,
-        flush_interval: str = "1s",
-        state_dir: Path | None = None,
-        top: str = "",
-        capture: Mapping[str, str] | None = None,
-        socket_group: str = "",
-    ) -> None:
-        self.pair = pair
-        self.tmp = tmp
-        self.state_dir = state_dir or tmp / "state"
-        self.sock_path = tmp / "trafmetuxd.sock"
-        self.config = tmp / "trafmetux.toml"
-        self.log_path = tmp / "trafmetuxd.log"
-        self.flush_interval = flush_interval
-        self.top = top
-        self.capture = dict(capture or {})
-        self.socket_group = socket_group or grp.getgrgid(os.getgid()).gr_name
-        self.write_config(monitors)
-        self.proc: subprocess.Popen[str] | None = None
-        self.notify: socket.socket | None = None
-        self.messages: list[str] = []
-        self.lives = 0
-
-    @property
-    def database(self) -> Path:
-        """The daemon's SQLite file."""
-        return self.state_dir / "trafmetux.sqlite3"
-
-    def write_config(self, monitors: str) -> None:
-        """The test configuration: everything below tmp."""
-        extra = "".join(f"{key} = {value}\n" for key, value in self.capture.items())
-        self.config.write_text(
-            f'state_dir = "{self.state_dir}"\n'
-            f'socket = "{self.sock_path}"\n'
-            f'socket_group = "{self.socket_group}"\n'
-            'timezone = "UTC"\n'
-            f'flush_interval = "{self.flush_interval}"\n'
-            f"{self.top}"
-            "[capture]\n"
-            f'interfaces = ["{self.pair.a_if}"]\n'
-            f"{extra}{monitors}"
-        )
-
-    def start(self, argv_prefix: tuple[str, ...] = (), ready: bool = True) -> None:
-        """Start a new life of the daemon; wait for READY=1 unless told not to."""
-        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        notify_path = self.tmp / f"notify-{time.monotonic_ns()}"
-        self.notify.bind(str(notify_path))
-        os.chmod(notify_path, 0o666)
-        self.messages = []
-        env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
-        argv = [*argv_prefix, PYTHON, "-m", "trafmetuxd", "--config", str(self.config)]
-        with self.log_path.open("a") as log:
-            self.proc = self.pair.a.popen(
-                argv, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log
-            )
-        self.lives += 1
-        if ready:
-            self.expect("READY=1", 30.0)
-
-    def expect(self, message: str, timeout: float = 10.0) -> str:
-        """Wait for a notification starting with `message`."""
-        assert self.proc is not None and self.notify is not None
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"trafmetuxd exited {self.proc.returncode}: {self.log()}")
-            self.notify.settimeout(min(left, 0.5))
-            try:
-                got = self.notify.recv(4096).decode()
-            except TimeoutError:
-                continue
-            self.messages.append(got)
-            if got.startswith(message):
-                return got
-        raise RuntimeError(f"no {message} within {timeout}s; got {self.messages}")
-
-    def log(self) -> str:
-        """Everything every life of the daemon logged."""
-        return self.log_path.read_text() if self.log_path.exists() else ""
-
-    def kill9(self) -> None:
-        """SIGKILL, as a crash or a power cut would."""
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(timeout=10)
-        self._close_notify()
-
-    def signal(self, sig: int) -> None:
-        """Send a signal to the running daemon."""
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def terminate(self, timeout: float = 30.0) -> int:
-        """SIGTERM and wait; the exit status."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout)
-        finally:
-            self._close_notify()
-
-    def wait(self, timeout: float = 30.0) -> int:
-        """Wait for the daemon to exit on its own; the exit status."""
-        assert self.proc is not None
-        try:
-            return self.proc.wait(timeout=timeout)
-        finally:
-            self._close_notify()
-
-    def _close_notify(self) -> None:
-        if self.notify is not None:
-            self.notify.close()
-            self.notify = None
-
-    def request(self, cmd: str, timeout: float = 10.0, **args: object) -> dict[str, object]:
-        """One request on the control socket; the whole reply."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            connect_socket(sock, str(self.sock_path), timeout)  # as trafmetuxctl does
-            sock.sendall(json.dumps({"v": 1, "cmd": cmd, **args}).encode() + b"\n")
-            return json.loads(sock.makefile().readline())  # type: ignore[no-any-return]
-
-    def status(self) -> dict[str, object]:
-        """The status command's result."""
-        reply = self.request("status")
-        assert reply["ok"], reply
-        return reply["result"]  # type: ignore[return-value]
-
-    def stored(self) -> dict[str, Totals]:
-        """Per monitor: (in packets, in bytes, out packets, out bytes) summed over minutes."""
-        db = sqlite3.connect(f"file:{self.database}?mode=ro", uri=True)
-        try:
-            rows = db.execute(
-                "SELECT name, sum(in_packets), sum(in_bytes), sum(out_packets), sum(out_bytes)"
-                " FROM minute_totals JOIN monitor ON monitor.id = minute_totals.monitor"
-                " GROUP BY name"
-            ).fetchall()
-        finally:
-            db.close()
-        return {name: tuple(values) for name, *values in rows}  # type: ignore[misc]
+    monitors = MONITORS
 
 
 class Stream:

@@ -65,9 +65,7 @@ def run_crashes(pair: Pair, tmp: Path, kills: int, seed: int) -> dict[str, float
             flow.stop()
     active += time.monotonic() - began
     pair.settle()
-    assert live.terminate() == 0, live.log()
-    a, b = pair.a.nft_counters(), pair.b.nft_counters()
-    stored = live.stored()
+    a, b, stored = live.totals_after_stop()
     figures: dict[str, float] = {"crashes": kills, "seconds_metered": round(active, 1)}
     for monitor in NFT_SUMS:
         kernel = expected(monitor, a, b)
@@ -129,9 +127,7 @@ def test_sigterm_restarts_under_traffic_lose_nothing(pair: Pair, tmp_path: Path)
         for flow in flows:
             flow.stop()
     pair.settle()
-    assert live.terminate() == 0, live.log()
-    a, b = pair.a.nft_counters(), pair.b.nft_counters()
-    stored = live.stored()
+    a, b, stored = live.totals_after_stop()
     for monitor in NFT_SUMS:
         want = minus(expected(monitor, a, b), gaps[monitor])
         assert stored.get(monitor, (0, 0, 0, 0)) == want, monitor

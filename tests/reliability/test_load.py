@@ -47,9 +47,7 @@ def reload_under_traffic(pair: Pair, tmp: Path, seconds: int) -> int:
             flow.stop()
     pair.settle()
     assert live.status()["reload_error"] is None
-    assert live.terminate() == 0, live.log()
-    a, b = pair.a.nft_counters(), pair.b.nft_counters()
-    stored = live.stored()
+    a, b, stored = live.totals_after_stop()
     for monitor in ("all", "v4", "udp"):
         assert stored[monitor] == expected(monitor, a, b), monitor
     assert stored["udp"][1] > seconds * 100_000

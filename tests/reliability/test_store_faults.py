@@ -86,9 +86,7 @@ def held_then_written(pair: Pair, live: Live, fault: Callable[[], Callable[[], N
         for flow in flows:
             flow.stop()
     pair.settle()
-    assert live.terminate() == 0, live.log()
-    a, b = pair.a.nft_counters(), pair.b.nft_counters()
-    stored = live.stored()
+    a, b, stored = live.totals_after_stop()
     for monitor in NFT_SUMS:
         assert stored.get(monitor, (0, 0, 0, 0)) == expected(monitor, a, b), monitor
     assert "holding" in live.log() and "flush failed" in live.log()
