@@ -29,6 +29,10 @@ def _connect(address: str) -> socket.socket | None:
     except OSError:
         sock.close()
         return None
+    # Never wait on the receiver: when its queue is full (systemd busy, a test not reading) a
+    # blocking send would stall the packet loop. The message is dropped instead, as
+    # libsystemd's sd_notify does with MSG_DONTWAIT; the next STATUS/WATCHDOG follows soon.
+    sock.setblocking(False)
     return sock
 
 

@@ -14,6 +14,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -104,6 +105,9 @@ class Daemon:
         self.proc: subprocess.Popen[str] | None = None
         self.notify: socket.socket | None = None
         self.messages: list[str] = []
+        self._seen = 0  # messages before this index were matched or passed over by expect()
+        self._arrived = threading.Condition()
+        self._listening: tuple[threading.Thread, threading.Event] | None = None
         self.lives = 0
 
     @property
@@ -133,6 +137,8 @@ class Daemon:
         self.notify.bind(str(notify_path))
         os.chmod(notify_path, 0o666)  # a daemon started as another user can still notify
         self.messages = []
+        self._seen = 0
+        self._listen(self.notify)
         env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
         argv = [*argv_prefix, PYTHON, "-m", "trafmetuxd", "--config", str(self.config)]
         with self.log_path.open("a") as log:
@@ -144,21 +150,41 @@ class Daemon:
             self.expect("READY=1", 30.0)
         return self
 
+    def _listen(self, sock: socket.socket) -> None:
+        """Read notifications as they come, as systemd does, so the daemon never waits on us."""
+        stop = threading.Event()
+
+        def run() -> None:
+            sock.settimeout(0.1)
+            while not stop.is_set():
+                try:
+                    got = sock.recv(4096).decode()
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                with self._arrived:
+                    self.messages.append(got)
+                    self._arrived.notify_all()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        self._listening = (thread, stop)
+
     def expect(self, message: str, timeout: float = 10.0) -> str:
-        """Wait for a notification starting with `message`; every message is kept."""
+        """Wait for the next notification starting with `message`; every message is kept."""
         assert self.proc is not None and self.notify is not None
         deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"trafmetuxd exited {self.proc.returncode}: {self.log()}")
-            self.notify.settimeout(min(left, 0.5))
-            try:
-                got = self.notify.recv(4096).decode()
-            except TimeoutError:
-                continue
-            self.messages.append(got)
-            if got.startswith(message):
-                return got
+        with self._arrived:
+            while (left := deadline - time.monotonic()) > 0:
+                for index in range(self._seen, len(self.messages)):
+                    if self.messages[index].startswith(message):
+                        self._seen = index + 1
+                        return self.messages[index]
+                self._seen = len(self.messages)
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"trafmetuxd exited {self.proc.returncode}: {self.log()}")
+                self._arrived.wait(min(left, 0.5))
         raise RuntimeError(f"no {message} within {timeout}s; got {self.messages}")
 
     def log(self) -> str:
@@ -212,6 +238,7 @@ class Daemon:
         # The daemon has exited: whatever it sent last (STOPPING=1) is already queued.
         if self.notify is None:
             return
+        self._stop_listening()
         self.notify.setblocking(False)
         while True:
             try:
@@ -219,7 +246,15 @@ class Daemon:
             except BlockingIOError:
                 return
 
+    def _stop_listening(self) -> None:
+        if self._listening is not None:
+            thread, stop = self._listening
+            stop.set()
+            thread.join(timeout=5)
+            self._listening = None
+
     def _close_notify(self) -> None:
+        self._stop_listening()
         if self.notify is not None:
             self.notify.close()
             self.notify = None

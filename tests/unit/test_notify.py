@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,3 +96,22 @@ def test_watchdog_interval_is_half_the_timeout_for_this_process(
     environ: dict[str, str], expected: float | None
 ) -> None:
     assert Notifier(environ).watchdog_interval() == expected
+
+
+def test_a_receiver_that_does_not_read_never_blocks_the_sender(tmp_path: Path) -> None:
+    path = tmp_path / "notify"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(path))
+    notifier = Notifier({"NOTIFY_SOCKET": str(path)})
+    try:
+        # far beyond the receiver's queue of datagrams: a blocking send would hang on the 11th
+        sender = threading.Thread(
+            target=lambda: [notifier.status(f"tick {n}") for n in range(2000)]
+        )
+        sender.start()
+        sender.join(timeout=30)
+        assert not sender.is_alive(), "the sender is stuck on a full receiver"
+        assert receiver.recv(4096) == b"STATUS=tick 0"
+    finally:
+        notifier.close()
+        receiver.close()
