@@ -1,4 +1,4 @@
-"""SQLite store: schema and migrations, one-transaction flush writes, retention, simple reads.
+"""SQLite store: opening (migrated by schema.py), one-transaction flush writes, retention, reads.
 
 A Store holds one connection opened with check_same_thread=False so the daemon can use it from
 its flush worker thread; the caller serializes every call (one thread at a time).
@@ -8,80 +8,23 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import NamedTuple
 
 from trafmetuxd.addresses import address_text
 from trafmetuxd.collector import OTHER, Flows, Snapshot
+from trafmetuxd.schema import MIGRATIONS as MIGRATIONS
+from trafmetuxd.schema import MINUTES_PER_DAY as MINUTES_PER_DAY
+from trafmetuxd.schema import MINUTES_PER_HOUR as MINUTES_PER_HOUR
+from trafmetuxd.schema import MINUTES_PER_QUARTER as MINUTES_PER_QUARTER
+from trafmetuxd.schema import QUARTERS_PER_DAY as QUARTERS_PER_DAY
+from trafmetuxd.schema import ROLLUPS as ROLLUPS
+from trafmetuxd.schema import SCHEMA_VERSION as SCHEMA_VERSION
+from trafmetuxd.schema import rebuild_rollups as rebuild_rollups
+from trafmetuxd.schema import rollup as rollup
 from trafmetuxd.spec import RetentionSpec
-
-MINUTES_PER_QUARTER = 15  # a quarter is unix seconds // 900, so minute // 15
-MINUTES_PER_HOUR = 60  # an hour is unix seconds // 3600 (UTC)
-MINUTES_PER_DAY = 1440  # a day is unix seconds // 86400 (UTC)
-QUARTERS_PER_DAY = 96
-
-_SCHEMA_V1 = """
-CREATE TABLE monitor (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
-CREATE TABLE minute_totals (monitor INTEGER NOT NULL REFERENCES monitor(id),
-    minute INTEGER NOT NULL,
-    in_bytes INTEGER NOT NULL, in_packets INTEGER NOT NULL,
-    out_bytes INTEGER NOT NULL, out_packets INTEGER NOT NULL,
-    PRIMARY KEY (monitor, minute)) WITHOUT ROWID;
-CREATE TABLE quarter_totals (monitor INTEGER NOT NULL REFERENCES monitor(id),
-    quarter INTEGER NOT NULL,
-    in_bytes INTEGER NOT NULL, in_packets INTEGER NOT NULL,
-    out_bytes INTEGER NOT NULL, out_packets INTEGER NOT NULL,
-    PRIMARY KEY (monitor, quarter)) WITHOUT ROWID;
-CREATE TABLE flush (id INTEGER PRIMARY KEY, monitor INTEGER NOT NULL REFERENCES monitor(id),
-    time REAL NOT NULL, overflow INTEGER NOT NULL);
-CREATE INDEX flush_monitor_time ON flush(monitor, time);
-CREATE TABLE flow (flush INTEGER NOT NULL REFERENCES flush(id), family INTEGER NOT NULL,
-    protocol INTEGER NOT NULL, client TEXT NOT NULL, client_port INTEGER NOT NULL,
-    server TEXT NOT NULL, server_port INTEGER NOT NULL, sent INTEGER NOT NULL,
-    received INTEGER NOT NULL, packets INTEGER NOT NULL);
-CREATE INDEX flow_flush ON flow(flush);
-"""
-
-
-def _migrate_to_1(conn: sqlite3.Connection) -> None:
-    """Version 0 (empty file) -> 1: the initial schema."""
-    for statement in _SCHEMA_V1.split(";"):
-        if statement.strip():
-            conn.execute(statement)
-
-
-_ROLLUP_TABLE = """CREATE TABLE {table} (monitor INTEGER NOT NULL REFERENCES monitor(id),
-    {unit} INTEGER NOT NULL,
-    in_bytes INTEGER NOT NULL, in_packets INTEGER NOT NULL,
-    out_bytes INTEGER NOT NULL, out_packets INTEGER NOT NULL,
-    PRIMARY KEY (monitor, {unit})) WITHOUT ROWID"""
-# floor(quarter / n) in SQL, whose integer division truncates toward zero
-_ROLLUP_FILL = """INSERT INTO {table}
-SELECT monitor, (quarter - ((quarter % {n}) + {n}) % {n}) / {n} AS unit, SUM(in_bytes),
-    SUM(in_packets), SUM(out_bytes), SUM(out_packets)
-FROM quarter_totals GROUP BY monitor, unit"""
-ROLLUPS = (("hour_totals", "hour", 4), ("day_totals", "day", QUARTERS_PER_DAY))
-
-
-def _migrate_to_2(conn: sqlite3.Connection) -> None:
-    """Version 1 -> 2: UTC hour and day rollups, filled from the stored quarters."""
-    for table, unit, _ in ROLLUPS:
-        conn.execute(_ROLLUP_TABLE.format(table=table, unit=unit))
-    rebuild_rollups(conn)
-
-
-def rebuild_rollups(conn: sqlite3.Connection) -> None:
-    """Refill the hour and day rollups from quarter_totals (for quarters written directly)."""
-    for table, _, per in ROLLUPS:
-        conn.execute(f"DELETE FROM {table}")
-        conn.execute(_ROLLUP_FILL.format(table=table, n=per))
-
-
-# MIGRATIONS[n] takes a database from user_version n to n + 1; append to add a version.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_to_1, _migrate_to_2)
-SCHEMA_VERSION = len(MIGRATIONS)
 
 _UPSERT = """INSERT INTO {table} (monitor, {unit}, in_bytes, in_packets, out_bytes, out_packets)
 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (monitor, {unit}) DO UPDATE SET
@@ -120,16 +63,6 @@ def prune_bounds(now: float, retention: RetentionSpec) -> tuple[int, int]:
     minutes = int(now - retention.minutes) // 60 if retention.minutes > 0 else 0
     flows = int(now - retention.flows) if retention.flows > 0 else 0
     return minutes, flows
-
-
-def rollup(totals: dict[int, list[int]], minutes: int) -> dict[int, list[int]]:
-    """Roll minute totals up into totals of `minutes`-minute units (minute // minutes)."""
-    out: dict[int, list[int]] = {}
-    for minute, row in totals.items():
-        acc = out.setdefault(minute // minutes, [0, 0, 0, 0])
-        for i in range(4):
-            acc[i] += row[i]
-    return out
 
 
 def quarters(totals: dict[int, list[int]]) -> dict[int, list[int]]:
