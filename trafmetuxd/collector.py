@@ -95,6 +95,19 @@ def is_syn(flags: int) -> bool:
     return flags & _SYN_ACK == _SYN
 
 
+def _add_total(totals: Totals, minute: int, out: bool, length: int) -> None:
+    """Add one packet to its minute's in or out bytes and packets."""
+    row = totals.get(minute)
+    if row is None:
+        row = totals[minute] = [0, 0, 0, 0]
+    if out:
+        row[2] += length
+        row[3] += 1
+    else:
+        row[0] += length
+        row[1] += 1
+
+
 def count(
     collectors: tuple[RealtimeCollector, ...],
     flow: Plan,
@@ -109,16 +122,7 @@ def count(
     """
     key, key_side, back, back_when_new = flow
     for coll in collectors:
-        totals = coll._totals
-        row = totals.get(minute)
-        if row is None:
-            row = totals[minute] = [0, 0, 0, 0]
-        if out:
-            row[2] += length
-            row[3] += 1
-        else:
-            row[0] += length
-            row[1] += 1
+        _add_total(coll._totals, minute, out, length)
         flows = coll._flows
         entry = flows.get(key)
         side = key_side
@@ -174,17 +178,7 @@ class RealtimeCollector:
     def add(self, minute: int, pkt: PacketInfo, direction: int) -> None:
         """Count one packet (direction DIR_OUT counts as out, anything else as in)."""
         family, proto, src, sport, dst, dport, length, _flags = pkt
-        totals = self._totals
-        row = totals.get(minute)
-        if row is None:
-            row = totals[minute] = [0, 0, 0, 0]
-        if direction == DIR_OUT:
-            row[2] += length
-            row[3] += 1
-        else:
-            row[0] += length
-            row[1] += 1
-
+        _add_total(self._totals, minute, direction == DIR_OUT, length)
         flows = self._flows
         key: FlowKey
         if sport >= _PRIVILEGED:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationErr
 from trafmetuxd import config_values as cv
 from trafmetuxd import spec
 from trafmetuxd.config_values import parse_duration, parse_size
+from trafmetuxd.packet import PORTED  # the protocols parse() reads ports for
 from trafmetuxd.spec import DIR_ANY, Network, PortRange
 
 __all__ = ["ConfigError", "load", "parse", "parse_duration", "parse_size"]
@@ -20,7 +21,6 @@ __all__ = ["ConfigError", "load", "parse", "parse_duration", "parse_size"]
 Loc = tuple[str | int, ...]
 _M = TypeVar("_M", bound=BaseModel)
 _Indexed = tuple[int, dict[str, Any], spec.MonitorSpec]  # index in the file, table, value
-_PORTED = frozenset((6, 17, 132, 136))  # the protocols packet.parse reads ports for
 
 
 class ConfigError(Exception):
@@ -157,7 +157,7 @@ def _key_path(loc: Loc) -> str:
 def _check_rule(rule: _Rule, raw: dict[str, Any], loc: Loc, problems: _Problems) -> None:
     """A port field needs a ported protocol; address families must leave something to match."""
     for key in ("src_port", "dst_port", "port"):
-        if key in raw and rule.protocol is not None and rule.protocol not in _PORTED:
+        if key in raw and rule.protocol is not None and rule.protocol not in PORTED:
             protocol = raw["protocol"]
             problems.add((*loc, key), raw[key], f"protocol {protocol!r} has no ports")
     families = {4, 6} if rule.family is None else {rule.family}

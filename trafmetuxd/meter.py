@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 from trafmetuxd import rules
 from trafmetuxd.collector import Plan, RealtimeCollector, Snapshot, count, is_syn, plan
-from trafmetuxd.packet import PacketInfo, parse
+from trafmetuxd.packet import EXTENSIONS, PORTED, TCP, PacketInfo, parse
 from trafmetuxd.spec import DIR_ANY, DIR_IN, DIR_OUT, MonitorSpec, Network
 
 # The verdict cache: (header bytes every rule and flow key reads, protocol, direction, iface)
@@ -32,15 +32,10 @@ class Verdict(NamedTuple):
 
 CACHE_LIMIT = 65_536
 _GROUP_LIMIT = 4096
-# Protocols whose first 4 transport bytes are the ports (packet._PORTED).
-_PORTED = frozenset((6, 17, 132, 136))
-_TCP = 6
 # Shortest packets the cache takes (the bytes at hand and the IP length both): the TCP flags
 # byte (IPv4 offset 33, IPv6 53) is then always read, as parse() reads it.
 _IPV4_MIN = 34
 _IPV6_MIN = 54
-# IPv6 next headers parse() walks as extension headers: such packets take the full path.
-_EXTENSIONS = frozenset((0, 43, 44, 51, 60))
 
 
 class MeterStats:
@@ -155,14 +150,14 @@ class Meter:
                 if buf[6] & 0x1F or buf[7] or length < _IPV4_MIN:
                     self._feed_parsed(ts, buf, direction, iface)
                     return
-                header = buf[12:24] if proto in _PORTED else buf[12:20]
+                header = buf[12:24] if proto in PORTED else buf[12:20]
             elif first >> 4 == 6:
                 length = (buf[4] << 8 | buf[5]) + 40
                 proto = buf[6]
-                if proto in _EXTENSIONS or size < _IPV6_MIN or length < _IPV6_MIN:
+                if proto in EXTENSIONS or size < _IPV6_MIN or length < _IPV6_MIN:
                     self._feed_parsed(ts, buf, direction, iface)
                     return
-                header = buf[8:44] if proto in _PORTED else buf[8:40]
+                header = buf[8:44] if proto in PORTED else buf[8:40]
             else:
                 self._feed_parsed(ts, buf, direction, iface)
                 return
@@ -198,7 +193,7 @@ class Meter:
         plain_plan = plan(pkt, False) if plain else None
         compressed_plan = plan(pkt, True) if compressed else None
         # The TCP flags matter only where a new position's client is the SYN sender.
-        needs_flags = pkt.proto == _TCP and any(
+        needs_flags = pkt.proto == TCP and any(
             p is not None and p[3] for p in (plain_plan, compressed_plan)
         )
         flags_at = (33 if pkt.family == 4 else 53) if needs_flags else 0

@@ -31,13 +31,13 @@ _U32 = struct.Struct("!I")
 _IPV4_HEADER = 20
 _IPV6_HEADER = 40
 # TCP, UDP, SCTP and UDP-Lite all start with source port, destination port.
-_PORTED = frozenset((6, 17, 132, 136))
-_TCP = 6
+PORTED = frozenset((6, 17, 132, 136))
+TCP = 6
 _HOP_BY_HOP = 0
 _FRAGMENT = 44
 _AH = 51
 # Extension headers the walk steps over; anything else is the upper-layer protocol.
-_EXTENSIONS = frozenset((_HOP_BY_HOP, 43, _FRAGMENT, _AH, 60))
+EXTENSIONS = frozenset((_HOP_BY_HOP, 43, _FRAGMENT, _AH, 60))
 # A bound on the walk so crafted chains cannot cost more than a few steps per packet.
 _MAX_EXTENSIONS = 8
 _JUMBO_OPTION = 0xC2
@@ -81,7 +81,7 @@ def _parse_ipv6(buf: bytes) -> PacketInfo | None:
     payload, next_header, src_hi, src_lo, dst_hi, dst_lo = _IPV6.unpack_from(buf)
     length = payload + _IPV6_HEADER if payload else _jumbo_length(buf, next_header)
     end = min(len(buf), length)
-    if next_header in _EXTENSIONS:
+    if next_header in EXTENSIONS:
         proto, offset = _walk_extensions(buf, next_header, end)
     else:
         proto, offset = next_header, _IPV6_HEADER
@@ -99,7 +99,7 @@ def _walk_extensions(buf: bytes, next_header: int, end: int) -> tuple[int, int]:
     """
     offset = _IPV6_HEADER
     for _ in range(_MAX_EXTENSIONS):
-        if next_header not in _EXTENSIONS:
+        if next_header not in EXTENSIONS:
             return next_header, offset
         if offset + 4 > end:
             return next_header, end
@@ -139,8 +139,8 @@ def _with_ports(
     family: int, proto: int, src: int, dst: int, length: int, buf: bytes, offset: int, end: int
 ) -> PacketInfo:
     """Build the PacketInfo, reading ports (and TCP flags) when the transport header is there."""
-    if proto in _PORTED and offset + 4 <= end:
+    if proto in PORTED and offset + 4 <= end:
         sport, dport = _PORTS.unpack_from(buf, offset)
-        flags = buf[offset + 13] if proto == _TCP and offset + 14 <= end else 0
+        flags = buf[offset + 13] if proto == TCP and offset + 14 <= end else 0
         return _new(PacketInfo, (family, proto, src, sport, dst, dport, length, flags))
     return _new(PacketInfo, (family, proto, src, NO_PORT, dst, NO_PORT, length, 0))
