@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import TypeVar
 
 from trafmetuxd import __version__, config, periods
@@ -240,7 +241,7 @@ class Daemon:
             self.flusher.configure(new.monitors)
             self.flusher.zone = periods.resolve_zone(new.timezone)
         keep = {k: getattr(self.config, k) for k in restart}
-        self.config = _replace(new, keep)
+        self.config = replace(new, **keep)  # restart-only keys keep their old values
         self.reload_error = ""
         log.info("configuration reloaded: %d monitors", len(new.monitors))
         if restart:
@@ -254,9 +255,3 @@ class Daemon:
 
 def _bytes(totals: Totals) -> tuple[int, int]:
     return sum(r[0] for r in totals.values()), sum(r[2] for r in totals.values())
-
-
-def _replace(cfg: Config, keep: dict[str, object]) -> Config:
-    from dataclasses import replace
-
-    return replace(cfg, **keep)  # type: ignore[arg-type]
