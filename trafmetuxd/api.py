@@ -12,12 +12,12 @@ import socket
 import stat
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trafmetuxd import protocol
-from trafmetuxd.handlers import Handler
 from trafmetuxd.protocol import (
     ADMIN,
     FORBIDDEN,
@@ -26,7 +26,11 @@ from trafmetuxd.protocol import (
     UNAVAILABLE,
     UNKNOWN_COMMAND,
     ProtocolError,
+    Request,
 )
+
+if TYPE_CHECKING:  # the front process imports this module: not the handlers and the store
+    from trafmetuxd.handlers import Handler
 
 log = logging.getLogger(__name__)
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -34,12 +38,16 @@ SOCKET_MODE = 0o660
 FIRST_LINE_TIMEOUT = 5.0  # seconds a new connection has to send its first complete request
 WRITE_TIMEOUT = 5.0  # seconds a reply may wait for a client that does not read
 EVICT_GRACE = 0.5  # seconds of silence (or not reading) before a connection may be evicted
+REPLY_BUFFER = 4096  # bytes of replies held for one client before it must read
 MAX_CLIENTS = 512  # an idle connection costs a few KiB; the fd limit is 1024 by default
 LISTEN_BACKLOG = 1024  # connections the kernel queues before accept (capped by somaxconn)
 REQUEST_RATE = 100.0  # requests per second one connection may make (sustained) ...
 REQUEST_BURST = 20.0  # ... and at once; past that its requests wait, nobody else's do
 MEMBERSHIP_TTL = 10.0  # seconds a group-membership answer is reused for the same uid/gid
 MEMBERSHIP_CACHE = 1024  # (uid, gid) answers kept at most
+
+# A validated, authorized request, its line as received and who sent it -> the reply line.
+Answer = Callable[[Request, bytes, "Peer | None"], Awaitable[bytes]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +139,41 @@ def bind_socket(path: Path, gid: int) -> socket.socket:
     return sock
 
 
-class _Bucket:
+def local_answer(handlers: Mapping[str, Handler]) -> Answer:
+    """Answer requests by running the handler table in this process."""
+    table = dict(handlers)
+
+    async def answer(req: Request, _line: bytes = b"", _peer: Peer | None = None) -> bytes:
+        handler = table.get(req.cmd)
+        if handler is None:
+            return protocol.encode_reply_err(UNKNOWN_COMMAND, f"{req.cmd!r} is not served here")
+        try:
+            result = await handler(req.args)
+        except ProtocolError as exc:
+            return protocol.encode_reply_err(exc.code, exc.message)
+        except Exception as exc:
+            log.exception("command %r failed", req.cmd)
+            return protocol.encode_reply_err(INTERNAL, f"{type(exc).__name__}: {exc}")
+        return protocol.encode_reply_ok(result)
+
+    return answer
+
+
+def limit_replies(writer: asyncio.StreamWriter) -> None:
+    """Hold at most REPLY_BUFFER of replies for a client, in the kernel and in the loop.
+
+    A client that sends requests and never reads the replies then blocks after a few of
+    them (and is dropped after WRITE_TIMEOUT) instead of being served until a 200 KiB
+    socket buffer and a 64 KiB transport buffer are full. A large reply to a client that
+    reads is unaffected: it is written in pieces as the client reads.
+    """
+    sock = writer.get_extra_info("socket")
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, REPLY_BUFFER)
+    writer.transport.set_write_buffer_limits(high=REPLY_BUFFER)
+
+
+class Bucket:
     """A token bucket: how long to wait before the next request of one connection."""
 
     __slots__ = ("burst", "rate", "stamp", "tokens")
@@ -177,14 +219,14 @@ class Server:
         self,
         path: Path,
         group: str,
-        handlers: Mapping[str, Handler],
+        answer: Answer,
         max_clients: int,
         idle_timeout: float,
     ) -> None:
         self.path = path
         self.group = group
         self.gid, self.group_found = resolve_group(group)
-        self.handlers = dict(handlers)
+        self.answer = answer
         self.max_clients = max_clients
         self.idle_timeout = idle_timeout
         self.clients = 0
@@ -207,15 +249,16 @@ class Server:
             "evicted": self.evicted,
         }
 
-    async def start(self) -> None:
-        """Bind and start accepting connections."""
-        sock = bind_socket(self.path, self.gid)
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Start accepting connections on sock (already listening), or bind the path first."""
+        if sock is None:
+            sock = bind_socket(self.path, self.gid)
         self._server = await asyncio.start_unix_server(
             self._client, sock=sock, limit=protocol.MAX_LINE
         )
 
-    async def close(self) -> None:
-        """Stop accepting, end every connection, drop the socket file."""
+    async def close(self, unlink: bool = True) -> None:
+        """Stop accepting, end every connection, drop the socket file (when unlink)."""
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -229,7 +272,7 @@ class Server:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(self.path.lstat().st_mode):
+            if unlink and stat.S_ISSOCK(self.path.lstat().st_mode):
                 self.path.unlink()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -238,6 +281,7 @@ class Server:
         self._tasks.add(task)
         self.clients += 1
         conn = _Connection(writer, since=time.monotonic())
+        limit_replies(writer)
         try:
             if self.clients > self.max_clients and not self._evict():
                 msg = f"too many clients (max {self.max_clients})"
@@ -290,7 +334,7 @@ class Server:
 
     async def _serve(self, peer: Peer, reader: asyncio.StreamReader, conn: _Connection) -> None:
         timeout = self.first_line_timeout  # a new connection must say something soon
-        bucket = _Bucket(REQUEST_RATE, REQUEST_BURST)
+        bucket = Bucket(REQUEST_RATE, REQUEST_BURST)
         while True:
             # Pipelined requests are already buffered: without this pause one connection would
             # be served until its socket buffers fill while every other client (and the packet
@@ -305,6 +349,8 @@ class Server:
                 msg = f"request line longer than {protocol.MAX_LINE} bytes"
                 await self._send(conn, protocol.encode_reply_err(TOO_LARGE, msg))
                 return
+            if conn.writer.is_closing():
+                return  # the client is gone: its buffered requests have nobody to answer
             conn.mark(False)
             timeout = self.idle_timeout
             await self._send(conn, await self.dispatch(peer, line))
@@ -315,16 +361,9 @@ class Server:
             req = protocol.decode_request(line)
             if not peer.may_read or (req.permission == ADMIN and not peer.may_admin):
                 raise ProtocolError(FORBIDDEN, f"uid {peer.uid} may not run {req.cmd!r}")
-            handler = self.handlers.get(req.cmd)
-            if handler is None:
-                raise ProtocolError(UNKNOWN_COMMAND, f"{req.cmd!r} is not served here")
-            result = await handler(req.args)
         except ProtocolError as exc:
             return protocol.encode_reply_err(exc.code, exc.message)
-        except Exception as exc:
-            log.exception("command failed")
-            return protocol.encode_reply_err(INTERNAL, f"{type(exc).__name__}: {exc}")
-        return protocol.encode_reply_ok(result)
+        return await self.answer(req, line, peer)
 
     async def _send(self, conn: _Connection, data: bytes) -> None:
         conn.writer.write(data)
@@ -344,6 +383,6 @@ async def start_server(
     idle_timeout: float = 30.0,
 ) -> Server:
     """Create the socket (0660, group) and serve requests through the handler table."""
-    server = Server(Path(path), group, handlers, max_clients, idle_timeout)
+    server = Server(Path(path), group, local_answer(handlers), max_clients, idle_timeout)
     await server.start()
     return server
