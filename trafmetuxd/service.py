@@ -8,11 +8,12 @@ import logging
 import signal
 import time
 
-from trafmetuxd.api import Server, start_server
+from trafmetuxd.api import local_answer
 from trafmetuxd.capture import Capture
 from trafmetuxd.daemon import Daemon, tune_switch_interval
 from trafmetuxd.handlers import Handlers
 from trafmetuxd.kernel import KernelError, QueueRules, queue_stats
+from trafmetuxd.link import Front
 from trafmetuxd.notify import Notifier
 from trafmetuxd.quota import QuotaWatcher
 from trafmetuxd.spec import DIR_IN, DIR_OUT
@@ -39,7 +40,7 @@ class Service:
         self.flush_tick = time.monotonic()
         self.handlers = Handlers(daemon)
         self.quotas = QuotaWatcher()
-        self.server: Server | None = None
+        self.front: Front | None = None
         self._audit_cache: tuple[float, dict[str, object]] = (-AUDIT_TTL, {})
         self._audit_task: asyncio.Future[dict[str, object]] | None = None
         daemon.extra_status = self._capture_status
@@ -56,7 +57,9 @@ class Service:
                 self._start_capture(loop)
             cfg = self.daemon.config
             cfg.socket.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-            self.server = await start_server(cfg.socket, cfg.socket_group, self.handlers.table())
+            self.front = Front(cfg.socket, cfg.socket_group, local_answer(self.handlers.table()))
+            self.front.bind()  # clients may connect from here on: they queue until it runs
+            self.front.start()
             self.notifier.ready()
             self._set_status()
             log.info("metering %d monitors", len(self.daemon.meter.monitors))
@@ -64,8 +67,8 @@ class Service:
         finally:
             self.notifier.stopping()
             self._stop_capture()
-            if self.server is not None:
-                await self.server.close()
+            if self.front is not None:
+                await self.front.stop()
             ok = await self.daemon.flush()
             self.handlers.close()  # the report reader first: the store's close is then the last
             self.daemon.close()  # and checkpoints the WAL
@@ -147,7 +150,8 @@ class Service:
         self.notifier.status(f"{text}; {note}" if note else text)
 
     async def _capture_status(self) -> dict[str, object]:
-        out: dict[str, object] = {"socket": self.server.info() if self.server else None}
+        # "socket" (connections, evictions) is added by the front, which alone knows them
+        out: dict[str, object] = {"front": self.front.info() if self.front else None}
         if self.capture is None:
             return {**out, "capture": None}
         spec = self.daemon.config.capture

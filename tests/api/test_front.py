@@ -1,0 +1,242 @@
+"""The control socket's front process: forwarding, fairness, privileges, restarts, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import NOW, FakeBackend, LoopThread, make_config
+
+from trafmetuxd import protocol
+from trafmetuxd.api import Peer, local_answer
+from trafmetuxd.front import Forwarder
+from trafmetuxd.handlers import Handlers
+from trafmetuxd.link import Front, serve_link
+from trafmetuxd.protocol import Request
+
+
+def ask(path: Path, cmd: str, timeout: float = 10.0) -> dict[str, object]:
+    """One request on a fresh connection; the decoded reply."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        s.sendall(protocol.encode_request(cmd))
+        return json.loads(s.makefile("rb").readline())  # type: ignore[no-any-return]
+
+
+def wait_for(check: object, timeout: float = 10.0) -> None:
+    """Poll a zero-argument callable until it returns true."""
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def front(public_dir: Path) -> Iterator[tuple[Front, Path, LoopThread]]:
+    """A real front process serving the handlers of a fake daemon."""
+    sock = public_dir / "trafmetuxd.sock"
+    (public_dir / "state").mkdir()
+    backend = FakeBackend(make_config(public_dir / "state", sock))
+    loops = LoopThread()
+    handlers = Handlers(backend, clock=lambda: float(NOW)).table()
+    running = Front(sock, "daemon", local_answer(handlers), idle_timeout=5.0)
+
+    async def start() -> None:
+        running.bind()
+        running.start()
+
+    loops.run(start())
+    try:
+        yield running, sock, loops
+    finally:
+        loops.run(running.stop())
+        loops.stop()
+
+
+def test_requests_are_answered_by_the_daemon_through_the_front(
+    front: tuple[Front, Path, LoopThread],
+) -> None:
+    running, sock, _loops = front
+    reply = ask(sock, "status")
+    assert reply["ok"] is True
+    result = reply["result"]
+    assert isinstance(result, dict)
+    assert result["state"] == "running"  # the daemon's answer ...
+    info = result["socket"]  # ... with the socket's own figures, which only the front knows
+    assert info["front_pid"] == running.info()["pid"] != os.getpid()
+    assert info["forwarded"] == 1
+    assert ask(sock, "reload")["ok"] is True  # root may run admin commands
+
+
+def test_front_runs_niced_and_without_capabilities(front: tuple[Front, Path, LoopThread]) -> None:
+    running, sock, _loops = front
+    assert ask(sock, "monitors")["ok"] is True  # up and serving
+    pid = running.info()["pid"]
+    assert isinstance(pid, int)
+    assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0) + 10
+    caps = {
+        line.split(":")[0]: int(line.split()[1], 16)
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("Cap")
+    }
+    assert caps["CapEff"] == caps["CapPrm"] == caps["CapInh"] == caps["CapAmb"] == 0
+    assert os.geteuid() != 0 or int(
+        next(
+            line.split()[1]
+            for line in Path("/proc/self/status").read_text().splitlines()
+            if line.startswith("CapEff")
+        ),
+        16,
+    ), "the test itself runs with capabilities: the front dropped them"
+
+
+def test_a_killed_front_is_replaced_and_the_socket_keeps_answering(
+    front: tuple[Front, Path, LoopThread],
+) -> None:
+    running, sock, _loops = front
+    first = running.info()["pid"]
+    assert ask(sock, "monitors")["ok"] is True
+    assert isinstance(first, int)
+    os.kill(first, signal.SIGKILL)
+    # Connections made while no front runs wait in the listen backlog and are served after.
+    reply = ask(sock, "status", timeout=15.0)
+    assert reply["ok"] is True
+    assert reply["result"]["socket"]["front_pid"] != first  # type: ignore[index]
+    assert running.info()["restarts"] == 1
+    assert sock.is_socket()
+
+
+def test_stopping_ends_the_front_and_removes_the_socket(public_dir: Path) -> None:
+    sock = public_dir / "trafmetuxd.sock"
+    (public_dir / "state").mkdir()
+    backend = FakeBackend(make_config(public_dir / "state", sock))
+    loops = LoopThread()
+    running = Front(sock, "daemon", local_answer(Handlers(backend).table()))
+
+    async def start() -> None:
+        running.bind()
+        running.start()
+
+    try:
+        loops.run(start())
+        assert ask(sock, "monitors")["ok"] is True
+        pid = running.info()["pid"]
+        assert isinstance(pid, int) and alive(pid)
+        loops.run(running.stop())
+        assert not alive(pid)
+        assert not sock.exists()
+        assert running.restarts == 0
+    finally:
+        loops.stop()
+
+
+DAEMON_STANDIN = """
+import asyncio, sys
+from pathlib import Path
+from trafmetuxd.api import local_answer
+from trafmetuxd.link import Front
+
+async def main():
+    front = Front(Path(sys.argv[1]), "daemon", local_answer({}))
+    front.bind()
+    front.start()
+    while front.proc is None:
+        await asyncio.sleep(0.01)
+    print(front.proc.pid, flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+def test_the_front_dies_with_a_daemon_killed_by_sigkill(public_dir: Path) -> None:
+    sock = public_dir / "trafmetuxd.sock"
+    daemon = subprocess.Popen(
+        [sys.executable, "-c", DAEMON_STANDIN, str(sock)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert daemon.stdout is not None
+        front_pid = int(daemon.stdout.readline())
+        wait_for(lambda: alive(front_pid))
+        daemon.kill()
+        daemon.wait(10)
+        wait_for(lambda: not alive(front_pid), timeout=5.0)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait(10)
+        assert daemon.stdout is not None
+        daemon.stdout.close()
+
+
+async def forward_many(calls: list[tuple[int, bytes]]) -> list[int]:
+    """Forward (client pid, line) requests through a Forwarder to an in-process link server.
+
+    Returns the client pids in the order their replies were granted.
+    """
+    ours, theirs = socket.socketpair()
+    f_reader, f_writer = await asyncio.open_unix_connection(sock=ours)
+    d_reader, d_writer = await asyncio.open_unix_connection(sock=theirs)
+
+    async def echo(req: Request, _line: bytes, _peer: Peer | None) -> bytes:
+        return protocol.encode_reply_ok(req.cmd)
+
+    daemon = asyncio.create_task(serve_link(d_reader, d_writer, echo))
+    forwarder = Forwarder(f_writer)
+    forwarder.bucket.tokens = 0.0  # no burst: every turn is paced, so the order shows
+    replies = asyncio.create_task(forwarder.read_replies(f_reader))
+    order: list[int] = []
+
+    async def one(client: int, line: bytes) -> None:
+        reply = protocol.decode_reply(await forwarder.call(line, client))
+        assert reply.ok and reply.result == "monitors"
+        order.append(client)
+
+    await asyncio.gather(*(one(client, line) for client, line in calls))
+    f_writer.close()
+    d_writer.close()
+    await asyncio.gather(daemon, replies)
+    return order
+
+
+def test_a_process_flooding_requests_gets_one_turn_per_round() -> None:
+    line = protocol.encode_request("monitors")
+    # Process 1 queues 30 requests (over 30 connections) before process 2 asks once.
+    calls = [(1, line)] * 30 + [(2, line)]
+    order = asyncio.run(forward_many(calls))
+    assert sorted(order) == [1] * 30 + [2]
+    assert order.index(2) <= 1  # served in the first round, not after the flood
+
+
+def test_pending_requests_are_told_the_daemon_is_stopping() -> None:
+    async def scenario() -> bytes:
+        ours, theirs = socket.socketpair()
+        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        forwarder = Forwarder(writer)
+        done = asyncio.create_task(forwarder.read_replies(reader))
+        call = asyncio.create_task(forwarder.call(protocol.encode_request("status"), 7))
+        await asyncio.sleep(0.05)  # the request is on the link; the daemon never answers
+        theirs.close()
+        await done
+        return await call
+
+    reply = protocol.decode_reply(asyncio.run(scenario()))
+    assert not reply.ok and reply.code == protocol.UNAVAILABLE

@@ -1,0 +1,209 @@
+"""The control socket's front process: accept, authorize, validate, forward to the daemon.
+
+The daemon runs it as `python -m trafmetuxd.front ...` with the listening socket and one end
+of a private link. Every connection, partial line, garbage request and deaf client is
+handled here, in a process of its own that holds no capability and runs at a lower priority:
+the packet path shares neither its event loop nor its GIL with anything a local user sends.
+Only validated, authorized requests cross the link, one queue for all clients, at a bounded
+rate, so even a flood of well-formed requests costs the meter a bounded share of its time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import resource
+import signal
+import socket
+import sys
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+
+from trafmetuxd import logs, protocol
+from trafmetuxd.api import Bucket, Peer, Server
+from trafmetuxd.protocol import UNAVAILABLE, Request
+
+log = logging.getLogger("trafmetuxd.front")
+
+NICE = 10  # the meter first: under CPU contention this process yields to the packet path
+FORWARD_RATE = 200.0  # requests per second the daemon is asked, all clients together ...
+FORWARD_BURST = 100.0  # ... and at once
+FD_WANTED = 4096  # open files asked for (soft limit, within the hard one)
+FD_SPARE = 64  # files kept for the link, the store-less rest of the process
+LINK_LIMIT = 1 << 28  # longest reply line from the daemon (it is trusted; flows can be large)
+
+_PR_SET_PDEATHSIG = 1
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class Forwarder:
+    """Sends validated request lines to the daemon and hands each its reply.
+
+    The daemon is asked at a bounded rate, so its share of time stays bounded whatever the
+    clients do. Requests wait in one queue per client process (SO_PEERCRED pid), and the
+    processes are served in turn: a process flooding the socket over hundreds of
+    connections gets one turn in each round, as a monitoring script asking now and then does.
+    """
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.pending: dict[int, asyncio.Future[bytes]] = {}
+        self.waiting: dict[int, deque[asyncio.Future[None]]] = {}  # pid -> turns, in rotation
+        self.bucket = Bucket(FORWARD_RATE, FORWARD_BURST)
+        self.sent = 0
+        self.closed = False
+        self._pump: asyncio.Task[None] | None = None
+
+    async def call(self, line: bytes, client: int = 0) -> bytes:
+        """The daemon's reply line to one request line of process `client`."""
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiting.setdefault(client, deque()).append(turn)
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.create_task(self._grant())
+        await turn
+        if self.closed:
+            return protocol.encode_reply_err(UNAVAILABLE, "the daemon is stopping")
+        self.sent += 1
+        ident = self.sent
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.pending[ident] = future
+        self.writer.write(b"%d %s" % (ident, line if line.endswith(b"\n") else line + b"\n"))
+        try:
+            return await future
+        finally:
+            self.pending.pop(ident, None)
+
+    async def _grant(self) -> None:
+        """Give the waiting processes a turn each, round and round, at FORWARD_RATE."""
+        while self.waiting and not self.closed:
+            client, turns = next(iter(self.waiting.items()))
+            del self.waiting[client]
+            turn = turns.popleft()
+            if turns:
+                self.waiting[client] = turns  # to the back of the round
+            if turn.done():
+                continue  # its client went away while it waited
+            await asyncio.sleep(self.bucket.wait())
+            if not turn.done():
+                turn.set_result(None)
+
+    async def read_replies(self, reader: asyncio.StreamReader) -> None:
+        """Resolve pending requests with their replies until the daemon closes the link."""
+        try:
+            while line := await reader.readline():
+                ident, _, reply = line.partition(b" ")
+                future = self.pending.get(int(ident))
+                if future is not None and not future.done():
+                    future.set_result(reply)
+        except (ConnectionError, ValueError, asyncio.LimitOverrunError) as exc:
+            log.error("link to the daemon broken: %s", exc)
+        self.closed = True
+        gone = protocol.encode_reply_err(UNAVAILABLE, "the daemon is stopping")
+        for future in self.pending.values():
+            if not future.done():
+                future.set_result(gone)
+        for turns in self.waiting.values():
+            for turn in turns:
+                if not turn.done():
+                    turn.set_result(None)
+
+    def info(self) -> dict[str, object]:
+        """JSON-able facts for the status command."""
+        return {"front_pid": os.getpid(), "forwarded": self.sent}
+
+
+def with_socket_info(reply: bytes, info: dict[str, object]) -> bytes:
+    """A status reply with the socket's own figures (known only here) added."""
+    obj = json.loads(reply)
+    if not obj.get("ok") or not isinstance(obj.get("result"), dict):
+        return reply
+    return protocol.encode_reply_ok({**obj["result"], "socket": info})
+
+
+async def serve(listener: socket.socket, link: socket.socket, args: argparse.Namespace) -> int:
+    """Serve the socket until the daemon closes the link."""
+    reader, writer = await asyncio.open_unix_connection(sock=link, limit=LINK_LIMIT)
+    forwarder = Forwarder(writer)
+
+    async def answer(req: Request, line: bytes, peer: Peer | None) -> bytes:
+        reply = await forwarder.call(line, peer.pid if peer is not None else 0)
+        if req.cmd != "status":
+            return reply
+        return with_socket_info(reply, server.info() | forwarder.info())
+
+    server = Server(Path(args.path), args.group, answer, args.max_clients, args.idle_timeout)
+    await server.start(listener)
+    await forwarder.read_replies(reader)
+    await server.close(unlink=False)  # the daemon owns the socket file
+    writer.close()
+    return 0
+
+
+def die_with_parent(parent: int) -> None:
+    """Be killed when the daemon dies, however it dies; exit now if it is already gone."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        sys.exit(0)
+
+
+def drop_privileges() -> None:
+    """Lower the priority and give up every capability: this process faces untrusted users."""
+    os.nice(NICE)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    header = (ctypes.c_uint32 * 2)(_CAPABILITY_VERSION_3, 0)
+    empty = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable: two words each
+    if libc.capset(header, empty) != 0:
+        raise OSError(ctypes.get_errno(), "capset: cannot drop capabilities")
+
+
+def client_limit(wanted: int) -> int:
+    """Raise the open-file limit toward FD_WANTED; the clients it leaves room for."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = FD_WANTED if hard == resource.RLIM_INFINITY else min(FD_WANTED, hard)
+    if target > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return max(1, min(wanted, soft - FD_SPARE))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments the daemon passes (not meant to be typed by hand)."""
+    parser = argparse.ArgumentParser(prog="trafmetuxd.front")
+    parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--listen-fd", type=int, required=True)
+    parser.add_argument("--link-fd", type=int, required=True)
+    parser.add_argument("--path", required=True)
+    parser.add_argument("--group", required=True)
+    parser.add_argument("--max-clients", type=int, required=True)
+    parser.add_argument("--idle-timeout", type=float, required=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the front; exit status 0 when the daemon closed the link."""
+    args = build_parser().parse_args(argv)
+    die_with_parent(args.parent)
+    # The daemon decides when to stop: it closes the link. A terminal's ^C or hangup reaches
+    # the whole process group and must not end the socket under a running daemon.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    logs.setup()
+    args.max_clients = client_limit(args.max_clients)
+    drop_privileges()
+    listener = socket.socket(fileno=args.listen_fd)
+    link = socket.socket(fileno=args.link_fd)
+    return asyncio.run(serve(listener, link, args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

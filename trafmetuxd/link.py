@@ -1,0 +1,151 @@
+"""The daemon's end of the control socket: it runs the front process and answers its link.
+
+The daemon binds the socket (path, mode, group, stale-file checks) and keeps it open; the
+front (front.py) accepts on it. The link is a socketpair carrying "ID REQUEST-LINE" one way
+and "ID REPLY-LINE" the other, so slow commands (a flush) do not hold up quick ones. If the
+front dies it is started again on the same listening socket: clients queue in the backlog
+meanwhile, and none is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from trafmetuxd import protocol
+from trafmetuxd.api import Answer, bind_socket, resolve_group
+from trafmetuxd.protocol import ProtocolError
+
+log = logging.getLogger(__name__)
+RESTART_DELAY = 1.0  # seconds between a front's death and its replacement
+STOP_TIMEOUT = 3.0  # seconds a front has to exit once the link is closed
+MAX_CLIENTS = 2048  # the front's connection limit (it raises its open-file limit to fit)
+
+
+async def serve_link(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, answer: Answer
+) -> None:
+    """Answer the front's requests until it closes the link.
+
+    Each request runs as a task of its own; the front bounds how many arrive. A request still
+    running when the link closes (a flush) is left to finish: it must not be cut short.
+    """
+    running: set[asyncio.Task[None]] = set()
+
+    async def one(ident: bytes, line: bytes) -> None:
+        try:
+            req = protocol.decode_request(line)
+        except ProtocolError as exc:
+            reply = protocol.encode_reply_err(exc.code, exc.message)
+        else:
+            reply = await answer(req, line, None)  # the front checked who may ask
+        if not writer.is_closing():
+            writer.write(ident + b" " + reply)
+
+    with contextlib.suppress(ConnectionError, asyncio.LimitOverrunError, ValueError):
+        while line := await reader.readline():
+            ident, _, request = line.partition(b" ")
+            task = asyncio.create_task(one(ident, request))
+            running.add(task)
+            task.add_done_callback(running.discard)
+
+
+class Front:
+    """Runs the front process on the control socket, and again whenever it dies."""
+
+    def __init__(self, path: Path, group: str, answer: Answer, idle_timeout: float = 30.0) -> None:
+        self.path = path
+        self.group = group
+        self.answer = answer
+        self.idle_timeout = idle_timeout
+        self.restarts = 0
+        self.proc: asyncio.subprocess.Process | None = None
+        self._listener: socket.socket | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def bind(self) -> None:
+        """Create the socket file (0660, group) and listen; clients queue until the front runs."""
+        gid, _found = resolve_group(self.group)
+        self._listener = bind_socket(self.path, gid)
+
+    def start(self) -> None:
+        """Start the front and keep it running until stop()."""
+        self._task = asyncio.create_task(self._supervise())
+
+    async def stop(self) -> None:
+        """End the front (closing the link tells it to), then drop the socket file."""
+        self._stopping = True
+        if self._writer is not None:
+            self._writer.close()
+        if self.proc is not None and self.proc.returncode is None:
+            try:
+                await asyncio.wait_for(self.proc.wait(), STOP_TIMEOUT)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISSOCK(self.path.lstat().st_mode):
+                    self.path.unlink()
+
+    def info(self) -> dict[str, object]:
+        """JSON-able facts for the status command."""
+        pid = self.proc.pid if self.proc is not None else None
+        return {"pid": pid, "restarts": self.restarts}
+
+    async def _supervise(self) -> None:
+        while not self._stopping:
+            try:
+                await self._run_once()
+            except OSError as exc:
+                log.error("cannot run the control socket front: %s", exc)
+            if self._stopping:
+                return
+            self.restarts += 1
+            await asyncio.sleep(RESTART_DELAY)
+
+    async def _run_once(self) -> None:
+        assert self._listener is not None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        with theirs:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self._command(self._listener.fileno(), theirs.fileno()),
+                stdin=subprocess.DEVNULL,
+                pass_fds=(self._listener.fileno(), theirs.fileno()),
+            )
+        reader, self._writer = await asyncio.open_unix_connection(
+            sock=ours, limit=protocol.MAX_LINE + 64
+        )
+        try:
+            await serve_link(reader, self._writer, self.answer)
+        finally:
+            self._writer.close()
+        status = await self.proc.wait()
+        if not self._stopping:
+            log.warning("control socket front (pid %d) exited, status %d", self.proc.pid, status)
+
+    def _command(self, listen_fd: int, link_fd: int) -> list[str]:
+        return [
+            sys.executable, "-m", "trafmetuxd.front",
+            "--parent", str(os.getpid()),
+            "--listen-fd", str(listen_fd),
+            "--link-fd", str(link_fd),
+            "--path", str(self.path),
+            "--group", self.group,
+            "--max-clients", str(MAX_CLIENTS),
+            "--idle-timeout", str(self.idle_timeout),
+        ]  # fmt: skip
