@@ -85,10 +85,18 @@ def udp_send(addr: str, port: int, count: int, size: int, pps: float = 0.0) -> N
     sock = socket.socket(_family(addr), socket.SOCK_DGRAM)
     payload = bytes(size)
     gap = 1.0 / pps if pps else 0.0
+    due = time.monotonic()
     for _ in range(count):
         sock.sendto(payload, (addr, port))
         if gap:
-            time.sleep(gap)
+            # Paced by a schedule, not a sleep per datagram (a sleep costs more than 1/pps at
+            # high rates). After a stall (SIGSTOP) the schedule restarts: no catch-up burst.
+            due += gap
+            ahead = due - time.monotonic()
+            if ahead > 0.001:
+                time.sleep(ahead)
+            elif ahead < -0.1:
+                due = time.monotonic()
     sock.close()
 
 
