@@ -17,6 +17,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from trafmetuxd import protocol
@@ -24,7 +25,9 @@ from trafmetuxd.api import Answer, bind_socket, resolve_group
 from trafmetuxd.protocol import ProtocolError
 
 log = logging.getLogger(__name__)
-RESTART_DELAY = 1.0  # seconds between a front's death and its replacement
+RESTART_DELAY = 1.0  # seconds between a front's death and its replacement ...
+RESTART_DELAY_MAX = 30.0  # ... doubled after each front that died young, up to this
+SETTLED = 10.0  # seconds a front must live for the delay to start again from RESTART_DELAY
 STOP_TIMEOUT = 3.0  # seconds a front has to exit once the link is closed
 MAX_CLIENTS = 2048  # the front's connection limit (it raises its open-file limit to fit)
 
@@ -108,7 +111,9 @@ class Front:
         return {"pid": pid, "restarts": self.restarts}
 
     async def _supervise(self) -> None:
+        delay = RESTART_DELAY
         while not self._stopping:
+            started = time.monotonic()
             try:
                 await self._run_once()
             except OSError as exc:
@@ -116,7 +121,12 @@ class Front:
             if self._stopping:
                 return
             self.restarts += 1
-            await asyncio.sleep(RESTART_DELAY)
+            # A front that keeps dying at once (a broken install) is retried ever more
+            # slowly, so the log is not flooded; one that ran a while is replaced quickly.
+            delay = RESTART_DELAY if time.monotonic() - started > SETTLED else delay
+            log.warning("restarting the control socket front in %.1f s", delay)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, RESTART_DELAY_MAX)
 
     async def _run_once(self) -> None:
         assert self._listener is not None

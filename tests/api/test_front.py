@@ -240,3 +240,38 @@ def test_pending_requests_are_told_the_daemon_is_stopping() -> None:
 
     reply = protocol.decode_reply(asyncio.run(scenario()))
     assert not reply.ok and reply.code == protocol.UNAVAILABLE
+
+
+class BrokenFront(Front):
+    """A front whose program exits at once, as a broken installation's would."""
+
+    def _command(self, listen_fd: int, link_fd: int) -> list[str]:
+        return [sys.executable, "-c", "raise SystemExit(3)"]
+
+
+def test_a_front_that_keeps_dying_is_retried_ever_more_slowly(
+    public_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("trafmetuxd.link.RESTART_DELAY", 0.1)
+    monkeypatch.setattr("trafmetuxd.link.RESTART_DELAY_MAX", 0.4)
+    sock = public_dir / "trafmetuxd.sock"
+    loops = LoopThread()
+    broken = BrokenFront(sock, "daemon", local_answer({}))
+
+    async def start() -> None:
+        broken.bind()
+        broken.start()
+
+    try:
+        with caplog.at_level("WARNING", logger="trafmetuxd.link"):
+            loops.run(start())
+            wait_for(lambda: broken.restarts >= 5)
+            loops.run(broken.stop())
+    finally:
+        loops.stop()
+    delays = [r.getMessage() for r in caplog.records if "restarting" in r.getMessage()]
+    assert delays[:5] == [f"restarting the control socket front in {d} s"
+                          for d in ("0.1", "0.2", "0.4", "0.4", "0.4")]  # fmt: skip
+    exits = [r.getMessage() for r in caplog.records if "exited" in r.getMessage()]
+    assert exits and all(m.endswith("exited, status 3") for m in exits)
+    assert not sock.exists()
