@@ -6,10 +6,8 @@ import asyncio
 import contextlib
 import grp
 import logging
-import os
 import pwd
 import socket
-import stat
 import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -28,19 +26,18 @@ from trafmetuxd.protocol import (
     ProtocolError,
     Request,
 )
+from trafmetuxd.sockfile import bind_socket, remove_socket, resolve_group
 
 if TYPE_CHECKING:  # the front process imports this module: not the handlers and the store
     from trafmetuxd.handlers import Handler
 
 log = logging.getLogger(__name__)
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
-SOCKET_MODE = 0o660
 FIRST_LINE_TIMEOUT = 5.0  # seconds a new connection has to send its first complete request
 WRITE_TIMEOUT = 5.0  # seconds a reply may wait for a client that does not read
 EVICT_GRACE = 0.5  # seconds of silence (or not reading) before a connection may be evicted
 REPLY_BUFFER = 16 * 1024  # bytes of replies held for one client before it must read
 MAX_CLIENTS = 512  # an idle connection costs a few KiB; the fd limit is 1024 by default
-LISTEN_BACKLOG = 1024  # connections the kernel queues before accept (capped by somaxconn)
 REQUEST_RATE = 100.0  # requests per second one connection may make (sustained) ...
 REQUEST_BURST = 20.0  # ... and at once; past that its requests wait, nobody else's do
 MEMBERSHIP_TTL = 10.0  # seconds a group-membership answer is reused for the same uid/gid
@@ -88,55 +85,6 @@ def authorize(pid: int, uid: int, gid: int, group_gid: int) -> Peer:
     """Root may do anything; group members may read; everyone else nothing."""
     member = uid == 0 or is_member(uid, gid, group_gid)
     return Peer(pid, uid, gid, may_read=member, may_admin=uid == 0)
-
-
-def resolve_group(name: str) -> tuple[int, bool]:
-    """(gid, found): the socket group's gid, or the process's own gid when it does not exist."""
-    try:
-        return grp.getgrnam(name).gr_gid, True
-    except KeyError:
-        log.warning("socket group %r does not exist; socket group is gid %d", name, os.getgid())
-        return os.getgid(), False
-
-
-def _answers(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1.0)
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-    return True
-
-
-def clear_stale(path: Path) -> None:
-    """Remove an existing socket file nobody answers on; refuse anything else."""
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise OSError(f"{path} exists and is not a socket; refusing to replace it")
-    if _answers(path):
-        raise OSError(f"another process answers on {path}; is trafmetuxd already running?")
-    path.unlink()
-
-
-def bind_socket(path: Path, gid: int) -> socket.socket:
-    """A listening socket at path with mode 0660 and the given group."""
-    clear_stale(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        # the default umask leaves no write bit for others, so nobody can connect before chmod
-        sock.bind(str(path))
-        os.chown(path, -1, gid)
-        os.chmod(path, SOCKET_MODE)
-        sock.listen(LISTEN_BACKLOG)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 def local_answer(handlers: Mapping[str, Handler]) -> Answer:
@@ -271,9 +219,8 @@ class Server:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        with contextlib.suppress(FileNotFoundError):
-            if unlink and stat.S_ISSOCK(self.path.lstat().st_mode):
-                self.path.unlink()
+        if unlink:
+            remove_socket(self.path)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

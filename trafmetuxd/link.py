@@ -14,15 +14,15 @@ import contextlib
 import logging
 import os
 import socket
-import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from trafmetuxd import protocol
-from trafmetuxd.api import Answer, bind_socket, resolve_group
+from trafmetuxd.api import Answer
 from trafmetuxd.protocol import ProtocolError
+from trafmetuxd.sockfile import bind_socket, remove_socket, resolve_group
 
 log = logging.getLogger(__name__)
 RESTART_DELAY = 1.0  # seconds between a front's death and its replacement ...
@@ -101,9 +101,7 @@ class Front:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
-            with contextlib.suppress(FileNotFoundError):
-                if stat.S_ISSOCK(self.path.lstat().st_mode):
-                    self.path.unlink()
+            remove_socket(self.path)
 
     def info(self) -> dict[str, object]:
         """JSON-able facts for the status command."""
