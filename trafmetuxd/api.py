@@ -170,10 +170,12 @@ class Server:
         answer: Answer,
         max_clients: int,
         idle_timeout: float,
+        resolved: tuple[int, bool] | None = None,
     ) -> None:
         self.path = path
         self.group = group
-        self.gid, self.group_found = resolve_group(group)
+        # (gid, found) when the caller already resolved the group (and warned if missing)
+        self.gid, self.group_found = resolved if resolved is not None else resolve_group(group)
         self.answer = answer
         self.max_clients = max_clients
         self.idle_timeout = idle_timeout

@@ -139,7 +139,10 @@ async def serve(listener: socket.socket, link: socket.socket, args: argparse.Nam
             return reply
         return with_socket_info(reply, server.info() | forwarder.info())
 
-    server = Server(Path(args.path), args.group, answer, args.max_clients, args.idle_timeout)
+    resolved = (args.gid, args.group_found == 1)  # the daemon resolved it, and warned
+    server = Server(
+        Path(args.path), args.group, answer, args.max_clients, args.idle_timeout, resolved
+    )
     await server.start(listener)
     await forwarder.read_replies(reader)
     await server.close(unlink=False)  # the daemon owns the socket file
@@ -184,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--link-fd", type=int, required=True)
     parser.add_argument("--path", required=True)
     parser.add_argument("--group", required=True)
+    parser.add_argument("--gid", type=int, required=True)
+    parser.add_argument("--group-found", type=int, choices=(0, 1), required=True)
     parser.add_argument("--max-clients", type=int, required=True)
     parser.add_argument("--idle-timeout", type=float, required=True)
     return parser

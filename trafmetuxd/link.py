@@ -74,11 +74,12 @@ class Front:
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._resolved = (-1, False)  # (gid, found) of the socket group, set by bind()
 
     def bind(self) -> None:
         """Create the socket file (0660, group) and listen; clients queue until the front runs."""
-        gid, _found = resolve_group(self.group)
-        self._listener = bind_socket(self.path, gid)
+        self._resolved = resolve_group(self.group)
+        self._listener = bind_socket(self.path, self._resolved[0])
 
     def start(self) -> None:
         """Start the front and keep it running until stop()."""
@@ -154,6 +155,8 @@ class Front:
             "--link-fd", str(link_fd),
             "--path", str(self.path),
             "--group", self.group,
+            "--gid", str(self._resolved[0]),
+            "--group-found", str(int(self._resolved[1])),
             "--max-clients", str(MAX_CLIENTS),
             "--idle-timeout", str(self.idle_timeout),
         ]  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import grp
 import json
 import os
 import signal
@@ -83,6 +84,8 @@ def test_requests_are_answered_by_the_daemon_through_the_front(
     info = result["socket"]  # ... with the socket's own figures, which only the front knows
     assert info["front_pid"] == running.info()["pid"] != os.getpid()
     assert info["forwarded"] == 1
+    assert info["socket_group"] == "daemon" and info["socket_group_found"] is True
+    assert info["socket_gid"] == grp.getgrnam("daemon").gr_gid == sock.stat().st_gid
     assert ask(sock, "reload")["ok"] is True  # root may run admin commands
 
 
@@ -275,3 +278,27 @@ def test_a_front_that_keeps_dying_is_retried_ever_more_slowly(
     exits = [r.getMessage() for r in caplog.records if "exited" in r.getMessage()]
     assert exits and all(m.endswith("exited, status 3") for m in exits)
     assert not sock.exists()
+
+
+def test_a_missing_socket_group_is_reported_once_not_by_both_processes(
+    public_dir: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    sock = public_dir / "trafmetuxd.sock"
+    loops = LoopThread()
+    running = Front(sock, "tmx-no-such-group", local_answer({}))
+
+    async def start() -> None:
+        running.bind()
+        running.start()
+
+    try:
+        with caplog.at_level("WARNING"):
+            loops.run(start())
+            reply = ask(sock, "status")  # unknown_command here, but served by the front
+            loops.run(running.stop())
+    finally:
+        loops.stop()
+    assert reply["ok"] is False
+    warned = [r for r in caplog.records if "does not exist" in r.getMessage()]
+    assert len(warned) == 1  # the daemon's, when it created the socket
+    assert "does not exist" not in capfd.readouterr().err  # the front's stderr
