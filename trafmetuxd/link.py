@@ -29,6 +29,7 @@ RESTART_DELAY = 1.0  # seconds between a front's death and its replacement ...
 RESTART_DELAY_MAX = 30.0  # ... doubled after each front that died young, up to this
 SETTLED = 10.0  # seconds a front must live for the delay to start again from RESTART_DELAY
 STOP_TIMEOUT = 3.0  # seconds a front has to exit once the link is closed
+PROC_SELF_EXE = "/proc/self/exe"
 MAX_CLIENTS = 2048  # the front's connection limit (it raises its open-file limit to fit)
 
 
@@ -58,6 +59,17 @@ async def serve_link(
             task = asyncio.create_task(one(ident, request))
             running.add(task)
             task.add_done_callback(running.discard)
+
+
+def interpreter() -> str:
+    """The file to execute for the front: this very interpreter binary.
+
+    sys.executable is a path (a venv's symlink, say) that the daemon's user may not be able
+    to traverse once its capabilities are dropped, though the binary itself is executable:
+    the kernel's /proc/self/exe reaches it directly. argv[0] stays sys.executable, so the
+    front finds the same venv and site-packages.
+    """
+    return PROC_SELF_EXE if os.path.exists(PROC_SELF_EXE) else sys.executable
 
 
 class Front:
@@ -133,6 +145,7 @@ class Front:
         with theirs:
             self.proc = await asyncio.create_subprocess_exec(
                 *self._command(self._listener.fileno(), theirs.fileno()),
+                executable=interpreter(),
                 stdin=subprocess.DEVNULL,
                 pass_fds=(self._listener.fileno(), theirs.fileno()),
             )

@@ -56,6 +56,12 @@ def test_daemon_as_nobody_with_net_admin_only_meters_exactly(pair: Pair, public_
     status = Path(f"/proc/{live.proc.pid}/status").read_text()
     assert f"Uid:\t{NOBODY.pw_uid}" in status
     assert "CapEff:\t0000000000003000" in status  # CAP_NET_ADMIN | CAP_NET_RAW, nothing else
+    # The socket's front process, which faces local users, keeps none of them.
+    front = live.status()["front"]["pid"]  # type: ignore[index]
+    front_status = Path(f"/proc/{front}/status").read_text()
+    assert f"Uid:\t{NOBODY.pw_uid}" in front_status
+    for field in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+        assert f"{field}:\t0000000000000000" in front_status, front_status
     assert "TRAFMETUX" in pair.a.iptables_save()
     assert traffic(pair.a, "ping", pair.b4, "10").split() == ["10"]
     pair.settle()
