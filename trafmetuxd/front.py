@@ -4,8 +4,9 @@ The daemon runs it as `python -m trafmetuxd.front ...` with the listening socket
 of a private link. Every connection, partial line, garbage request and deaf client is
 handled here, in a process of its own that holds no capability and runs at a lower priority:
 the packet path shares neither its event loop nor its GIL with anything a local user sends.
-Only validated, authorized requests cross the link, one queue for all clients, at a bounded
-rate, so even a flood of well-formed requests costs the meter a bounded share of its time.
+Only validated, authorized requests cross the link, at a bounded rate and fairly between users
+and their processes, so even a flood of well-formed requests costs the meter a bounded share
+of its time and cannot crowd out anyone else's.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import signal
 import socket
 import sys
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from trafmetuxd import logs, protocol
@@ -44,28 +45,65 @@ _PR_CAP_AMBIENT_CLEAR_ALL = 4
 _CAPABILITY_VERSION_3 = 0x20080522
 
 
+class Rounds:
+    """Waiting requests served user by user in rotation, and each user's process by process.
+
+    A user flooding the socket from a thousand processes gets one turn a round, as another
+    user's monitoring script asking now and then does; within one user (root, say), a process
+    flooding over hundreds of connections gets one turn in its user's round.
+    """
+
+    def __init__(self) -> None:
+        # uid -> pid -> turns; dicts keep insertion order, so the first entry is next
+        self.users: dict[int, dict[int, deque[asyncio.Future[None]]]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.users)
+
+    def push(self, uid: int, pid: int, turn: asyncio.Future[None]) -> None:
+        """Queue a request of process pid of user uid."""
+        self.users.setdefault(uid, {}).setdefault(pid, deque()).append(turn)
+
+    def pop(self) -> asyncio.Future[None]:
+        """The next turn; its process and user go to the back of their rounds."""
+        uid, procs = next(iter(self.users.items()))
+        del self.users[uid]
+        pid, turns = next(iter(procs.items()))
+        del procs[pid]
+        turn = turns.popleft()
+        if turns:
+            procs[pid] = turns
+        if procs:
+            self.users[uid] = procs
+        return turn
+
+    def every(self) -> Iterator[asyncio.Future[None]]:
+        """Every waiting turn."""
+        for procs in self.users.values():
+            for turns in procs.values():
+                yield from turns
+
+
 class Forwarder:
     """Sends validated request lines to the daemon and hands each its reply.
 
     The daemon is asked at a bounded rate, so its share of time stays bounded whatever the
-    clients do. Requests wait in one queue per client process (SO_PEERCRED pid), and the
-    processes are served in turn: a process flooding the socket over hundreds of
-    connections gets one turn in each round, as a monitoring script asking now and then does.
+    clients do; waiting requests take their turns fairly between users and processes (Rounds).
     """
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
         self.pending: dict[int, asyncio.Future[bytes]] = {}
-        self.waiting: dict[int, deque[asyncio.Future[None]]] = {}  # pid -> turns, in rotation
+        self.waiting = Rounds()
         self.bucket = Bucket(FORWARD_RATE, FORWARD_BURST)
         self.sent = 0
         self.closed = False
         self._pump: asyncio.Task[None] | None = None
 
-    async def call(self, line: bytes, client: int = 0) -> bytes:
-        """The daemon's reply line to one request line of process `client`."""
+    async def call(self, line: bytes, uid: int = 0, pid: int = 0) -> bytes:
+        """The daemon's reply line to one request line of process pid of user uid."""
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.waiting.setdefault(client, deque()).append(turn)
+        self.waiting.push(uid, pid, turn)
         if self._pump is None or self._pump.done():
             self._pump = asyncio.create_task(self._grant())
         await turn
@@ -82,13 +120,9 @@ class Forwarder:
             self.pending.pop(ident, None)
 
     async def _grant(self) -> None:
-        """Give the waiting processes a turn each, round and round, at FORWARD_RATE."""
+        """Give the waiting requests their turns, at FORWARD_RATE."""
         while self.waiting and not self.closed:
-            client, turns = next(iter(self.waiting.items()))
-            del self.waiting[client]
-            turn = turns.popleft()
-            if turns:
-                self.waiting[client] = turns  # to the back of the round
+            turn = self.waiting.pop()
             if turn.done():
                 continue  # its client went away while it waited
             await asyncio.sleep(self.bucket.wait())
@@ -110,10 +144,9 @@ class Forwarder:
         for future in self.pending.values():
             if not future.done():
                 future.set_result(gone)
-        for turns in self.waiting.values():
-            for turn in turns:
-                if not turn.done():
-                    turn.set_result(None)
+        for turn in self.waiting.every():
+            if not turn.done():
+                turn.set_result(None)
 
     def info(self) -> dict[str, object]:
         """JSON-able facts for the status command."""
@@ -134,7 +167,7 @@ async def serve(listener: socket.socket, link: socket.socket, args: argparse.Nam
     forwarder = Forwarder(writer)
 
     async def answer(req: Request, line: bytes, peer: Peer | None) -> bytes:
-        reply = await forwarder.call(line, peer.pid if peer is not None else 0)
+        reply = await (forwarder.call(line, peer.uid, peer.pid) if peer else forwarder.call(line))
         if req.cmd != "status":
             return reply
         return with_socket_info(reply, server.info() | forwarder.info())

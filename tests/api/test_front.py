@@ -190,10 +190,10 @@ def test_the_front_dies_with_a_daemon_killed_by_sigkill(public_dir: Path) -> Non
         daemon.stdout.close()
 
 
-async def forward_many(calls: list[tuple[int, bytes]]) -> list[int]:
-    """Forward (client pid, line) requests through a Forwarder to an in-process link server.
+async def forward_many(calls: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Forward one request per (uid, pid) through a Forwarder to an in-process link server.
 
-    Returns the client pids in the order their replies were granted.
+    Returns the (uid, pid) of each in the order their replies came.
     """
     ours, theirs = socket.socketpair()
     f_reader, f_writer = await asyncio.open_unix_connection(sock=ours)
@@ -206,14 +206,15 @@ async def forward_many(calls: list[tuple[int, bytes]]) -> list[int]:
     forwarder = Forwarder(f_writer)
     forwarder.bucket.tokens = 0.0  # no burst: every turn is paced, so the order shows
     replies = asyncio.create_task(forwarder.read_replies(f_reader))
-    order: list[int] = []
+    order: list[tuple[int, int]] = []
+    line = protocol.encode_request("monitors")
 
-    async def one(client: int, line: bytes) -> None:
-        reply = protocol.decode_reply(await forwarder.call(line, client))
+    async def one(uid: int, pid: int) -> None:
+        reply = protocol.decode_reply(await forwarder.call(line, uid, pid))
         assert reply.ok and reply.result == "monitors"
-        order.append(client)
+        order.append((uid, pid))
 
-    await asyncio.gather(*(one(client, line) for client, line in calls))
+    await asyncio.gather(*(one(uid, pid) for uid, pid in calls))
     f_writer.close()
     d_writer.close()
     await asyncio.gather(daemon, replies)
@@ -221,12 +222,18 @@ async def forward_many(calls: list[tuple[int, bytes]]) -> list[int]:
 
 
 def test_a_process_flooding_requests_gets_one_turn_per_round() -> None:
-    line = protocol.encode_request("monitors")
-    # Process 1 queues 30 requests (over 30 connections) before process 2 asks once.
-    calls = [(1, line)] * 30 + [(2, line)]
-    order = asyncio.run(forward_many(calls))
-    assert sorted(order) == [1] * 30 + [2]
-    assert order.index(2) <= 1  # served in the first round, not after the flood
+    # Process 1 of root queues 30 requests (over 30 connections) before root's process 2 asks.
+    order = asyncio.run(forward_many([(0, 1)] * 30 + [(0, 2)]))
+    assert sorted(order) == [(0, 1)] * 30 + [(0, 2)]
+    assert order.index((0, 2)) <= 1  # served in the first round, not after the flood
+
+
+def test_a_user_flooding_from_many_processes_gets_one_turn_per_round() -> None:
+    # User 1000 asks from 30 processes before user 1001's one process asks once.
+    flood = [(1000, pid) for pid in range(100, 130)]
+    order = asyncio.run(forward_many([*flood, (1001, 7)]))
+    assert sorted(order) == sorted([*flood, (1001, 7)])
+    assert order.index((1001, 7)) <= 1
 
 
 def test_pending_requests_are_told_the_daemon_is_stopping() -> None:
