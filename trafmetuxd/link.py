@@ -27,7 +27,7 @@ from trafmetuxd.sockfile import bind_socket, remove_socket, resolve_group
 log = logging.getLogger(__name__)
 RESTART_DELAY = 1.0  # seconds between a front's death and its replacement ...
 RESTART_DELAY_MAX = 30.0  # ... doubled after each front that died young, up to this
-SETTLED = 10.0  # seconds a front must live for the delay to start again from RESTART_DELAY
+SETTLED = 1.0  # seconds a front must have run for its successor to start after RESTART_DELAY
 STOP_TIMEOUT = 3.0  # seconds a front has to exit once the link is closed
 PROC_SELF_EXE = "/proc/self/exe"
 MAX_CLIENTS = 2048  # the front's connection limit (it raises its open-file limit to fit)
