@@ -30,7 +30,7 @@ RESTART_DELAY_MAX = 30.0  # ... doubled after each front that died young, up to 
 SETTLED = 1.0  # seconds a front must have run for its successor to start after RESTART_DELAY
 STOP_TIMEOUT = 3.0  # seconds a front has to exit once the link is closed
 PROC_SELF_EXE = "/proc/self/exe"
-MAX_CLIENTS = 2048  # the front's connection limit (it raises its open-file limit to fit)
+MAX_CLIENTS = 1024  # the front's connections at most: each may buffer 128 KiB of a request line
 
 
 async def serve_link(
