@@ -122,7 +122,7 @@ def limit_replies(writer: asyncio.StreamWriter) -> None:
 
 
 class Bucket:
-    """A token bucket: how long to wait before the next request of one connection."""
+    """A token bucket: how long the next request waits (one connection's, or all of them)."""
 
     __slots__ = ("burst", "rate", "stamp", "tokens")
 
