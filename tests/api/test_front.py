@@ -50,6 +50,16 @@ def alive(pid: int) -> bool:
         return False
 
 
+def launch(loops: LoopThread, front: Front) -> None:
+    """Bind the front's socket and start it, on the loop thread."""
+
+    async def start() -> None:
+        front.bind()
+        front.start()
+
+    loops.run(start())
+
+
 @pytest.fixture
 def front(public_dir: Path) -> Iterator[tuple[Front, Path, LoopThread]]:
     """A real front process serving the handlers of a fake daemon."""
@@ -60,11 +70,7 @@ def front(public_dir: Path) -> Iterator[tuple[Front, Path, LoopThread]]:
     handlers = Handlers(backend, clock=lambda: float(NOW)).table()
     running = Front(sock, "daemon", local_answer(handlers), idle_timeout=5.0)
 
-    async def start() -> None:
-        running.bind()
-        running.start()
-
-    loops.run(start())
+    launch(loops, running)
     try:
         yield running, sock, loops
     finally:
@@ -134,12 +140,8 @@ def test_stopping_ends_the_front_and_removes_the_socket(public_dir: Path) -> Non
     loops = LoopThread()
     running = Front(sock, "daemon", local_answer(Handlers(backend).table()))
 
-    async def start() -> None:
-        running.bind()
-        running.start()
-
     try:
-        loops.run(start())
+        launch(loops, running)
         assert ask(sock, "monitors")["ok"] is True
         pid = running.info()["pid"]
         assert isinstance(pid, int) and alive(pid)
@@ -268,13 +270,9 @@ def test_a_front_that_keeps_dying_is_retried_ever_more_slowly(
     loops = LoopThread()
     broken = BrokenFront(sock, "daemon", local_answer({}))
 
-    async def start() -> None:
-        broken.bind()
-        broken.start()
-
     try:
         with caplog.at_level("WARNING", logger="trafmetuxd.link"):
-            loops.run(start())
+            launch(loops, broken)
             wait_for(lambda: broken.restarts >= 5)
             loops.run(broken.stop())
     finally:
@@ -294,13 +292,9 @@ def test_a_missing_socket_group_is_reported_once_not_by_both_processes(
     loops = LoopThread()
     running = Front(sock, "tmx-no-such-group", local_answer({}))
 
-    async def start() -> None:
-        running.bind()
-        running.start()
-
     try:
         with caplog.at_level("WARNING"):
-            loops.run(start())
+            launch(loops, running)
             reply = ask(sock, "status")  # unknown_command here, but served by the front
             loops.run(running.stop())
     finally:
