@@ -52,10 +52,11 @@ flush committed just before the request (the cache is empty); warm means it did 
 **The front process.** Requests now reach the daemon through the socket's front process
 (docs/protocol.md), which keeps the socket's abusers off the packet path. Against the commit
 before it, in the same session on the same machine (two runs each), median warm latency went
-from 0.5-1.3 to 1.5-1.6 ms for check-quota and from 2.0-2.1 to 3.6 ms for show-monthly;
-show-hourly and show-daily moved within their run-to-run spread. Most of the extra time is
-the front's niceness: with the front at nice 0 they were 1.1 and 2.3 ms. It stays niced,
-because under CPU contention the meter comes first.
+from 0.5-1.3 to 1.5-1.6 ms for check-quota, from 2.0-2.1 to 3.6 ms for show-monthly and from
+3.7-4.0 to 4.2-4.6 ms for show-daily; show-hourly did not move (3.9-4.3 before, 3.8-4.1
+after). Most of the extra time is the front's niceness: with the front at nice 0,
+check-quota and show-monthly were 1.1 and 2.3 ms. It stays niced, because under CPU
+contention the meter comes first.
 """
 
 FLUSH = """**What was done.** The loop thread only swaps the realtime collectors (O(1) per monitor);
@@ -69,8 +70,9 @@ cyclic garbage piles up behind the freeze (that hourly pause is not included her
 
 **Run-to-run spread.** The no-flush baseline in the same run bounds what this machine's
 scheduler adds on its own: when its maximum is near or above the target, so is the
-flush's. On the machine of this page the result ranged from 3.3 to 13.6 ms in repeated runs
-of the same code (the flush runs in-process; the control socket plays no part).
+flush's. On the machine of this page it was 3.3-10.3 ms in five runs of the commit before the
+socket's front process and 4.5-13.6 ms in eight runs after; the flush path's code is the same
+in both (the flush runs in-process; the control socket plays no part).
 """
 
 MEMORY = """\
@@ -95,7 +97,7 @@ nor `shutil` (argparse's help formatter is given the terminal width); it is meas
 installed, with its bytecode cached. What remains is the interpreter with this venv's site
 (including the editable-install finder), `argparse` and `json`, then the request. The request
 now also passes through the socket's front process: against the commit before it, on the
-same machine, the ratio was 2.00 and 2.00 before and 2.01-2.12 in five runs after.
+same machine, the ratio was 2.00 and 2.00 before and 2.00-2.12 in five runs after.
 """
 
 ANALYSIS: dict[str, str] = {
