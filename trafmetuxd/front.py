@@ -39,6 +39,7 @@ FD_WANTED = 4096  # open files asked for (soft limit, within the hard one)
 FD_SPARE = 64  # files kept for the link, the store-less rest of the process
 LINK_LIMIT = 1 << 28  # longest reply line from the daemon (it is trusted; flows can be large)
 
+_STOPPING = protocol.encode_reply_err(UNAVAILABLE, "the daemon is stopping")
 _PR_SET_PDEATHSIG = 1
 _PR_CAP_AMBIENT = 47
 _PR_CAP_AMBIENT_CLEAR_ALL = 4
@@ -108,12 +109,12 @@ class Forwarder:
             self._pump = asyncio.create_task(self._grant())
         await turn
         if self.closed:
-            return protocol.encode_reply_err(UNAVAILABLE, "the daemon is stopping")
+            return _STOPPING
         self.sent += 1
         ident = self.sent
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self.pending[ident] = future
-        self.writer.write(b"%d %s" % (ident, line if line.endswith(b"\n") else line + b"\n"))
+        self.writer.write(b"%d %s" % (ident, line))  # the server's lines end with b"\n"
         try:
             return await future
         finally:
@@ -140,10 +141,9 @@ class Forwarder:
         except (ConnectionError, ValueError, asyncio.LimitOverrunError) as exc:
             log.error("link to the daemon broken: %s", exc)
         self.closed = True
-        gone = protocol.encode_reply_err(UNAVAILABLE, "the daemon is stopping")
         for future in self.pending.values():
             if not future.done():
-                future.set_result(gone)
+                future.set_result(_STOPPING)
         for turn in self.waiting.every():
             if not turn.done():
                 turn.set_result(None)

@@ -84,9 +84,8 @@ def meter_window(pair: Pair, live: Live, datagrams: int, pps: int = 0) -> Window
 class Legit:
     """A well-behaved client asking for status every 50 ms in a thread; every reply kept."""
 
-    def __init__(self, live: Live, cmd: str = "status") -> None:
+    def __init__(self, live: Live) -> None:
         self.live = live
-        self.cmd = cmd
         self.replies: list[dict[str, object]] = []
         self.failures: list[str] = []
         self.took: list[float] = []
@@ -100,7 +99,7 @@ class Legit:
                 return
             try:
                 t0 = time.monotonic()
-                self.replies.append(self.live.request(self.cmd, timeout=10))
+                self.replies.append(self.live.request("status", timeout=10))
                 self.took.append(time.monotonic() - t0)
             except OSError as exc:
                 self.failures.append(repr(exc))
