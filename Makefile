@@ -26,7 +26,7 @@ venv: $(VENV)/.installed
 
 # The editable install compiles these with mypyc (setup.py) next to their sources: rebuild when
 # they change, or the stale compiled modules would run. TRAFMETUX_PURE=1 installs plain Python.
-COMPILED := $(addprefix trafmetuxd/,packet.py rules.py collector.py meter.py)
+COMPILED := $(addprefix trafmetuxd/,packet.py rules.py collector.py meter.py nfbatch.py)
 
 $(VENV)/.installed: pyproject.toml setup.py $(COMPILED)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -85,6 +85,8 @@ class _Capture(_Model):
     copy_range: Annotated[int, Field(ge=64, le=65535)] = 128
     queue_maxlen: Annotated[int, Field(ge=16, le=1_000_000)] = 4096
     rcvbuf: Annotated[int, _v(parse_size), Field(ge=65536, le=2**31 - 1)] = 8 * 1024 * 1024
+    queues: Annotated[int, Field(ge=1, le=64)] = 1
+    stall_timeout: Annotated[float, _v(cv.flush_interval)] = 1.0
 
 
 class _Retention(_Model):
