@@ -51,9 +51,7 @@ def batch(*messages: bytes, slot: int = SLOT) -> bytes:
 
 
 def test_the_batch_verdict_takes_the_highest_packet_id_and_skips_other_messages() -> None:
-    buf = batch(
-        packet_message(7, 0, udp4(60)), error_message(), packet_message(9, 4, udp4(60))
-    )
+    buf = batch(packet_message(7, 0, udp4(60)), error_message(), packet_message(9, 4, udp4(60)))
     assert last_packet_id(buf, 3, SLOT) == 9
     assert last_packet_id(batch(error_message()), 1, SLOT) == -1
 
