@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trafmetuxd import protocol
+from trafmetuxd.logs import RateLimitedLog
 from trafmetuxd.protocol import (
     ADMIN,
+    BAD_JSON,
     FORBIDDEN,
     INTERNAL,
     TOO_LARGE,
@@ -187,6 +189,8 @@ class Server:
         self._tasks: set[asyncio.Task[None]] = set()
         self._conns: dict[asyncio.Task[None], _Connection] = {}  # insertion order: oldest first
         self._members: dict[tuple[int, int], tuple[bool, float]] = {}  # -> (member, expires)
+        # what clients cause is logged as one line, a few a minute: never a traceback per client
+        self._log = RateLimitedLog(log)
 
     def info(self) -> dict[str, object]:
         """JSON-able facts for the status command."""
@@ -241,8 +245,8 @@ class Server:
             await self._serve(peer, reader, conn)
         except (ConnectionError, TimeoutError):
             pass
-        except Exception:
-            log.exception("control connection failed")
+        except Exception as exc:
+            self._log.error("control connection failed: %s: %s", type(exc).__name__, exc)
         finally:
             self.clients -= 1
             self._tasks.discard(task)
@@ -311,6 +315,8 @@ class Server:
             if not peer.may_read or (req.permission == ADMIN and not peer.may_admin):
                 raise ProtocolError(FORBIDDEN, f"uid {peer.uid} may not run {req.cmd!r}")
         except ProtocolError as exc:
+            if exc.code == BAD_JSON and protocol.too_deep(line):
+                self._log.log(logging.WARNING, "uid %d pid %d: %s", peer.uid, peer.pid, exc)
             return protocol.encode_reply_err(exc.code, exc.message)
         return await self.answer(req, line, peer)
 

@@ -303,3 +303,31 @@ def test_a_missing_socket_group_is_reported_once_not_by_both_processes(
     warned = [r for r in caplog.records if "does not exist" in r.getMessage()]
     assert len(warned) == 1  # the daemon's, when it created the socket
     assert "does not exist" not in capfd.readouterr().err  # the front's stderr
+
+
+def test_deep_json_gets_bad_json_reply(public_dir: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    sock = public_dir / "trafmetuxd.sock"
+    (public_dir / "state").mkdir()
+    backend = FakeBackend(make_config(public_dir / "state", sock))
+    loops = LoopThread()
+    running = Front(sock, "daemon", local_answer(Handlers(backend).table()))
+    try:
+        launch(loops, running)  # in the test, so the front's stderr is captured
+        for _ in range(20):  # a client repeating it must not fill the log either
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(10.0)
+                s.connect(str(sock))
+                s.sendall(b"[" * 3000 + b"\n")
+                lines = s.makefile("rb")
+                reply = json.loads(lines.readline())
+                assert reply["error"]["code"] == "bad_json"
+                assert "nested deeper than 32" in reply["error"]["message"]
+                s.sendall(protocol.encode_request("monitors"))  # the connection stays usable
+                assert json.loads(lines.readline())["ok"] is True
+        loops.run(running.stop())
+    finally:
+        loops.stop()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "RecursionError" not in err
+    logged = [line for line in err.splitlines() if "nested deeper" in line]
+    assert 1 <= len(logged) <= 5, err  # one line per request, at most a few a minute
