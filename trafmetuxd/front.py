@@ -173,9 +173,11 @@ async def serve(listener: socket.socket, link: socket.socket, args: argparse.Nam
         return with_socket_info(reply, server.info() | forwarder.info())
 
     resolved = (args.gid, args.group_found == 1)  # the daemon resolved it, and warned
+    privileged = frozenset({0, args.daemon_uid})  # always served, whoever fills the slots
     server = Server(
-        Path(args.path), args.group, answer, args.max_clients, args.idle_timeout, resolved
-    )
+        Path(args.path), args.group, answer, args.max_clients, args.idle_timeout, resolved,
+        privileged,
+    )  # fmt: skip
     await server.start(listener)
     await forwarder.read_replies(reader)
     await server.close(unlink=False)  # the daemon owns the socket file
@@ -237,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     logs.setup()
     args.max_clients = client_limit(args.max_clients)
+    args.daemon_uid = os.getuid()  # the daemon's: this process was started with it
     drop_privileges()
     listener = socket.socket(fileno=args.listen_fd)
     link = socket.socket(fileno=args.link_fd)
