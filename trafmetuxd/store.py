@@ -6,7 +6,9 @@ its flush worker thread; the caller serializes every call (one thread at a time)
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -37,10 +39,36 @@ _UPSERT_DAY = _UPSERT.format(table="day_totals", unit="day")
 _INSERT_FLOW = "INSERT INTO flow VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 Row = tuple[int, int, int, int]  # in_bytes, in_packets, out_bytes, out_packets
+FILE_MODE = 0o640  # the database; SQLite gives its -wal and -shm files the same mode
+SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
 class StoreError(Exception):
     """The database cannot be opened, read or written; the message names the file."""
+
+
+def create_file(path: Path) -> None:
+    """Create the database file (FILE_MODE whatever the umask) unless it exists; no symlinks.
+
+    SQLite follows a symlink at the database's path or at its -wal/-shm names: a user who
+    could place one would have the daemon create or write a file of their choosing.
+    """
+    for name in (path, *(path.with_name(path.name + side) for side in SIDE_FILES)):
+        if name.is_symlink():
+            raise StoreError(f"{name}: is a symbolic link; refusing to follow it")
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, FILE_MODE)
+    except FileExistsError:
+        if not stat.S_ISREG(path.lstat().st_mode):
+            raise StoreError(f"{path}: not a regular file; refusing to open it") from None
+        return
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot create database: {exc.strerror}") from exc
+    try:
+        os.fchmod(fd, FILE_MODE)  # the umask may have taken bits away
+    finally:
+        os.close(fd)
 
 
 class FlowRow(NamedTuple):
@@ -75,6 +103,7 @@ class Store:
 
     def __init__(self, path: Path, busy_timeout: float = 1.0) -> None:
         self.path = path
+        create_file(path)
         try:
             self._conn = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
