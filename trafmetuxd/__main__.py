@@ -62,10 +62,12 @@ def _start(cfg: Config, args: argparse.Namespace) -> int:
     from trafmetuxd.pcap import CaptureFileError
     from trafmetuxd.replay import replay_file
     from trafmetuxd.service import Service
+    from trafmetuxd.statedir import check
     from trafmetuxd.store import StoreError
 
     try:
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        check(cfg)  # nobody else may write where the daemon writes (symlinks: issue 11)
         daemon = Daemon(cfg)
         if args.replay:
             summary = replay_file(daemon, Path(args.replay), args.interface)

@@ -265,6 +265,7 @@ class Daemon:
                 "failures": state.failures,
                 "error": state.last_error or None,
                 "held_bytes": state.held_bytes,
+                "database_recreated": state.database_recreated,
             },
             "reload_error": self.reload_error or None,
             **(await self.extra_status()),
