@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 
@@ -26,6 +27,8 @@ RATE_SAMPLE_EVERY = 1.0
 # and no flush has been running (or been overdue) for longer than FLUSH_PATIENCE.
 PROGRESS_LIMIT = 5.0
 FLUSH_PATIENCE = 30.0
+# The main process (flushes, reports) yields the CPU to its capture workers under contention.
+MAIN_NICE = 5
 # The audit runs iptables on the event loop; a client asking for status in a loop must not
 # turn that into a stall of the meter, so one audit serves every status request for this long.
 AUDIT_TTL = 0.2
@@ -83,7 +86,8 @@ class Service:
     async def _start_capture(self) -> None:
         daemon = self.daemon
         spec = daemon.config.capture
-        self.workers = Workers(spec, daemon.config.monitors, daemon.stage)
+        nice = lower_priority()
+        self.workers = Workers(spec, daemon.config.monitors, daemon.stage, nice)
         daemon.refresher = self.workers.refresh
         daemon.reconfigure_workers = self._reconfigure_workers
         await self.workers.start()  # every queue bound, fail-open set: before any rule
@@ -239,6 +243,20 @@ class Service:
                 "unmetered_bytes": max(0, k_bytes - m_bytes),
             }
         return out
+
+
+def lower_priority() -> int | None:
+    """Lower this process's priority by MAIN_NICE; the priority its workers are to keep.
+
+    Linux priorities are per thread and inherited: done before any thread is started, it
+    covers the whole main process (the report and flush threads included).
+    """
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, min(19, base + MAIN_NICE))
+    except OSError:
+        return None
+    return base
 
 
 async def _wait_any(events: tuple[asyncio.Event, ...], timeout: float) -> None:

@@ -189,7 +189,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--link-fd", type=int, required=True)
     parser.add_argument("--progress-fd", type=int, required=True)
+    parser.add_argument("--nice", type=int, help="the priority to take back (main's own)")
     return parser
+
+
+def take_priority(nice: int | None) -> None:
+    """Run at the daemon's own priority, above the main process, which lowered its own."""
+    if nice is None:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError as exc:  # no CAP_SYS_NICE and RLIMIT_NICE too low: the unit sets LimitNICE
+        log.warning("capture worker keeps the main process's lower priority: %s", exc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -201,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     logs.setup()
+    take_priority(args.nice)
     link = socket.socket(fileno=args.link_fd)
     spec, monitors = _read_config(link)
     worker = Worker(link, args.queue, wire.Progress(args.progress_fd), spec)

@@ -86,8 +86,15 @@ class QueueWorker:
 class Workers:
     """Runs one capture worker per queue and the stall guard; applies their shipments."""
 
-    def __init__(self, spec: CaptureSpec, monitors: Sequence[MonitorSpec], apply: Apply) -> None:
+    def __init__(
+        self,
+        spec: CaptureSpec,
+        monitors: Sequence[MonitorSpec],
+        apply: Apply,
+        nice: int | None = None,
+    ) -> None:
         self.spec = spec
+        self.nice = nice  # the workers' priority when the main process lowered its own
         self.monitors = tuple(monitors)
         self.apply = apply
         self.queues = [QueueWorker(q) for q in range(spec.queue, spec.queue + spec.queues)]
@@ -181,6 +188,7 @@ class Workers:
             "--parent", str(os.getpid()),
             "--link-fd", str(link_fd),
             "--progress-fd", str(progress_fd),
+            *(["--nice", str(self.nice)] if self.nice is not None else []),
         ]  # fmt: skip
 
     async def _end(self, life: Life) -> None:
