@@ -71,7 +71,8 @@ def test_lifecycle_settings_the_daemon_relies_on() -> None:
     settings = [line.strip() for line in UNIT.read_text().splitlines()]
     for required in (
         "Type=notify",
-        "WatchdogSec=30",
+        "WatchdogSec=10",
+        "LimitNICE=+0",
         "Restart=on-failure",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "StateDirectory=trafmetux",
