@@ -95,7 +95,8 @@ install-systemd: deps check-service-python $(SERVICE_PREFIX)/.installed
 		install -D -m 0640 -g trafmetux config.example.toml /etc/trafmetux/trafmetux.toml
 	ln -sfn $(SERVICE_PREFIX)/bin/trafmetuxd /usr/local/bin/trafmetuxd
 	ln -sfn $(SERVICE_PREFIX)/bin/trafmetuxctl /usr/local/bin/trafmetuxctl
-	systemctl daemon-reload
+	@# Only a running systemd (sd_booted) reloads; an image being built (chroot) has none yet.
+	if test -d /run/systemd/system; then systemctl daemon-reload; fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info build trafmetuxd/*.so
