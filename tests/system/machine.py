@@ -9,6 +9,7 @@ unmounts the overlay and removes the layer, on every path.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -20,13 +21,14 @@ from pathlib import Path
 from bootroot import CACHE, PATH, install_project
 
 HALT_WAIT = 30.0
+_NUMBERS = itertools.count()
 
 
 class Container:
     """One booted container over the cached root; run commands in it, then close() it."""
 
     def __init__(self, lower: Path) -> None:
-        self.name = f"tmx-boot-{os.getpid()}"
+        self.name = f"tmx-boot-{os.getpid()}-{next(_NUMBERS)}"
         self.dir = CACHE / "runs" / self.name
         self.merged = self.dir / "merged"
         self.log = self.dir / "boot.log"
