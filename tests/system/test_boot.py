@@ -30,11 +30,14 @@ interfaces = ["vmeter"]
 name = "all"
 """
 
-SETUP = f"""\
+
+def setup_script(config: str) -> str:
+    """Users, the config, the metered veth to a peer namespace, the service enabled, started."""
+    return f"""\
 useradd -G trafmetux {MEMBER}
 useradd {OTHER}
 cat > /etc/trafmetux/trafmetux.toml <<'END'
-{CONFIG}END
+{config}END
 ip netns add peer
 ip link add vmeter type veth peer name vpeer netns peer
 sysctl -qw net.ipv6.conf.vmeter.disable_ipv6=1
@@ -45,6 +48,7 @@ ip -n peer addr add {PEER}/24 dev vpeer
 ip -n peer link set vpeer up
 systemctl enable --now {UNIT}
 """
+
 
 UDP_BURST = f"""\
 import socket
@@ -67,7 +71,7 @@ TIMESPAN_UNITS = {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0}
 @pytest.fixture(scope="module")
 def box(booted: Container) -> Iterator[Container]:
     """The booted container with users, config, the metered veth and the service started."""
-    booted.sh(SETUP)
+    booted.sh(setup_script(CONFIG))
     yield booted
 
 
