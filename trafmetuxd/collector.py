@@ -108,6 +108,26 @@ def _add_total(totals: Totals, minute: int, out: bool, length: int) -> None:
         row[1] += 1
 
 
+def _resolve(coll: RealtimeCollector, flow: Plan, syn: bool) -> tuple[list[int], int, bool]:
+    """The position a packet of the planned flow counts in, its sender's side there, and
+    whether that position is the plan's key (or OTHER): found by the first lookup add() does.
+    """
+    key, side, back, back_when_new = flow
+    flows = coll._flows
+    entry = flows.get(key)
+    if entry is not None:
+        return entry, side, True
+    if back is None:
+        return coll._new_position(key), side, True
+    entry = flows.get(back)
+    if entry is not None:
+        return entry, 1, False
+    if back_when_new and not syn:
+        entry = coll._new_position(back)
+        return entry, 1, coll._flows.get(back) is not entry  # OTHER when the collector is full
+    return coll._new_position(key), side, True
+
+
 def count(
     collectors: tuple[RealtimeCollector, ...],
     flow: Plan,
@@ -116,36 +136,74 @@ def count(
     length: int,
     syn: bool,
 ) -> None:
-    """Count one packet in each of collectors, its flow planned: what add() does.
-
-    One loop here rather than a method call per collector: this runs per packet.
-    """
-    key, key_side, back, back_when_new = flow
+    """Count one packet in each of collectors, its flow planned: what add() does."""
     for coll in collectors:
         _add_total(coll._totals, minute, out, length)
-        flows = coll._flows
-        entry = flows.get(key)
-        side = key_side
-        if entry is None:
-            if back is None:
-                entry = coll._new_position(key)
-            else:
-                entry = flows.get(back)
-                if entry is not None:
-                    side = 1
-                elif back_when_new and not syn:
-                    entry = coll._new_position(back)
-                    side = 1
-                else:
-                    entry = coll._new_position(key)
+        entry, side, _first = _resolve(coll, flow, syn)
         entry[side] += length
+        entry[2] += 1
+
+
+class Slot:
+    """Where one cached flow counts in one collector, and until when that holds.
+
+    Positions are never removed between two swaps. A flow whose position is its plan's key
+    (the first lookup) therefore keeps it until the swap: looking it up again is skipped. One
+    found under the reverse key keeps it only while no new position is made (a new one at its
+    key would be found first). A flow sent to OTHER (the collector was full) is looked up for
+    every packet, as add() does: which side of OTHER a packet counts in depends on the packet.
+    """
+
+    __slots__ = ("coll", "entry", "gen", "made", "other", "side")
+
+    def __init__(self, coll: RealtimeCollector) -> None:
+        self.coll = coll
+        self.gen = -1  # no generation: resolved on the first packet
+        self.made = -1  # positions made when resolved under the reverse key; -1: key or OTHER
+        self.entry: list[int] = []
+        self.side = 0
+        self.other = False
+
+
+def count_slots(
+    slots: list[Slot], flow: Plan, minute: int, out: bool, length: int, syn: bool
+) -> None:
+    """Count one packet in each slot's collector: what count() does, without the lookups."""
+    for slot in slots:
+        coll = slot.coll
+        if coll._minute == minute:
+            row = coll._row
+        else:
+            found = coll._totals.get(minute)
+            if found is None:
+                found = coll._totals[minute] = [0, 0, 0, 0]
+            row = coll._row = found
+            coll._minute = minute
+        if out:
+            row[2] += length
+            row[3] += 1
+        else:
+            row[0] += length
+            row[1] += 1
+        if slot.other or slot.gen != coll._gen or (slot.made >= 0 and slot.made != coll._made):
+            overflow = coll._overflow
+            entry, slot.side, first = _resolve(coll, flow, syn)
+            slot.entry = entry
+            slot.other = coll._overflow != overflow  # looked up again: the side may differ
+            slot.made = -1 if first else coll._made
+            slot.gen = coll._gen
+        entry = slot.entry
+        entry[slot.side] += length
         entry[2] += 1
 
 
 class RealtimeCollector:
     """Counts packets as they arrive; swap() hands the contents over in O(1)."""
 
-    __slots__ = ("_compress", "_flows", "_free", "_overflow", "_size", "_totals")
+    __slots__ = (
+        "_compress", "_flows", "_free", "_gen", "_made", "_minute", "_overflow", "_row", "_size",
+        "_totals",
+    )  # fmt: skip
 
     def __init__(self, size: int, compress_ports: bool = True) -> None:
         self._size = size
@@ -154,6 +212,10 @@ class RealtimeCollector:
         self._flows: Flows = {}
         self._free = size  # positions still free; OTHER does not take one
         self._overflow = 0
+        self._gen = 0  # bumped by every swap: cached slots of the old contents are stale
+        self._made = 0  # positions made since the start (a slot under a reverse key checks it)
+        self._minute = -1  # the minute of _row, the totals row last counted in
+        self._row: list[int] = []
 
     @property
     def totals(self) -> Totals:
@@ -227,6 +289,7 @@ class RealtimeCollector:
         """A fresh position for `key`, or OTHER (counted as overflow) when all are taken."""
         if self._free > 0:
             self._free -= 1
+            self._made += 1
             entry = self._flows[key] = [0, 0, 0]
             return entry
         # Every packet routed to OTHER counts, so OTHER's packets always equal the overflow.
@@ -243,6 +306,9 @@ class RealtimeCollector:
         self._flows = {}
         self._free = self._size
         self._overflow = 0
+        self._gen += 1
+        self._minute = -1
+        self._row = []
         return snap
 
 

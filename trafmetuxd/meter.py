@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from trafmetuxd import rules
-from trafmetuxd.collector import Plan, RealtimeCollector, Snapshot, count, is_syn, plan
+from trafmetuxd.collector import Plan, RealtimeCollector, Slot, Snapshot, count_slots, is_syn, plan
 from trafmetuxd.packet import EXTENSIONS, PORTED, TCP, PacketInfo, parse
 from trafmetuxd.spec import DIR_ANY, DIR_IN, DIR_OUT, MonitorSpec, Network
 
@@ -19,12 +19,13 @@ Collectors = tuple[RealtimeCollector, ...]
 
 
 class Verdict(NamedTuple):
-    """What a cached flow's packets need: matching collectors without/with port compression,
-    the flow's plan for each kind, and the TCP flags offset when the plan reads them (else 0).
+    """What a cached flow's packets need: its slot in each matching collector without/with port
+    compression, the flow's plan for each kind, and the TCP flags offset when the plan reads
+    them (else 0).
     """
 
-    plain: Collectors
-    compressed: Collectors
+    plain: list[Slot]
+    compressed: list[Slot]
     plain_plan: Plan | None
     compressed_plan: Plan | None
     flags_at: int
@@ -179,9 +180,9 @@ class Meter:
             minute = int(ts) // 60
             out = direction == DIR_OUT
             if compressed_plan is not None:
-                count(compressed, compressed_plan, minute, out, length, syn)
+                count_slots(compressed, compressed_plan, minute, out, length, syn)
             if plain_plan is not None:
-                count(plain, plain_plan, minute, out, length, syn)
+                count_slots(plain, plain_plan, minute, out, length, syn)
         except Exception:  # a bug in a stage must never stop metering
             self.stats.errors += 1
 
@@ -197,7 +198,10 @@ class Meter:
             p is not None and p[3] for p in (plain_plan, compressed_plan)
         )
         flags_at = (33 if pkt.family == 4 else 53) if needs_flags else 0
-        hit = Verdict(plain, compressed, plain_plan, compressed_plan, flags_at)
+        hit = Verdict(
+            [Slot(c) for c in plain], [Slot(c) for c in compressed], plain_plan, compressed_plan,
+            flags_at,
+        )  # fmt: skip
         cache = self._cache
         if len(cache) >= CACHE_LIMIT:
             cache.clear()
