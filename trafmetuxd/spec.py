@@ -55,6 +55,8 @@ class CaptureSpec:
     copy_range: int = 128
     queue_maxlen: int = 4096
     rcvbuf: int = 8 * 1024 * 1024
+    queues: int = 1
+    stall_timeout: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
