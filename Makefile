@@ -5,10 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.example.toml
 DEB_PACKAGES := python3 python3-venv python3-dev gcc make libnetfilter-queue-dev \
-	libnfnetlink-dev iptables nftables iproute2 ethtool socat procps systemd netsniff-ng
+	libnfnetlink-dev iptables nftables iproute2 ethtool socat procps systemd netsniff-ng \
+	debootstrap systemd-container
 PYTEST_ARGS ?=
 
-.PHONY: install deps venv lint test test-long run bench install-systemd clean
+.PHONY: install deps venv lint test test-long run bench install-systemd check-service-python \
+	clean
 
 install: deps venv
 
@@ -26,7 +28,7 @@ venv: $(VENV)/.installed
 
 # The editable install compiles these with mypyc (setup.py) next to their sources: rebuild when
 # they change, or the stale compiled modules would run. TRAFMETUX_PURE=1 installs plain Python.
-COMPILED := $(addprefix trafmetuxd/,packet.py rules.py collector.py meter.py)
+COMPILED := $(addprefix trafmetuxd/,packet.py rules.py collector.py meter.py nfbatch.py)
 
 $(VENV)/.installed: pyproject.toml setup.py $(COMPILED)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,8 +53,40 @@ run: install
 bench: install
 	$(BIN)/python -m bench
 
-# Install the unit, the system user and directories, and the example config (kept if present).
-install-systemd: install
+# The service runs from its own virtualenv in a system location, built from Debian's python3 and
+# installed (not editable, compiled as `make install` compiles it) from this checkout. The unit's
+# ProtectHome=yes hides /home, /root and /run/user and PrivateTmp=yes hides /tmp and /var/tmp: an
+# interpreter or a checkout there (pyenv, a developer's venv) fails as the service with 203/EXEC.
+SERVICE_PYTHON ?= /usr/bin/python3
+SERVICE_PREFIX := /opt/trafmetux
+SOURCES := pyproject.toml setup.py $(wildcard trafmetuxd/*.py trafmetuxctl/*.py)
+HIDDEN_FROM_SERVICE := /home /root /run/user /tmp /var/tmp
+
+# Refuse an interpreter the service could not run, before the service's files are installed.
+check-service-python:
+	@for path in "$(SERVICE_PYTHON)" "$$(readlink -f "$(SERVICE_PYTHON)")"; do \
+		for hidden in $(HIDDEN_FROM_SERVICE); do case "$$path/" in "$$hidden"/*) \
+			echo "install-systemd: the service's interpreter SERVICE_PYTHON=$(SERVICE_PYTHON)" \
+				"lies under $$hidden ($$path), which the unit hides (ProtectHome=yes," \
+				"PrivateTmp=yes): the service would fail with 203/EXEC. Use Debian's" \
+				"/usr/bin/python3 (apt-get install python3 python3-venv)." >&2; exit 1;; \
+		esac; done; \
+	done; \
+	$(SERVICE_PYTHON) -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+		echo "install-systemd: SERVICE_PYTHON=$(SERVICE_PYTHON) is not a Python 3.11 or newer" \
+			"with the venv module (apt-get install python3 python3-venv)." >&2; exit 1; }
+
+# A virtualenv made from another interpreter is made anew (--clear) from SERVICE_PYTHON.
+$(SERVICE_PREFIX)/.installed: $(SOURCES) | check-service-python
+	@test "$$(readlink -f $(SERVICE_PREFIX)/bin/python)" = "$$(readlink -f $(SERVICE_PYTHON))" || \
+		$(SERVICE_PYTHON) -m venv --clear $(SERVICE_PREFIX)
+	$(SERVICE_PREFIX)/bin/python -m pip install -q --upgrade pip
+	$(SERVICE_PREFIX)/bin/python -m pip install -q .
+	@touch $@
+
+# Install the service's virtualenv, the unit, the system user and directories, and the example
+# config (kept if present).
+install-systemd: deps check-service-python $(SERVICE_PREFIX)/.installed
 	install -D -m 0644 systemd/trafmetuxd.service /etc/systemd/system/trafmetuxd.service
 	install -D -m 0644 systemd/trafmetux.sysusers.conf /usr/lib/sysusers.d/trafmetux.conf
 	install -D -m 0644 systemd/trafmetux.tmpfiles.conf /usr/lib/tmpfiles.d/trafmetux.conf
@@ -60,9 +94,10 @@ install-systemd: install
 	systemd-tmpfiles --create trafmetux.conf
 	test -e /etc/trafmetux/trafmetux.toml || \
 		install -D -m 0640 -g trafmetux config.example.toml /etc/trafmetux/trafmetux.toml
-	ln -sf $(abspath $(BIN))/trafmetuxd /usr/local/bin/trafmetuxd
-	ln -sf $(abspath $(BIN))/trafmetuxctl /usr/local/bin/trafmetuxctl
-	systemctl daemon-reload
+	ln -sfn $(SERVICE_PREFIX)/bin/trafmetuxd /usr/local/bin/trafmetuxd
+	ln -sfn $(SERVICE_PREFIX)/bin/trafmetuxctl /usr/local/bin/trafmetuxctl
+	@# Only a running systemd (sd_booted) reloads; an image being built (chroot) has none yet.
+	if test -d /run/systemd/system; then systemctl daemon-reload; fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info build trafmetuxd/*.so

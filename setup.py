@@ -12,7 +12,7 @@ from pathlib import Path
 
 from setuptools import setup
 
-COMPILED = ("packet", "rules", "collector", "meter")
+COMPILED = ("packet", "rules", "collector", "meter", "nfbatch")
 PACKAGE = Path(__file__).resolve().parent / "trafmetuxd"
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from bench import ctl, e2e, flushstall, memory, pipeline, reports
+from bench import ctl, e2e, memory, pipeline, reports, stall
 from bench.common import RESULTS, Result, machine, write_result
 from bench.page import PAGE, render
 
@@ -20,7 +20,7 @@ BENCHMARKS: dict[str, Callable[[str], Result]] = {
     "pipeline": pipeline.run,
     "e2e": e2e.run,
     "reports": reports.run,
-    "flush": flushstall.run,
+    "stall": stall.run,
     "memory": memory.run,
     "ctl": ctl.run,
 }

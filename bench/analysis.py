@@ -59,21 +59,14 @@ check-quota and show-monthly were 1.1 and 2.3 ms. It stays niced, because under 
 contention the meter comes first.
 """
 
-FLUSH = """**What was done.** The loop thread only swaps the realtime collectors (O(1) per monitor);
-merging into the flush collectors, the write and freeing the committed data run in the flush
-worker thread, which sleeps(0) between monitors and every 256 flow rows so a waiting packet
-loop gets the GIL at once (the daemon also sets a 1 ms switch interval). The largest stall
-left was the cyclic garbage collector: a full collection set off by the merge's allocations
-walked every flow position holding the GIL (17-22 ms). The worker now disables the collector
-for the flush and freezes what is alive afterwards, and a full sweep runs once an hour so no
-cyclic garbage piles up behind the freeze (that hourly pause is not included here).
-
-**Run-to-run spread.** The no-flush baseline in the same run bounds what this machine's
-scheduler adds on its own: when its maximum is near or above the target, so is the
-flush's. On the machine of this page it was 3.3-10.3 ms in five runs of the commit before the
-socket's front process and 4.5-13.6 ms in eight runs after; the flush path's code is the same
-in both (the flush runs in-process; the control socket plays no part).
-"""
+STALL = """**What was done.** The packet path no longer shares a process with anything: each
+queue has a capture worker process that only reads its queue in batches, accepts every batch
+with one verdict before metering it, and counts. Flushes (merge, SQLite transaction, flow
+logs) and report queries run in the main process; the control socket's clients are served by
+the front process. A worker ships what it counted when the main process asks (every second,
+before a flush, before a report), in pieces of at most 4,096 positions so that encoding one
+costs it a millisecond or two between batches; the main process runs at a lower priority
+(nice +5) than its workers, so under CPU contention the packet path comes first."""
 
 MEMORY = """\
 **Why it misses.** After the work above (shared key tuples across monitors) a position costs
@@ -104,7 +97,7 @@ ANALYSIS: dict[str, str] = {
     "pipeline": PIPELINE,
     "e2e": E2E,
     "reports": REPORTS,
-    "flush": FLUSH,
+    "stall": STALL,
     "memory": MEMORY,
     "ctl": CTL,
 }

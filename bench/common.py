@@ -101,8 +101,40 @@ def rss_kib(pid: int | str = "self") -> int:
     return 0
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process from /proc/PID/stat, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, reaped: bool = False) -> float:
+    """utime + stime of a process from /proc/PID/stat, in seconds (0 when it is gone).
+
+    With reaped, the CPU of its children that exited and were waited for is added.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
     ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    """Every descendant of a process, from /proc/*/stat."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and all its descendants, living or reaped."""
+    return cpu_seconds(pid, reaped=True) + sum(cpu_seconds(c, reaped=True) for c in children(pid))

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import PYTHON, ROOT, VENV_BIN, Result, cpu_seconds, target
+from bench.common import PYTHON, ROOT, VENV_BIN, Result, target, tree_cpu_seconds
 from bench.e2e_traffic import monitors_toml, trafgen_config
 from bench.mix import twenty_monitors
 from bench.served import wait_ready
@@ -64,13 +64,13 @@ def missing_requirements() -> str:
 
 
 class Snapshot:
-    """Kernel counters in namespace b at one instant."""
+    """Kernel counters in namespace b at one instant (the consumer's whole process tree's CPU)."""
 
-    def __init__(self, ns: Namespace, pid: int | None) -> None:
+    def __init__(self, ns: Namespace, pid: int | None, queues: int = 1) -> None:
         # One command reads both, so the two counters are as close in time as they can be.
         script = f"nft -j list counters table inet tmxbench; echo; cat {PROC_QUEUE}"
         out = ns.run(["sh", "-c", script]).stdout
-        counters, _, queues = out.partition("\n")
+        counters, _, queues_text = out.partition("\n")
         self.time = time.monotonic()
         found = {
             c["counter"]["name"]: c["counter"]
@@ -80,17 +80,20 @@ class Snapshot:
         self.arrived = found["arrived"]["packets"]
         self.arrived_bytes = found["arrived"]["bytes"]
         self.delivered = found["delivered"]["packets"]
-        self.queued = _queue_sequence(queues)
-        self.cpu = cpu_seconds(pid) if pid else 0.0
+        self.per_queue = _queue_sequences(queues_text, queues)
+        self.queued = sum(self.per_queue.values())
+        self.cpu = tree_cpu_seconds(pid) if pid else 0.0
 
 
-def _queue_sequence(text: str) -> int:
-    """Packets the kernel handed to the bound queue so far (id_sequence), 0 when unbound."""
+def _queue_sequences(text: str, queues: int) -> dict[int, int]:
+    """Packets the kernel handed to each bound queue so far (id_sequence), 0 when unbound."""
+    wanted = {str(q): q for q in range(QUEUE, QUEUE + queues)}
+    out = dict.fromkeys(wanted.values(), 0)
     for line in text.splitlines():
         fields = line.split()
-        if len(fields) >= 8 and fields[0] == str(QUEUE):
-            return int(fields[7])
-    return 0
+        if len(fields) >= 8 and fields[0] in wanted:
+            out[wanted[fields[0]]] = int(fields[7])
+    return out
 
 
 def _rates(before: Snapshot, after: Snapshot) -> dict[str, float]:
@@ -109,9 +112,10 @@ def _rates(before: Snapshot, after: Snapshot) -> dict[str, float]:
     }
 
 
-def _generator(pair: Pair, conf: Path, rate: int | None) -> subprocess.Popen[str]:
-    argv = ["taskset", "-c", GENERATOR_CPU, "trafgen", "--dev", pair.a_if, "--conf", str(conf)]
-    argv += ["--cpus", "1", "--no-sock-mem", "--notouch-irq", "--no-cpu-stats"]
+def _generator(pair: Pair, conf: Path, rate: int | None, cpus: int = 1) -> subprocess.Popen[str]:
+    pin = ["taskset", "-c", GENERATOR_CPU] if cpus == 1 else []
+    argv = [*pin, "trafgen", "--dev", pair.a_if, "--conf", str(conf)]
+    argv += ["--cpus", str(cpus), "--no-sock-mem", "--notouch-irq", "--no-cpu-stats"]
     if rate:
         argv += ["-b", f"{rate}pps"]
     # trafgen forks its sender: a session of its own lets _stop signal the whole group.
@@ -137,27 +141,58 @@ def _stop(proc: subprocess.Popen[str], timeout: float = 10.0, group: bool = True
 
 
 def _window(
-    pair: Pair, conf: Path, pid: int | None, size: dict[str, float], rate: int | None = None
-) -> dict[str, float]:
-    """Run the generator; rates over the window after the warm-up, drops over the whole run."""
-    start = Snapshot(pair.b, pid)
-    gen = _generator(pair, conf, rate)
+    pair: Pair,
+    conf: Path,
+    pid: int | None,
+    size: dict[str, float],
+    rate: int | None = None,
+    queues: int = 1,
+    workers: dict[int, int] | None = None,
+) -> dict[str, Any]:
+    """Run the generator; rates over the window after the warm-up, drops over the whole run.
+
+    With several queues the generator sends from every CPU (the kernel then spreads the packets
+    over the queues by CPU); `workers` (queue -> pid) adds each worker's rate and CPU.
+    """
+    start = Snapshot(pair.b, pid, queues)
+    gen = _generator(pair, conf, rate, cpus=1 if queues == 1 else os.cpu_count() or 1)
     try:
         time.sleep(size["warmup"])
         if gen.poll() is not None:
             raise RuntimeError(f"trafgen exited: {gen.stderr.read() if gen.stderr else ''}")
-        before = Snapshot(pair.b, pid)
+        before = Snapshot(pair.b, pid, queues)
+        cpu0 = {q: tree_cpu_seconds(w) for q, w in (workers or {}).items()}
         time.sleep(size["low_window"] if rate else size["window"])
-        after = Snapshot(pair.b, pid)
+        after = Snapshot(pair.b, pid, queues)
+        cpu1 = {q: tree_cpu_seconds(w) for q, w in (workers or {}).items()}
     finally:
         _stop(gen)
     _drain(pair.b)
-    end = Snapshot(pair.b, pid)
-    rates = _rates(before, after)
+    end = Snapshot(pair.b, pid, queues)
+    rates: dict[str, Any] = dict(_rates(before, after))
+    if workers:
+        rates["per_worker"] = _per_worker(before, after, cpu0, cpu1)
     # Arrived but never delivered, over the whole run once the queue is empty (should be 0).
     rates["dropped"] = (end.arrived - start.arrived) - (end.delivered - start.delivered)
     rates["packets_sent"] = end.arrived - start.arrived
     return rates
+
+
+def _per_worker(
+    before: Snapshot, after: Snapshot, cpu0: dict[int, float], cpu1: dict[int, float]
+) -> dict[str, dict[str, float]]:
+    """Each queue's metered rate and its worker's CPU seconds per million packets."""
+    seconds = after.time - before.time
+    out = {}
+    for queue in cpu0:
+        queued = after.per_queue[queue] - before.per_queue[queue]
+        cpu = cpu1[queue] - cpu0[queue]
+        out[str(queue)] = {
+            "queued_pps": round(queued / seconds),
+            "cpu_seconds": round(cpu, 3),
+            "cpu_s_per_million": round(cpu / queued * 1e6, 3) if queued else 0.0,
+        }
+    return out
 
 
 def _queue_rules(ns: Namespace, action: str) -> None:
@@ -189,11 +224,12 @@ def _minimal_consumer(pair: Pair, conf: Path, size: dict[str, float]) -> dict[st
         _stop(proc, group=False)
 
 
-def _daemon_config(directory: Path) -> Path:
+def _daemon_config(directory: Path, queues: int = 1) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
     text = (
         f'state_dir = "{directory}"\nsocket = "{directory / "tmx.sock"}"\n'
         'socket_group = "root"\ntimezone = "UTC"\n\n'
-        '[capture]\nqueue = 0\ninterfaces = ["veth-b"]\n\n'
+        f'[capture]\nqueue = 0\nqueues = {queues}\ninterfaces = ["veth-b"]\n\n'
         f'{monitors_toml(twenty_monitors())}\n[[monitor]]\nname = "all"\nrules = []\n'
     )
     path = directory / "trafmetux.toml"
@@ -254,6 +290,22 @@ def _daemon_runs(pair: Pair, conf: Path, directory: Path, size: dict[str, float]
     }
 
 
+def _two_queues(pair: Pair, conf: Path, directory: Path, size: dict[str, float]) -> dict[str, Any]:
+    """(d) two queues, one worker each, fed from both CPUs: the rate and CPU of each worker."""
+    config = _daemon_config(directory / "two", queues=2)
+    argv = [str(VENV_BIN / "trafmetuxd"), "--config", str(config)]
+    proc = pair.b.popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    sock = directory / "two" / "tmx.sock"
+    try:
+        wait_ready(sock, proc, 30.0)  # type: ignore[arg-type]
+        with Client(str(sock), 30.0) as client:
+            entries = client.call("status")["capture"]["workers"]
+        workers = {int(w["queue"]): int(w["pid"]) for w in entries}
+        return _window(pair, conf, proc.pid, size, queues=2, workers=workers)
+    finally:
+        _stop(proc, timeout=30.0, group=False)
+
+
 def _report_bytes(report: dict[str, Any]) -> int:
     """In + out bytes of every row of the `all` monitor's report."""
     return sum(sum(row["values"]["all"]) for row in report["rows"])
@@ -301,6 +353,8 @@ def _measure(pair: Pair, directory: Path, size: dict[str, float]) -> dict[str, A
     runs.update(
         {f"c_trafmetuxd_{k}": v for k, v in _daemon_runs(pair, conf, directory, size).items()}
     )
+    if (os.cpu_count() or 1) >= 2:
+        runs["d_trafmetuxd_two_queues"] = _two_queues(pair, conf, directory, size)
     return runs
 
 
@@ -319,11 +373,20 @@ def run(scale: str = "full") -> Result:
 def _targets(runs: dict[str, Any]) -> list[dict[str, object]]:
     ceiling = runs["b_minimal_consumer"]["queued_pps"]
     metered = runs["c_trafmetuxd_saturated"]["queued_pps"]
+    cpu_b = runs["b_minimal_consumer"]["cpu_s_per_million"]
+    cpu_c = runs["c_trafmetuxd_saturated"]["cpu_s_per_million"]
     accuracy = runs["c_trafmetuxd_accuracy"]
     drops = runs["c_trafmetuxd_saturated"]["dropped"] + runs["c_trafmetuxd_below"]["dropped"]
     return [
         target(
-            "c/b at saturation", round(metered / ceiling, 3) if ceiling else 0.0, ">=", 0.9, "x"
+            "c/b at saturation", round(metered / ceiling, 3) if ceiling else 0.0, ">=", 1.0, "x"
+        ),
+        target(
+            "CPU per packet, c/b (every trafmetuxd process)",
+            round(cpu_c / cpu_b, 3) if cpu_b else 0.0,
+            "<=",
+            1.0,
+            "x",
         ),
         target("packets dropped with the meter", drops, "<=", 0, "packets"),
         target(

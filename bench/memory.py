@@ -1,9 +1,10 @@
 """Benchmark 5: resident memory with 20 monitors x 65,536 flow positions full.
 
-Measured in a fresh interpreter (`python -m bench.memory CHILD MONITORS POSITIONS`) so that
-nothing else in the benchmark run inflates it: VmRSS after importing the daemon's modules is
-the baseline, then again with every realtime position full, then with the flush collectors
-holding a full set too (what a write that keeps failing, or a slow one, leaves in memory).
+A running daemon is three processes, each measured in a fresh interpreter of its own
+(`python -m bench.memory ROLE MONITORS POSITIONS`) with what that process imports: the capture
+worker with every realtime position full, the main process with every flush position full
+(what a write that keeps failing, or a slow one, leaves in memory), the front idle. VmRSS after
+the imports is each one's baseline.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from bench.common import PYTHON, ROOT, Result, rss_kib, target
 
 FULL = {"monitors": 20, "positions": 65_536}
 SMOKE = {"monitors": 2, "positions": 500}
-CHILD = "child"
 
 
 def _fill(meter: object, positions: int, rng: random.Random) -> int:
@@ -37,60 +37,105 @@ def _fill(meter: object, positions: int, rng: random.Random) -> int:
     return fed
 
 
-def child(monitors: int, positions: int) -> dict[str, int]:
-    """Run in the fresh process: RSS (KiB) at each stage."""
-    from trafmetuxd.collector import FlushCollector
-    from trafmetuxd.flush import Flusher  # noqa: F401  (the daemon's modules, imported)
-    from trafmetuxd.meter import Meter
+def _specs(monitors: int, positions: int) -> tuple[object, ...]:
     from trafmetuxd.spec import MonitorSpec
 
-    gc.collect()
-    base = rss_kib()
-    specs = tuple(
+    return tuple(
         MonitorSpec(f"m{i}", collector_size=positions, flush_collector_size=positions)
         for i in range(monitors)
     )
-    meter = Meter(specs)
-    rng = random.Random(7)
-    fed = _fill(meter, positions, rng)
+
+
+def worker_child(monitors: int, positions: int) -> dict[str, int]:
+    """The capture worker's modules, then every realtime position full: RSS in KiB."""
+    import trafmetuxd.worker  # noqa: F401  (what the worker process imports)
+    from trafmetuxd.meter import Meter
+
     gc.collect()
-    realtime = rss_kib()
+    base = rss_kib()
+    meter = Meter(_specs(monitors, positions))  # type: ignore[arg-type]
+    fed = _fill(meter, positions, random.Random(7))
+    gc.collect()
+    return {"baseline_kib": base, "full_kib": rss_kib(), "fed": fed}
+
+
+def main_child(monitors: int, positions: int) -> dict[str, int]:
+    """The main process's modules, then every flush position full (shipments merged)."""
+    import trafmetuxd.service  # noqa: F401  (what the main process imports)
+    from trafmetuxd.collector import FlushCollector
+    from trafmetuxd.meter import Meter
+
+    gc.collect()
+    base = rss_kib()
+    specs = _specs(monitors, positions)
     held = [FlushCollector(positions) for _ in specs]
+    meter = Meter(specs)  # type: ignore[arg-type]
+    fed = _fill(meter, positions, random.Random(7))
     for coll, (_name, snap) in zip(held, meter.swap(), strict=True):
-        coll.merge(snap)
-    fed += _fill(meter, positions, rng)
+        coll.merge(snap)  # as the shipments arrive, then the realtime copies are gone
+    del meter
     gc.collect()
-    both = rss_kib()
-    return {"baseline_kib": base, "realtime_full_kib": realtime, "both_full_kib": both, "fed": fed}
+    return {"baseline_kib": base, "full_kib": rss_kib(), "fed": fed}
+
+
+def front_child(monitors: int, positions: int) -> dict[str, int]:
+    """The front process's modules, idle."""
+    import trafmetuxd.front  # noqa: F401
+
+    gc.collect()
+    return {"baseline_kib": rss_kib(), "full_kib": rss_kib(), "fed": 0}
+
+
+ROLES = {"worker": worker_child, "main": main_child, "front": front_child}
+
+
+def _role(role: str, size: dict[str, int]) -> dict[str, int]:
+    argv = [PYTHON, "-m", "bench.memory", role, str(size["monitors"]), str(size["positions"])]
+    out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600, check=True)
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def _mib(kib: int) -> float:
+    return round(kib / 1024, 1)
 
 
 def run(scale: str = "full") -> Result:
-    """Measure in a child interpreter; RSS figures in MiB."""
+    """Measure each process's role in a child interpreter; RSS figures in MiB."""
     size = FULL if scale == "full" else SMOKE
-    argv = [PYTHON, "-m", "bench.memory", CHILD, str(size["monitors"]), str(size["positions"])]
-    out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600, check=True)
-    kib = json.loads(out.stdout)
-    mib = {k.replace("_kib", "_mib"): round(v / 1024, 1) for k, v in kib.items() if "kib" in k}
-    realtime = mib["realtime_full_mib"]
+    roles = {role: _role(role, size) for role in ROLES}
+    worker, main, front = roles["worker"], roles["main"], roles["front"]
+    positions = size["monitors"] * size["positions"]
+    realtime_total = _mib(worker["full_kib"] + main["baseline_kib"] + front["full_kib"])
+    both_total = _mib(worker["full_kib"] + main["full_kib"] + front["full_kib"])
     return {
         "params": size,
-        "packets_fed": kib["fed"],
-        **mib,
-        "realtime_over_baseline_mib": round(realtime - mib["baseline_mib"], 1),
-        "both_over_baseline_mib": round(mib["both_full_mib"] - mib["baseline_mib"], 1),
-        "bytes_per_position": round(
-            (kib["realtime_full_kib"] - kib["baseline_kib"])
-            * 1024
-            / (size["monitors"] * size["positions"])
+        "packets_fed": worker["fed"],
+        "processes_mib": {
+            role: {"baseline": _mib(r["baseline_kib"]), "full": _mib(r["full_kib"])}
+            for role, r in roles.items()
+        },
+        "realtime_total_mib": realtime_total,
+        "both_total_mib": both_total,
+        "bytes_per_realtime_position": round(
+            (worker["full_kib"] - worker["baseline_kib"]) * 1024 / positions
+        ),
+        "bytes_per_flush_position": round(
+            (main["full_kib"] - main["baseline_kib"]) * 1024 / positions
         ),
         "targets": [
-            target("RSS, realtime positions full", realtime, "<=", 200.0, "MiB"),
             target(
-                "RSS, realtime + flush positions full", mib["both_full_mib"], "<=", 200.0, "MiB"
+                "RSS, all processes, realtime positions full", realtime_total, "<=", 200.0, "MiB"
+            ),
+            target(
+                "RSS, all processes, realtime + flush positions full",
+                both_total,
+                "<=",
+                200.0,
+                "MiB",
             ),
         ],
     }
 
 
-if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == CHILD:
-    print(json.dumps(child(int(sys.argv[2]), int(sys.argv[3]))))
+if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] in ROLES:
+    print(json.dumps(ROLES[sys.argv[1]](int(sys.argv[2]), int(sys.argv[3]))))

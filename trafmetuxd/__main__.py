@@ -60,15 +60,19 @@ def _start(cfg: Config, args: argparse.Namespace) -> int:
     from trafmetuxd.kernel import KernelError
     from trafmetuxd.notify import Notifier
     from trafmetuxd.pcap import CaptureFileError
-    from trafmetuxd.replay import replay
+    from trafmetuxd.replay import replay_file
     from trafmetuxd.service import Service
+    from trafmetuxd.statedir import check
     from trafmetuxd.store import StoreError
 
     try:
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        check(cfg)  # nobody else may write where the daemon writes (symlinks: issue 11)
         daemon = Daemon(cfg)
         if args.replay:
-            ok = replay(daemon, Path(args.replay), args.interface)
+            summary = replay_file(daemon, Path(args.replay), args.interface)
+            print(summary.line(), flush=True)
+            ok = summary.flushed
             if not args.serve:
                 daemon.close()
                 return 0 if ok else EXIT_FAILURE

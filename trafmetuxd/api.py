@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import grp
 import logging
+import os
 import pwd
 import socket
 import struct
@@ -16,8 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trafmetuxd import protocol
+from trafmetuxd.logs import RateLimitedLog
 from trafmetuxd.protocol import (
     ADMIN,
+    BAD_JSON,
     FORBIDDEN,
     INTERNAL,
     TOO_LARGE,
@@ -38,6 +41,7 @@ WRITE_TIMEOUT = 5.0  # seconds a reply may wait for a client that does not read
 EVICT_GRACE = 0.5  # seconds of silence (or not reading) before a connection may be evicted
 REPLY_BUFFER = 16 * 1024  # bytes of replies held for one client before it must read
 MAX_CLIENTS = 512  # an idle connection costs a few KiB; the fd limit is 1024 by default
+UID_SHARE = 8  # one uid may hold at most 1/UID_SHARE of the connections (root: no cap)
 REQUEST_RATE = 100.0  # requests per second one connection may make (sustained) ...
 REQUEST_BURST = 20.0  # ... and at once; past that its requests wait, nobody else's do
 MEMBERSHIP_TTL = 10.0  # seconds a group-membership answer is reused for the same uid/gid
@@ -146,6 +150,7 @@ class _Connection:
     """One client connection; `evictable` while it has sent no request or reads no reply."""
 
     writer: asyncio.StreamWriter
+    uid: int = -1  # the peer's, from the kernel
     evictable: bool = True
     since: float = 0.0  # monotonic time it became evictable
 
@@ -171,6 +176,7 @@ class Server:
         max_clients: int,
         idle_timeout: float,
         resolved: tuple[int, bool] | None = None,
+        privileged: frozenset[int] | None = None,
     ) -> None:
         self.path = path
         self.group = group
@@ -178,6 +184,8 @@ class Server:
         self.gid, self.group_found = resolved if resolved is not None else resolve_group(group)
         self.answer = answer
         self.max_clients = max_clients
+        self.per_uid = max(1, max_clients // UID_SHARE)
+        self.privileged = frozenset({0, os.getuid()}) if privileged is None else privileged
         self.idle_timeout = idle_timeout
         self.clients = 0
         self.evicted = 0
@@ -186,7 +194,10 @@ class Server:
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._conns: dict[asyncio.Task[None], _Connection] = {}  # insertion order: oldest first
+        self._held: dict[int, int] = {}  # uid -> connections of self._conns it holds
         self._members: dict[tuple[int, int], tuple[bool, float]] = {}  # -> (member, expires)
+        # what clients cause is logged as one line, a few a minute: never a traceback per client
+        self._log = RateLimitedLog(log)
 
     def info(self) -> dict[str, object]:
         """JSON-able facts for the status command."""
@@ -196,6 +207,8 @@ class Server:
             "socket_gid": self.gid,
             "socket_group_found": self.group_found,
             "clients": self.clients,
+            "max_clients": self.max_clients,
+            "max_clients_per_uid": self.per_uid,
             "evicted": self.evicted,
         }
 
@@ -232,22 +245,65 @@ class Server:
         conn = _Connection(writer, since=time.monotonic())
         limit_replies(writer)
         try:
-            if self.clients > self.max_clients and not self._evict():
-                msg = f"too many clients (max {self.max_clients})"
-                await self._send(conn, protocol.encode_reply_err(UNAVAILABLE, msg))
+            pid, uid, gid = peer_credentials(writer.get_extra_info("socket"))
+            conn.uid = uid
+            refusal = self._admit(uid)
+            if refusal:
+                await self._send(conn, protocol.encode_reply_err(UNAVAILABLE, refusal))
                 return
-            self._conns[task] = conn
-            peer = await self._peer(writer)
+            self._add(task, conn)
+            peer = await self._peer(pid, uid, gid)
             await self._serve(peer, reader, conn)
         except (ConnectionError, TimeoutError):
             pass
-        except Exception:
-            log.exception("control connection failed")
+        except Exception as exc:
+            self._log.error("control connection failed: %s: %s", type(exc).__name__, exc)
         finally:
             self.clients -= 1
             self._tasks.discard(task)
-            self._conns.pop(task, None)
+            self._remove(task)
             writer.close()
+
+    def _admit(self, uid: int) -> str:
+        """'' when a new connection of uid may have a slot (evicting one if need be), or why not."""
+        if uid not in self.privileged and self._held.get(uid, 0) >= self.per_uid:
+            return f"too many connections for uid {uid} (max {self.per_uid})"
+        if self.clients <= self.max_clients or self._evict() or self._evict_for(uid):
+            return ""
+        return f"too many clients (max {self.max_clients})"
+
+    def _add(self, task: asyncio.Task[None], conn: _Connection) -> None:
+        self._conns[task] = conn
+        self._held[conn.uid] = self._held.get(conn.uid, 0) + 1
+
+    def _remove(self, task: asyncio.Task[None]) -> _Connection | None:
+        conn = self._conns.pop(task, None)
+        if conn is not None:
+            left = self._held[conn.uid] - 1
+            if left:
+                self._held[conn.uid] = left
+            else:
+                del self._held[conn.uid]
+        return conn
+
+    def _evict_for(self, uid: int) -> bool:
+        """Every slot busy: take the oldest of the user holding the most, if that is fairer."""
+        others = [(n, u) for u, n in self._held.items() if u not in self.privileged]
+        if not others:
+            return False
+        most, top = max(others)
+        if uid not in self.privileged and self._held.get(uid, 0) + 2 > most:
+            return False  # the newcomer's user already holds about as many: no fairer
+        task = next(t for t, c in self._conns.items() if c.uid == top)
+        self._drop(task)
+        return True
+
+    def _drop(self, task: asyncio.Task[None]) -> None:
+        """Take a connection's slot now; its task ends on the abort."""
+        conn = self._remove(task)
+        assert conn is not None
+        conn.writer.transport.abort()
+        self.evicted += 1
 
     def _evict(self) -> bool:
         """Drop the connection longest silent before its first request, or longest not reading.
@@ -259,14 +315,10 @@ class Server:
         victims = [(c.since, t) for t, c in self._conns.items() if c.evictable and c.since < limit]
         if not victims:
             return False
-        task = min(victims, key=lambda victim: victim[0])[1]
-        conn = self._conns.pop(task)  # counted out now; its task ends on the abort
-        conn.writer.transport.abort()
-        self.evicted += 1
+        self._drop(min(victims, key=lambda victim: victim[0])[1])
         return True
 
-    async def _peer(self, writer: asyncio.StreamWriter) -> Peer:
-        pid, uid, gid = peer_credentials(writer.get_extra_info("socket"))
+    async def _peer(self, pid: int, uid: int, gid: int) -> Peer:
         if uid == 0:
             return authorize(pid, uid, gid, self.gid)  # root: no lookup at all
         now = time.monotonic()
@@ -311,6 +363,8 @@ class Server:
             if not peer.may_read or (req.permission == ADMIN and not peer.may_admin):
                 raise ProtocolError(FORBIDDEN, f"uid {peer.uid} may not run {req.cmd!r}")
         except ProtocolError as exc:
+            if exc.code == BAD_JSON and protocol.too_deep(line):
+                self._log.log(logging.WARNING, "uid %d pid %d: %s", peer.uid, peer.pid, exc)
             return protocol.encode_reply_err(exc.code, exc.message)
         return await self.answer(req, line, peer)
 

@@ -1,8 +1,16 @@
-"""NFQUEUE binding, queue flags and verdicts: the only netfilterqueue import."""
+"""One NFQUEUE: binding, flags, batched reads and batch verdicts. The only netfilterqueue import.
+
+netfilterqueue keeps the binding (bind, copy mode, length, buffer, get_fd); the hot loop reads
+the netlink messages itself: recvmmsg() takes up to BATCH queued packets in one system call,
+each into a fixed slot of one buffer; one NFQNL_MSG_VERDICT_BATCH accepts all of them (every id
+up to the highest) before a single byte is metered; then the whole batch goes to `consume`.
+Nothing waits for a batch to fill: a read takes what is queued now, so no packet waits for its
+verdict longer than the batch before it took to meter.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import ctypes
 import errno
 import logging
 import os
@@ -15,19 +23,17 @@ import netfilterqueue
 
 from trafmetuxd import nfqconfig
 from trafmetuxd.logs import RateLimitedLog
-from trafmetuxd.spec import DIR_IN, DIR_OUT, CaptureSpec
+from trafmetuxd.nfbatch import last_packet_id
+from trafmetuxd.spec import CaptureSpec
 
 log = logging.getLogger("trafmetuxd.capture")
 
-Handle = Callable[[float, bytes, int, str], None]
+# consume(ts, buf, count, slot): meter `count` messages received into slots of `slot` bytes
+Consume = Callable[[float, bytes, int, int], None]
 
-# Hooks up to LOCAL_IN (PREROUTING 0, INPUT 1) see arriving packets; the others (FORWARD 2,
-# OUTPUT 3, POSTROUTING 4) are told by their output interface.
-NF_INET_LOCAL_IN = 1
-# Messages taken per wake-up: the queue is drained in bounded batches so that under overload
-# the event loop still runs the flush timer, the API and the watchdog between batches.
-BATCH = 256
-_RECV_SIZE = 4096  # the binding's own buffer size; copy_range keeps messages far smaller
+BATCH = 64  # messages per read and per verdict at most
+SLOT_SPARE = 512  # bytes per slot beyond the copied payload: the message's other attributes
+MSG_DONTWAIT = 0x40
 
 
 class CaptureError(Exception):
@@ -37,63 +43,116 @@ class CaptureError(Exception):
 class CaptureStats:
     """Counters of the capture path (read by status and the accuracy audit)."""
 
-    __slots__ = ("errors", "last_error", "packets", "unmetered")
+    __slots__ = ("batches", "errors", "last_error", "messages", "unmetered")
 
     def __init__(self) -> None:
-        self.packets = 0  # packets given a verdict by the callback
+        self.messages = 0  # netlink messages received (packets, and the odd error answer)
+        self.batches = 0  # batch verdicts sent
         self.errors = 0  # exceptions caught on the packet path or the reader
         self.last_error = ""
         self.unmetered = 0  # packets accepted while configuring the queue, never metered
 
 
-class _Batch:
-    """A socket-like reader for run_socket() that reports EAGAIN after BATCH messages."""
+class _IoVec(ctypes.Structure):
+    _fields_ = (("base", ctypes.c_void_p), ("len", ctypes.c_size_t))
 
-    __slots__ = ("left", "sock")
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.left = 0
+class _MsgHdr(ctypes.Structure):
+    _fields_ = (
+        ("name", ctypes.c_void_p),
+        ("namelen", ctypes.c_uint32),
+        ("iov", ctypes.POINTER(_IoVec)),
+        ("iovlen", ctypes.c_size_t),
+        ("control", ctypes.c_void_p),
+        ("controllen", ctypes.c_size_t),
+        ("flags", ctypes.c_int),
+    )
 
-    def recv(self, size: int) -> bytes:
-        """One netlink message, or EAGAIN once the batch is used up (ends run_socket)."""
-        if self.left <= 0:
-            raise BlockingIOError(errno.EAGAIN, "batch done")
-        self.left -= 1
-        return self.sock.recv(size, socket.MSG_DONTWAIT)
+
+class _MMsgHdr(ctypes.Structure):
+    _fields_ = (("hdr", _MsgHdr), ("len", ctypes.c_uint))
+
+
+class Receiver:
+    """recvmmsg(2) into BATCH fixed-size slots of one buffer, set up once."""
+
+    def __init__(self, fd: int, slot: int, batch: int = BATCH) -> None:
+        self.fd = fd
+        self.slot = slot
+        self.batch = batch
+        self._buf = ctypes.create_string_buffer(slot * batch)
+        self._addr = ctypes.addressof(self._buf)
+        self._iov = (_IoVec * batch)()
+        self._vec = (_MMsgHdr * batch)()
+        for i in range(batch):
+            self._iov[i].base = self._addr + i * slot
+            self._iov[i].len = slot
+            self._vec[i].hdr.iov = ctypes.pointer(self._iov[i])
+            self._vec[i].hdr.iovlen = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._recvmmsg = libc.recvmmsg
+        self._recvmmsg.argtypes = (
+            ctypes.c_int,
+            ctypes.POINTER(_MMsgHdr),
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_void_p,
+        )
+        self._recvmmsg.restype = ctypes.c_int
+
+    def receive(self) -> tuple[bytes, int]:
+        """(the filled slots' bytes, message count); count 0 when nothing is queued now."""
+        count = self._recvmmsg(self.fd, self._vec, self.batch, MSG_DONTWAIT, None)
+        if count < 0:
+            code = ctypes.get_errno()
+            if code in (errno.EAGAIN, errno.EINTR):
+                return b"", 0
+            raise OSError(code, os.strerror(code))
+        return ctypes.string_at(self._addr, count * self.slot), count
 
 
 class Capture:
-    """One bound NFQUEUE feeding handle(ts, ip_bytes, direction, iface) and accepting all."""
+    """One bound NFQUEUE: every packet is accepted in batches, then handed to consume."""
 
     def __init__(
         self,
         spec: CaptureSpec,
-        handle: Handle,
+        queue: int,
+        consume: Consume,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._spec = spec
-        self._handle = handle
+        self.queue = queue
+        self._consume = consume
         self._clock = clock
-        self._now = clock()
-        self._queue: netfilterqueue.NetfilterQueue | None = None
+        self._binding: netfilterqueue.NetfilterQueue | None = None
         self._sock: socket.socket | None = None
-        self._batch: _Batch | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._names: dict[int, str] = {}
+        self._receiver: Receiver | None = None
+        self._seq = 0
         self._errlog = RateLimitedLog(log)
         self.stats = CaptureStats()
 
+    @property
+    def slot(self) -> int:
+        """Bytes per received message at most: the copied payload and its attributes."""
+        return self._spec.copy_range + SLOT_SPARE
+
+    def fileno(self) -> int:
+        """The queue socket's descriptor (poll it for readability)."""
+        if self._sock is None:
+            raise CaptureError("fileno() before open()")
+        return self._sock.fileno()
+
     def open(self) -> None:
         """Bind the queue (copy mode, length, buffer), then set fail-open; CaptureError if not."""
-        spec = self._spec
+        spec, queue = self._spec, self.queue
         try:
-            queue = netfilterqueue.NetfilterQueue()
+            binding = netfilterqueue.NetfilterQueue()
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                queue.bind(
-                    spec.queue,
-                    self._on_packet,
+                binding.bind(
+                    queue,
+                    _never_called,
                     max_len=spec.queue_maxlen,
                     mode=netfilterqueue.COPY_PACKET,
                     range=spec.copy_range,
@@ -101,18 +160,20 @@ class Capture:
                 )
         except OSError as exc:
             raise CaptureError(
-                f"cannot bind NFQUEUE {spec.queue}: {exc}. Another process may hold this queue "
+                f"cannot bind NFQUEUE {queue}: {exc}. Another process may hold this queue "
                 "(see /proc/net/netfilter/nfnetlink_queue) or CAP_NET_ADMIN is missing; choose "
                 "another capture.queue or stop the other consumer"
             ) from exc
         for warning in caught:
-            log.warning("NFQUEUE %d: %s", spec.queue, warning.message)
-        self._queue = queue
-        fd = queue.get_fd()
+            log.warning("NFQUEUE %d: %s", queue, warning.message)
+        self._binding = binding
+        fd = binding.get_fd()
+        # The binding's own socket (a duplicate descriptor of it): verdicts must come from the
+        # queue's owner, and when this process dies the kernel unbinds the queue at once.
         self._sock = socket.socket(
             socket.AF_NETLINK, socket.SOCK_RAW, nfqconfig.NETLINK_NETFILTER, os.dup(fd)
         )
-        self._batch = _Batch(self._sock)
+        self._receiver = Receiver(self._sock.fileno(), self.slot)
         self._set_flags(fd)
 
     def _set_flags(self, fd: int) -> None:
@@ -121,97 +182,72 @@ class Capture:
         wanted = nfqconfig.NFQA_CFG_F_FAIL_OPEN if spec.fail_open else 0
         mask = nfqconfig.NFQA_CFG_F_FAIL_OPEN | nfqconfig.NFQA_CFG_F_GSO
         try:
-            self.stats.unmetered += nfqconfig.set_queue_flags(fd, spec.queue, wanted, mask)
+            self.stats.unmetered += nfqconfig.set_queue_flags(fd, self.queue, wanted, mask)
         except OSError as exc:
             if not spec.fail_open:
-                log.warning("NFQUEUE %d: cannot set queue flags: %s", spec.queue, exc)
+                log.warning("NFQUEUE %d: cannot set queue flags: %s", self.queue, exc)
                 return
             self.close()
             raise CaptureError(
-                f"cannot set fail-open on NFQUEUE {spec.queue}: {exc}. The kernel would drop "
+                f"cannot set fail-open on NFQUEUE {self.queue}: {exc}. The kernel would drop "
                 "packets whenever the queue is full; refusing to start. Set "
                 "capture.fail_open = false to run without it"
             ) from exc
 
-    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start taking packets on the event loop."""
-        if self._sock is None:
-            raise CaptureError("attach() before open()")
-        self._loop = loop
-        loop.add_reader(self._sock.fileno(), self._on_readable)
-
-    def detach(self) -> None:
-        """Stop taking packets (the rules' bypass or the queue's fail-open takes over)."""
-        if self._loop is not None and self._sock is not None:
-            self._loop.remove_reader(self._sock.fileno())
-        self._loop = None
-
     def close(self) -> None:
         """Verdict what is still queued, then unbind (call after the rules are removed)."""
-        self.detach()
-        if self._queue is not None and self._batch is not None:
-            # Unbinding drops every packet still waiting for a verdict: drain them first.
-            self.drain(limit=self._spec.queue_maxlen + BATCH)
-        if self._queue is not None:
-            self._queue.unbind()
-            self._queue = None
+        if self._binding is not None and self._receiver is not None:
+            # Unbinding drops every packet still waiting for a verdict: take them first.
+            self.drain(batches=self._spec.queue_maxlen // BATCH + 2)
+        if self._binding is not None:
+            self._binding.unbind()
+            self._binding = None
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-        self._batch = None
+        self._receiver = None
 
-    def drain(self, limit: int = BATCH) -> None:
-        """Take up to `limit` queued messages now, without blocking."""
-        queue, batch = self._queue, self._batch
-        if queue is None or batch is None:
+    def drain(self, batches: int = 16) -> int:
+        """Take up to `batches` batches queued now, without blocking; the packets taken."""
+        receiver, sock = self._receiver, self._sock
+        if receiver is None or sock is None:
+            return 0
+        taken = 0
+        for _ in range(batches):
+            try:
+                buf, count = receiver.receive()
+            except OSError as exc:
+                self._fail(exc)  # ENOBUFS: the kernel could not queue to us (fail-open took it)
+                continue
+            if count == 0:
+                break
+            taken += count
+            self.stats.messages += count
+            self._verdict(sock, last_packet_id(buf, count, receiver.slot))
+            try:
+                self._consume(self._clock(), buf, count, receiver.slot)
+            except Exception as exc:  # a metering bug must never stop the verdicts
+                self._fail(exc)
+        return taken
+
+    def _verdict(self, sock: socket.socket, last_id: int) -> None:
+        """Accept every queued packet up to last_id (the verdict comes before any metering)."""
+        if last_id < 0:
             return
-        self._now = self._clock()
-        batch.left = limit
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
         try:
-            queue.run_socket(batch)  # type: ignore[arg-type]  # it only calls recv()
+            sock.send(nfqconfig.verdict_batch_message(self.queue, last_id, self._seq))
+            self.stats.batches += 1
         except OSError as exc:
             self._fail(exc)
-
-    def refresh_interfaces(self) -> None:
-        """Forget cached interface names (renames); looked up again on the next packet."""
-        self._names = {}
-
-    def _on_readable(self) -> None:
-        """Event-loop reader: one bounded batch, one clock reading for all of it."""
-        self.drain(BATCH)
-
-    def _on_packet(self, pkt: netfilterqueue.Packet) -> None:
-        """Accept first, then meter; nothing raised here reaches the binding."""
-        try:
-            # The verdict goes out before any metering: the network never waits on the meter.
-            # The payload stays readable until this callback returns (netfilterqueue 1.1).
-            pkt.accept()
-            self.stats.packets += 1
-            if pkt.hook <= NF_INET_LOCAL_IN:
-                direction, ifindex = DIR_IN, pkt.indev
-            else:
-                direction, ifindex = DIR_OUT, pkt.outdev
-            name = self._names.get(ifindex)
-            if name is None:
-                name = self._resolve(ifindex)
-            self._handle(self._now, pkt.get_payload(), direction, name)
-        except Exception as exc:
-            self._fail(exc)
-
-    def _resolve(self, ifindex: int) -> str:
-        """Interface name for an index, refreshing the whole map (interfaces come and go)."""
-        try:
-            self._names = dict(socket.if_nameindex())
-        except OSError:
-            self._names = {}
-        name = self._names.get(ifindex)
-        if name is None:
-            # Gone already (or index 0): a stable placeholder, not cached so it is retried.
-            return f"if{ifindex}"
-        return name
 
     def _fail(self, exc: BaseException) -> None:
         """Count an error and log it at a limited rate."""
         self.stats.errors += 1
         self.stats.last_error = f"{type(exc).__name__}: {exc}"
         self._errlog.error("capture error (packets still accepted): %s", self.stats.last_error)
+
+
+def _never_called(pkt: netfilterqueue.Packet) -> None:
+    """The binding's callback: never run, since its own loop never reads the socket."""
+    pkt.accept()

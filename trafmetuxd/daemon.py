@@ -1,4 +1,9 @@
-"""Composition root: builds every object, runs the flush timer, signals, reload and shutdown."""
+"""The metering side's core: shipments in, flush collectors, the store, reload and status.
+
+Live, the packets are counted by the capture workers (worker.py), whose shipments are staged
+here until the next flush; a replay counts with the in-process meter. Either way a flush merges
+what was staged (and swapped) into the flush collectors and writes them in one transaction.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from trafmetuxd.collector import Flows, Snapshot, Totals
 from trafmetuxd.flush import Flusher
 from trafmetuxd.meter import Meter
 from trafmetuxd.rates import RateSampler
-from trafmetuxd.spec import Config
+from trafmetuxd.spec import Config, MonitorSpec
 from trafmetuxd.store import Store
 
 log = logging.getLogger("trafmetuxd")
@@ -54,6 +59,18 @@ async def _no_extra_status() -> dict[str, object]:
     return {}
 
 
+async def _nothing_to_refresh() -> None:
+    return None
+
+
+Refresh = Callable[[], Awaitable[object]]
+Reconfigure = Callable[[tuple[MonitorSpec, ...]], Awaitable[None]]
+
+
+async def _no_workers(monitors: tuple[MonitorSpec, ...]) -> None:
+    return None
+
+
 class Daemon:
     """The metering core and its persistence, shared by live capture and replay."""
 
@@ -73,12 +90,37 @@ class Daemon:
         self._last_sweep = clock()
         self._swapped: dict[str, tuple[int, int]] = {}
         self.extra_status: Callable[[], Awaitable[dict[str, object]]] = _no_extra_status
+        # Live: the capture workers' shipments wait here for the next flush (loop thread only).
+        self.staged: list[tuple[str, Snapshot]] = []
+        self.shipped: dict[str, int] = {}  # the workers' stats, summed over every shipment
+        self.refresher: Refresh = _nothing_to_refresh  # have the workers ship what they counted
+        self.reconfigure_workers: Reconfigure = _no_workers
+
+    async def refresh(self) -> object:
+        """Have the capture workers ship what they counted so far (a bounded wait)."""
+        return await self.refresher()
+
+    def stage(self, batches: list[tuple[str, Snapshot]], stats: dict[str, int]) -> None:
+        """Keep a worker's shipment for the next flush (reports count it from now on)."""
+        self._note_swapped(batches)
+        self.staged.extend(batches)
+        for key, value in stats.items():
+            self.shipped[key] = self.shipped.get(key, 0) + value
+
+    def meter_stats(self) -> dict[str, int]:
+        """The in-process meter's counters plus the workers' (what status calls "meter")."""
+        out = self.meter.stats.as_dict()
+        for key in out:
+            out[key] += self.shipped.get(key, 0)
+        return out
 
     # -- flushing ---------------------------------------------------------------------------
     def _swap(self) -> list[tuple[str, Snapshot]]:
-        batches = self.meter.swap()  # O(1) per monitor: the packet loop barely notices
+        """What the next write takes: the staged shipments and the in-process meter's counts."""
+        batches = self.meter.swap()  # O(1) per monitor
         self._note_swapped(batches)
-        return batches
+        staged, self.staged = self.staged, []
+        return staged + batches
 
     def _absorb_and_write(self, batches: list[tuple[str, Snapshot]], when: float) -> bool:
         """Merge into the flush collectors, write them, forget what committed.
@@ -155,6 +197,7 @@ class Daemon:
         delay verdicts. Readers of the flush collectors hold flush_lock, so they never see a
         merge half done nor the moment a snapshot is in neither place.
         """
+        await self.refresh()  # the workers' counts up to now: staged before the swap below
         async with self.flush_lock:
             when = self.clock()
             batches = self._swap()
@@ -169,6 +212,8 @@ class Daemon:
         out: dict[str, Totals] = {}
         for name, totals in self.flusher.unflushed_totals().items():
             merge_counts(out.setdefault(name, {}), totals)
+        for name, snap in self.staged:
+            merge_counts(out.setdefault(name, {}), snap.totals)
         for spec, coll in zip(self.meter.monitors, self.meter.collectors, strict=True):
             merge_counts(out.setdefault(spec.name, {}), coll.totals)
         return out
@@ -179,6 +224,9 @@ class Daemon:
         held = self.flusher.collectors.get(monitor)
         if held is not None:
             merge_counts(out, held.pending().flows)
+        for name, snap in self.staged:
+            if name == monitor:
+                merge_counts(out, snap.flows)
         for spec, coll in zip(self.meter.monitors, self.meter.collectors, strict=True):
             if spec.name == monitor:
                 merge_counts(out, coll.flows)
@@ -208,7 +256,7 @@ class Daemon:
             "config": str(self.config.path),
             "database": str(self.config.database),
             "monitors": self.meter.names,
-            "meter": self.meter.stats.as_dict(),
+            "meter": self.meter_stats(),
             "flush": {
                 "interval": self.config.flush_interval,
                 "last_attempt": state.last_attempt or None,
@@ -217,6 +265,7 @@ class Daemon:
                 "failures": state.failures,
                 "error": state.last_error or None,
                 "held_bytes": state.held_bytes,
+                "database_recreated": state.database_recreated,
             },
             "reload_error": self.reload_error or None,
             **(await self.extra_status()),
@@ -240,6 +289,8 @@ class Daemon:
             self.flusher.absorb(self.meter.reconfigure(new.monitors))
             self.flusher.configure(new.monitors)
             self.flusher.zone = periods.resolve_zone(new.timezone)
+        # Workers ship what their dropped or rebuilt collectors held: staged for the next flush.
+        await self.reconfigure_workers(new.monitors)
         keep = {k: getattr(self.config, k) for k in restart}
         self.config = replace(new, **keep)  # restart-only keys keep their old values
         self.reload_error = ""

@@ -91,7 +91,9 @@ class FlowLog:
         path = self.path(flush_time_local)
         try:
             _make_dirs(path.parent)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+            # never through a symlink someone placed at the file's name
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(path, flags, FILE_MODE)
             try:
                 _write_all(fd, text.encode())
             finally:

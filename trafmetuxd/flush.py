@@ -38,6 +38,7 @@ class FlushState:
     last_error: str = ""
     flushes: int = 0
     held_bytes: int = 0  # counted but not committed, as of the last failed write
+    database_recreated: int = 0  # times the database was found deleted and made again
 
 
 class Flusher:
@@ -88,6 +89,8 @@ class Flusher:
         except Exception as exc:  # a bug must not cost counted bytes: keep them, like a fault
             log.exception("flush write raised")
             return self._failed(f"{type(exc).__name__}: {exc}")
+        finally:
+            self.state.database_recreated = self.store.recreated
         self._render_logs(when, batches)
         return True
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures.thread  # noqa: F401  asyncio.to_thread's, loaded before the uid switch
 import contextlib
 import ctypes
 import json
 import logging
 import os
+import pwd
 import resource
 import signal
 import socket
@@ -41,6 +43,10 @@ LINK_LIMIT = 1 << 28  # longest reply line from the daemon (it is trusted; flows
 
 _STOPPING = protocol.encode_reply_err(UNAVAILABLE, "the daemon is stopping")
 _PR_SET_PDEATHSIG = 1
+_PR_CAPBSET_DROP = 24
+_PR_SET_NO_NEW_PRIVS = 38
+CAP_LAST_CAP = Path("/proc/sys/kernel/cap_last_cap")
+USERS = ("trafmetux", "nobody")  # the front's user when the daemon runs as root: the first found
 _PR_CAP_AMBIENT = 47
 _PR_CAP_AMBIENT_CLEAR_ALL = 4
 _CAPABILITY_VERSION_3 = 0x20080522
@@ -173,9 +179,11 @@ async def serve(listener: socket.socket, link: socket.socket, args: argparse.Nam
         return with_socket_info(reply, server.info() | forwarder.info())
 
     resolved = (args.gid, args.group_found == 1)  # the daemon resolved it, and warned
+    privileged = frozenset({0, args.daemon_uid})  # always served, whoever fills the slots
     server = Server(
-        Path(args.path), args.group, answer, args.max_clients, args.idle_timeout, resolved
-    )
+        Path(args.path), args.group, answer, args.max_clients, args.idle_timeout, resolved,
+        privileged,
+    )  # fmt: skip
     await server.start(listener)
     await forwarder.read_replies(reader)
     await server.close(unlink=False)  # the daemon owns the socket file
@@ -199,6 +207,36 @@ def drop_privileges() -> None:
     empty = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable: two words each
     if libc.capset(header, empty) != 0:
         raise OSError(ctypes.get_errno(), "capset: cannot drop capabilities")
+    # nothing exec'd from here (a setuid binary, file capabilities) may gain a privilege
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl: cannot set no_new_privs")
+
+
+def unprivileged_user() -> pwd.struct_passwd:
+    """The user the front becomes when started as root: trafmetux, else nobody."""
+    for name in USERS:
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name)
+    raise OSError(f"none of the users {', '.join(USERS)} exists; the front will not run as root")
+
+
+def leave_root() -> None:
+    """Started as root: empty the capability bounding set and become an unprivileged user.
+
+    Root without capabilities still owns root's files (the database, the config) and could
+    regain every capability by exec'ing; as another uid with an empty bounding set it can
+    do neither. The listening socket and the link are already open: they stay usable.
+    """
+    if os.geteuid() != 0:
+        return
+    user = unprivileged_user()
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in range(int(CAP_LAST_CAP.read_text()) + 1):
+        if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), f"prctl: cannot drop capability {cap}")
+    os.setgroups([])
+    os.setresgid(user.pw_gid, user.pw_gid, user.pw_gid)
+    os.setresuid(user.pw_uid, user.pw_uid, user.pw_uid)
 
 
 def client_limit(wanted: int) -> int:
@@ -237,7 +275,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     logs.setup()
     args.max_clients = client_limit(args.max_clients)
+    args.daemon_uid = os.getuid()  # the daemon's: this process was started with it
+    leave_root()
     drop_privileges()
+    die_with_parent(args.parent)  # again: changing the uid cleared the parent-death signal
     listener = socket.socket(fileno=args.listen_fd)
     link = socket.socket(fileno=args.link_fd)
     return asyncio.run(serve(listener, link, args))

@@ -24,6 +24,9 @@ class Backend(Protocol):
     config: Config
     flush_lock: asyncio.Lock
 
+    async def refresh(self) -> object:
+        """Have the capture workers ship what they counted so far (bounded wait)."""
+
     def unflushed(self) -> dict[str, Totals]:
         """Per monitor: minute totals counted but not committed yet."""
 

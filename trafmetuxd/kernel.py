@@ -39,17 +39,27 @@ class QueueStats(NamedTuple):
     id_sequence: int  # last packet id handed out
 
 
-def queue_stats(queue: int, path: Path = PROC_QUEUE) -> QueueStats | None:
-    """The kernel's counters for a bound queue; None when it is not bound (or no module)."""
+def queue_table(path: Path = PROC_QUEUE) -> dict[int, QueueStats]:
+    """The kernel's counters of every bound queue (none when the module is not loaded)."""
     try:
         text = path.read_text()
     except OSError:
-        return None
+        return {}
+    out = {}
     for line in text.splitlines():
         fields = line.split()
-        if len(fields) >= 8 and fields[0].isdigit() and int(fields[0]) == queue:
-            return QueueStats(*(int(f) for f in fields[:8]))
-    return None
+        if len(fields) >= 8 and fields[0].isdigit():
+            try:
+                stats = QueueStats(*(int(f) for f in fields[:8]))
+            except ValueError:
+                continue
+            out[stats.queue] = stats
+    return out
+
+
+def queue_stats(queue: int, path: Path = PROC_QUEUE) -> QueueStats | None:
+    """The kernel's counters for a bound queue; None when it is not bound (or no module)."""
+    return queue_table(path).get(queue)
 
 
 def interface_matches(spec: CaptureSpec, option: str) -> list[list[str]]:
@@ -74,8 +84,16 @@ class QueueRules:
         self._spec = spec
 
     def target(self) -> list[str]:
-        """NFQUEUE with bypass: with no consumer bound the kernel accepts instead of dropping."""
-        return ["-j", "NFQUEUE", "--queue-num", str(self._spec.queue), "--queue-bypass"]
+        """NFQUEUE with bypass: with no consumer bound the kernel accepts instead of dropping.
+
+        Several queues share the packets by CPU (--queue-cpu-fanout): each CPU's packets go to
+        one queue, so a flow stays on one worker as long as its packets arrive on one CPU.
+        """
+        first, count = self._spec.queue, self._spec.queues
+        if count <= 1:
+            return ["-j", "NFQUEUE", "--queue-num", str(first), "--queue-bypass"]
+        balance = f"{first}:{first + count - 1}"
+        return ["-j", "NFQUEUE", "--queue-balance", balance, "--queue-cpu-fanout", "--queue-bypass"]
 
     def install(self) -> None:
         """Create or refill our chains and keep exactly one jump to each (idempotent)."""

@@ -237,6 +237,31 @@ class Meter:
         except Exception:  # a bug in a stage must never stop metering
             self.stats.errors += 1
 
+    def feed_frames(
+        self,
+        frames: list[tuple[float, bytes | None, str]],
+        start: int,
+        stop_at: float,
+        local: LocalNetworks,
+        iface: str,
+        skipped: dict[str, int],
+    ) -> int:
+        """Meter a capture's frames from `start` until one at or after `stop_at` (replay).
+
+        Returns that frame's index, or len(frames) when all were metered. A frame without an
+        IP packet is counted in `skipped` under the reason the reader gave.
+        """
+        feed = self.feed_local
+        for i in range(start, len(frames)):
+            ts, ip, why = frames[i]
+            if ts >= stop_at:
+                return i
+            if ip is None:
+                skipped[why] = skipped.get(why, 0) + 1
+            else:
+                feed(ts, ip, local, iface)
+        return len(frames)
+
     def _count(self, ts: float, pkt: PacketInfo, direction: int, iface: str) -> None:
         stats = self.stats
         if direction == DIR_OUT:

@@ -19,6 +19,7 @@ NFNL_SUBSYS_QUEUE = 3
 NFQNL_MSG_PACKET = 0
 NFQNL_MSG_VERDICT = 1
 NFQNL_MSG_CONFIG = 2
+NFQNL_MSG_VERDICT_BATCH = 3
 NFQA_PACKET_HDR = 1
 NFQA_VERDICT_HDR = 2
 NFQA_CFG_MASK = 4
@@ -76,6 +77,13 @@ def accept_message(queue: int, packet_id: int, seq: int) -> bytes:
     """NFQNL_MSG_VERDICT accepting one packet."""
     attrs = _attr(NFQA_VERDICT_HDR, struct.pack("!II", NF_ACCEPT, packet_id))
     msg_type = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_VERDICT
+    return _message(msg_type, NLM_F_REQUEST, seq, queue, attrs)
+
+
+def verdict_batch_message(queue: int, last_id: int, seq: int) -> bytes:
+    """NFQNL_MSG_VERDICT_BATCH accepting every queued packet whose id is <= last_id."""
+    attrs = _attr(NFQA_VERDICT_HDR, struct.pack("!II", NF_ACCEPT, last_id))
+    msg_type = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_VERDICT_BATCH
     return _message(msg_type, NLM_F_REQUEST, seq, queue, attrs)
 
 

@@ -8,6 +8,7 @@ Reply:    {"ok": true, "result": ...}
 from __future__ import annotations
 
 import json
+import re
 from collections import namedtuple
 from collections.abc import Callable, Mapping
 
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
 
 VERSION = 1
 MAX_LINE = 64 * 1024  # bytes per request line, newline not counted
+MAX_DEPTH = 32  # nesting of arrays and objects in a request (a real one nests 2 deep)
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')  # a JSON string: its brackets do not nest
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 # Stable error codes: clients and scripts may switch on them.
 BAD_JSON = "bad_json"
@@ -182,6 +186,18 @@ def _loads_object(line: bytes) -> dict[str, Any]:
     return obj
 
 
+def too_deep(line: bytes) -> bool:
+    """True when the arrays and objects of a JSON text nest deeper than MAX_DEPTH (unparsed)."""
+    if line.count(b"[") + line.count(b"{") <= MAX_DEPTH:
+        return False  # the usual case, at C speed
+    depth = 0
+    for byte in _STRING.sub(b"", line).translate(None, _NOT_BRACKETS):
+        depth += 1 if byte in b"[{" else -1
+        if depth > MAX_DEPTH:
+            return True
+    return False
+
+
 def encode_request(cmd: str, **args: Any) -> bytes:
     """One request line; arguments whose value is None are left out."""
     return _dumps({"v": VERSION, "cmd": cmd, **{k: v for k, v in args.items() if v is not None}})
@@ -191,6 +207,9 @@ def decode_request(line: bytes) -> Request:
     """Parse and validate one request line or raise ProtocolError."""
     if len(line.rstrip(b"\n")) > MAX_LINE:
         raise ProtocolError(TOO_LARGE, f"line longer than {MAX_LINE} bytes")
+    # json recurses once per level: 3,000 '[' would raise RecursionError instead of an answer
+    if too_deep(line):
+        raise ProtocolError(BAD_JSON, f"arrays and objects nested deeper than {MAX_DEPTH}")
     obj = _loads_object(line)
     if obj.pop("v", VERSION) != VERSION:
         raise ProtocolError(BAD_REQUEST, f"unsupported protocol version (this is {VERSION})")

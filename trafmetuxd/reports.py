@@ -30,6 +30,7 @@ async def sums(
 ) -> query.Sums:
     """Stored sums plus unflushed minutes, read under the flush lock so nothing counts twice."""
     db = backend.config.database
+    await backend.refresh()  # the capture workers' counts up to this request
     async with backend.flush_lock:
         result = await asyncio.to_thread(reader.bucket_sums, db, names, bounds, grain)
         pending = backend.unflushed()
@@ -154,6 +155,8 @@ async def merged_flows(
 ) -> query.TextFlows:
     """Stored flows in [begin, end) plus unflushed ones when the range reaches now."""
     db = backend.config.database
+    if end > now:
+        await backend.refresh()  # the capture workers' counts up to this request
     async with backend.flush_lock:
         out = await asyncio.to_thread(query.flows, db, name, begin, end)
         pending = backend.unflushed_flows(name) if end > now else {}

@@ -1,26 +1,34 @@
-"""The long-running service: capture, control socket, flush timer, watchdog, signals."""
+"""The long-running service: capture workers, control socket, flush timer, watchdog, signals."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 
 from trafmetuxd.api import local_answer
-from trafmetuxd.capture import Capture
 from trafmetuxd.daemon import Daemon, tune_switch_interval
 from trafmetuxd.handlers import Handlers
-from trafmetuxd.kernel import KernelError, QueueRules, queue_stats
+from trafmetuxd.kernel import KernelError, QueueRules, queue_table
 from trafmetuxd.link import Front
 from trafmetuxd.notify import Notifier
 from trafmetuxd.quota import QuotaWatcher
-from trafmetuxd.spec import DIR_IN, DIR_OUT
+from trafmetuxd.spec import DIR_IN, DIR_OUT, MonitorSpec
+from trafmetuxd.workers import Workers
 
 log = logging.getLogger("trafmetuxd")
 
 RATE_SAMPLE_EVERY = 1.0
+# The watchdog is fed only while the packet path and the flush path make progress: the stall
+# guard has looked within this many seconds and no queue has been without a worker for as long,
+# and no flush has been running (or been overdue) for longer than FLUSH_PATIENCE.
+PROGRESS_LIMIT = 5.0
+FLUSH_PATIENCE = 30.0
+# The main process (flushes, reports) yields the CPU to its capture workers under contention.
+MAIN_NICE = 5
 # The audit runs iptables on the event loop; a client asking for status in a loop must not
 # turn that into a stall of the meter, so one audit serves every status request for this long.
 AUDIT_TTL = 0.2
@@ -33,11 +41,12 @@ class Service:
         self.daemon = daemon
         self.notifier = notifier
         self.live = live
-        self.capture: Capture | None = None
+        self.workers: Workers | None = None
         self.rules: QueueRules | None = None
         self.stop = asyncio.Event()
         self.hup = asyncio.Event()
-        self.flush_tick = time.monotonic()
+        self.flush_tick = time.monotonic()  # when the flush timer last came round
+        self.flush_busy_since: float | None = None  # a flush running since then
         self.handlers = Handlers(daemon)
         self.quotas = QuotaWatcher()
         self.front: Front | None = None
@@ -54,7 +63,7 @@ class Service:
         loop.add_signal_handler(signal.SIGHUP, self.hup.set)
         try:
             if self.live:
-                self._start_capture(loop)
+                await self._start_capture()
             cfg = self.daemon.config
             cfg.socket.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
             self.front = Front(cfg.socket, cfg.socket_group, local_answer(self.handlers.table()))
@@ -66,7 +75,7 @@ class Service:
             await self._main_loop()
         finally:
             self.notifier.stopping()
-            self._stop_capture()
+            await self._stop_capture()
             if self.front is not None:
                 await self.front.stop()
             ok = await self.daemon.flush()
@@ -74,23 +83,29 @@ class Service:
             self.daemon.close()  # and checkpoints the WAL
         return 0 if ok["flushed"] else 1
 
-    def _start_capture(self, loop: asyncio.AbstractEventLoop) -> None:
-        spec = self.daemon.config.capture
-        self.capture = Capture(spec, self.daemon.meter.feed)
-        self.capture.open()  # bind, copy mode, fail-open: before any rule sends traffic
+    async def _start_capture(self) -> None:
+        daemon = self.daemon
+        spec = daemon.config.capture
+        nice = lower_priority()
+        self.workers = Workers(spec, daemon.config.monitors, daemon.stage, nice)
+        daemon.refresher = self.workers.refresh
+        daemon.reconfigure_workers = self._reconfigure_workers
+        await self.workers.start()  # every queue bound, fail-open set: before any rule
         if spec.manage_rules:
             self.rules = QueueRules(spec)
-            self.rules.install()
-        self.capture.attach(loop)
+            await asyncio.to_thread(self.rules.install)
 
-    def _stop_capture(self) -> None:
-        # Rules first: packets then bypass the queue instead of waiting on a closing socket.
+    async def _reconfigure_workers(self, monitors: tuple[MonitorSpec, ...]) -> None:
+        if self.workers is not None:
+            await self.workers.reconfigure(monitors)
+
+    async def _stop_capture(self) -> None:
+        # Rules first: packets then bypass the queues instead of waiting on closing sockets.
         if self.rules is not None:
             with contextlib.suppress(KernelError):
-                self.rules.remove()
-        if self.capture is not None:
-            self.capture.detach()
-            self.capture.close()
+                await asyncio.to_thread(self.rules.remove)
+        if self.workers is not None:
+            await self.workers.stop()
 
     async def _main_loop(self) -> None:
         interval = self.daemon.config.flush_interval
@@ -105,7 +120,9 @@ class Service:
                     self.hup.clear()
                     await self._reload()
                 if loop.time() >= next_flush and not self.stop.is_set():
+                    self.flush_busy_since = time.monotonic()
                     await self.daemon.flush()
+                    self.flush_busy_since = None
                     next_flush = max(next_flush + interval, loop.time() + 1.0)
                     self._set_status()
                     await self._check_quotas()
@@ -124,27 +141,37 @@ class Service:
         self.notifier.ready()
         self._set_status(None if result["reloaded"] else "reload rejected: see the log")
 
+    def progressing(self) -> bool:
+        """Whether the packet path and the flush path both move (what feeds the watchdog)."""
+        now = time.monotonic()
+        busy = self.flush_busy_since
+        if busy is not None and now - busy > FLUSH_PATIENCE:
+            return False  # a flush stuck in the store
+        if now - self.flush_tick > self.daemon.config.flush_interval + FLUSH_PATIENCE:
+            return False  # the flush timer no longer comes round
+        return self.workers is None or self.workers.progressing(now, PROGRESS_LIMIT)
+
     async def _watchdog(self) -> None:
         every = self.notifier.watchdog_interval()
         if every is None:
             return
-        limit = 2 * self.daemon.config.flush_interval + 30.0
         while True:
-            if time.monotonic() - self.flush_tick < limit:
+            if self.progressing():
                 self.notifier.watchdog()
             await asyncio.sleep(every)
 
     async def _sample(self) -> None:
         while True:
+            await self.daemon.refresh()  # the workers' counts up to now, for one-second rates
             self.daemon.rates_sampler.sample(time.time(), self.daemon.cumulative_bytes())
             await asyncio.sleep(RATE_SAMPLE_EVERY)
 
     def _set_status(self, note: str | None = None) -> None:
-        stats = self.daemon.meter.stats
+        stats = self.daemon.meter_stats()
         state = self.daemon.flusher.state
         text = (
             f"{len(self.daemon.meter.monitors)} monitors, "
-            f"{stats.in_packets + stats.out_packets} packets, "
+            f"{stats['in_packets'] + stats['out_packets']} packets, "
             f"last flush {'failed' if state.failures else 'ok'}"
         )
         self.notifier.status(f"{text}; {note}" if note else text)
@@ -152,21 +179,27 @@ class Service:
     async def _capture_status(self) -> dict[str, object]:
         # "socket" (connections, evictions) is added by the front, which alone knows them
         out: dict[str, object] = {"front": self.front.info() if self.front else None}
-        if self.capture is None:
+        if self.workers is None:
             return {**out, "capture": None}
+        await self.daemon.refresh()  # the audit below compares the kernel with counts up to now
         spec = self.daemon.config.capture
-        stats = self.capture.stats
+        shipped = self.daemon.shipped
+        table = await asyncio.to_thread(queue_table)
         out |= {
             "capture": {
-                "queue": spec.queue,
-                "packets": stats.packets,
-                "errors": stats.errors,
-                "last_error": stats.last_error or None,
+                "queues": list(range(spec.queue, spec.queue + spec.queues)),
+                "stall_timeout": spec.stall_timeout,
+                "packets": shipped.get("packets", 0),
+                "truncated": shipped.get("truncated", 0),
+                "errors": shipped.get("errors_capture", 0),
+                "workers": self.workers.status(table),
             }
         }
-        queue = queue_stats(spec.queue)
-        if queue is not None:
-            out["queue"] = queue._asdict()
+        waiting = [table[q] for q in range(spec.queue, spec.queue + spec.queues) if q in table]
+        out["queue"] = {
+            "queue_dropped": sum(q.queue_dropped for q in waiting),
+            "user_dropped": sum(q.user_dropped for q in waiting),
+        }
         if self.rules is not None:
             out["audit"] = await self._cached_audit()
         return out
@@ -193,10 +226,10 @@ class Service:
             kernel = self.rules.counters()
         except KernelError as exc:
             return {"error": str(exc)}
-        stats = self.daemon.meter.stats
+        stats = self.daemon.meter_stats()
         metered = {
-            DIR_IN: (stats.in_packets, stats.in_bytes),
-            DIR_OUT: (stats.out_packets, stats.out_bytes),
+            DIR_IN: (stats["in_packets"], stats["in_bytes"]),
+            DIR_OUT: (stats["out_packets"], stats["out_bytes"]),
         }
         out: dict[str, object] = {}
         for direction, label in ((DIR_IN, "in"), (DIR_OUT, "out")):
@@ -210,6 +243,20 @@ class Service:
                 "unmetered_bytes": max(0, k_bytes - m_bytes),
             }
         return out
+
+
+def lower_priority() -> int | None:
+    """Lower this process's priority by MAIN_NICE; the priority its workers are to keep.
+
+    Linux priorities are per thread and inherited: done before any thread is started, it
+    covers the whole main process (the report and flush threads included).
+    """
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, min(19, base + MAIN_NICE))
+    except OSError:
+        return None
+    return base
 
 
 async def _wait_any(events: tuple[asyncio.Event, ...], timeout: float) -> None:

@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import stat
+import tempfile
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -48,20 +49,41 @@ def clear_stale(path: Path) -> None:
 
 
 def bind_socket(path: Path, gid: int) -> socket.socket:
-    """A listening socket at path with mode 0660 and the given group."""
+    """A listening socket at path with mode 0660 and the given group.
+
+    chown/chmod by path follow a symlink another user may put there between bind and chmod,
+    and fchmod on a socket's fd does not reach its file: so the socket is bound in a private
+    directory (0700, ours) where nobody else can swap the file, given its group and mode there,
+    and only then linked into place. link() never replaces what is at path.
+    """
     clear_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    private = Path(tempfile.mkdtemp(prefix=".trafmetuxd-", dir=path.parent))
+    staged = private / "s"
     try:
-        # the default umask leaves no write bit for others, so nobody can connect before chmod
-        sock.bind(str(path))
-        os.chown(path, -1, gid)
-        os.chmod(path, SOCKET_MODE)
+        sock.bind(str(staged))
+        os.chown(staged, -1, gid)
+        os.chmod(staged, SOCKET_MODE)
+        _link(staged, path)
         sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
     except BaseException:
         sock.close()
         raise
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            staged.unlink()
+        private.rmdir()
     return sock
+
+
+def _link(staged: Path, path: Path) -> None:
+    """Give the staged socket its public name; refuse if something took that name meanwhile."""
+    try:
+        os.link(staged, path)
+    except FileExistsError:
+        msg = f"{path} appeared while the socket was created; refusing to replace it"
+        raise OSError(msg) from None
 
 
 def remove_socket(path: Path) -> None:

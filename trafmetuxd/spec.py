@@ -55,8 +55,8 @@ class CaptureSpec:
     copy_range: int = 128
     queue_maxlen: int = 4096
     rcvbuf: int = 8 * 1024 * 1024
-    queues: int = 1
-    stall_timeout: float = 1.0
+    queues: int = 1  # consecutive queues from `queue`, one capture worker each
+    stall_timeout: float = 1.0  # seconds a worker may hold waiting packets without a verdict
 
 
 @dataclass(frozen=True, slots=True)

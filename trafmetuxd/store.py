@@ -6,7 +6,10 @@ its flush worker thread; the caller serializes every call (one thread at a time)
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
+import stat
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -36,11 +39,48 @@ _UPSERT_HOUR = _UPSERT.format(table="hour_totals", unit="hour")
 _UPSERT_DAY = _UPSERT.format(table="day_totals", unit="day")
 _INSERT_FLOW = "INSERT INTO flow VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
+log = logging.getLogger("trafmetuxd.store")
 Row = tuple[int, int, int, int]  # in_bytes, in_packets, out_bytes, out_packets
+FILE_MODE = 0o640  # the database; SQLite gives its -wal and -shm files the same mode
+SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
 class StoreError(Exception):
     """The database cannot be opened, read or written; the message names the file."""
+
+
+def identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at path, or None when there is none."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def create_file(path: Path) -> None:
+    """Create the database file (FILE_MODE whatever the umask) unless it exists; no symlinks.
+
+    SQLite follows a symlink at the database's path or at its -wal/-shm names: a user who
+    could place one would have the daemon create or write a file of their choosing.
+    """
+    for name in (path, *(path.with_name(path.name + side) for side in SIDE_FILES)):
+        if name.is_symlink():
+            raise StoreError(f"{name}: is a symbolic link; refusing to follow it")
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, FILE_MODE)
+    except FileExistsError:
+        if not stat.S_ISREG(path.lstat().st_mode):
+            raise StoreError(f"{path}: not a regular file; refusing to open it") from None
+        return
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot create database: {exc.strerror}") from exc
+    try:
+        os.fchmod(fd, FILE_MODE)  # the umask may have taken bits away
+    finally:
+        os.close(fd)
+    log.info("created a new database %s", path)
 
 
 class FlowRow(NamedTuple):
@@ -75,17 +115,73 @@ class Store:
 
     def __init__(self, path: Path, busy_timeout: float = 1.0) -> None:
         self.path = path
+        self.busy_timeout = busy_timeout
+        self.recreated = 0  # times the file was found deleted and made again from this copy
+        self._conn = self._open()
+        self._ident = identity(path)
+
+    def _open(self) -> sqlite3.Connection:
+        """Connect to the file at self.path (made if missing) and migrate it."""
+        create_file(self.path)
         try:
             self._conn = sqlite3.connect(
-                path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
+                self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout
             )
         except sqlite3.Error as exc:
-            raise StoreError(f"{path}: cannot open database: {exc}") from exc
+            raise StoreError(f"{self.path}: cannot open database: {exc}") from exc
         try:
-            self._setup(busy_timeout)
+            self._setup(self.busy_timeout)
         except BaseException:
             self._conn.close()
             raise
+        return self._conn
+
+    def ensure_file(self) -> None:
+        """Before a write: the file at path must still be the one open here.
+
+        Someone deleting the database while the daemon runs would otherwise have every flush
+        "succeed" into a file nobody can see, and be gone at exit. The open connection still
+        holds every committed byte: the file is made again from it, loudly.
+        """
+        now = identity(self.path)
+        if now == self._ident:
+            return
+        if now is not None:
+            raise StoreError(
+                f"{self.path}: replaced by another file while the daemon ran; not writing to it "
+                "(the counts are held): move it away so the database can be made again"
+            )
+        log.error("%s was deleted while the daemon ran: making it again from the open copy",
+                  self.path)  # fmt: skip
+        self._recreate()
+        self.recreated += 1
+        log.error("%s made again with every committed count; nothing is lost", self.path)
+
+    def _recreate(self) -> None:
+        """Copy the open (deleted) database to a new file at path and continue on that one."""
+        staged = self.path.with_name(self.path.name + ".recovering")
+        with suppress(FileNotFoundError):
+            staged.unlink()
+        create_file(staged)
+        with self._errors("cannot copy the deleted database"):
+            copy = sqlite3.connect(staged)
+            try:
+                self._conn.backup(copy)  # a consistent snapshot, WAL contents included
+            finally:
+                copy.close()
+        self._conn.close()
+        # The old -wal/-shm belong to the deleted file: a new database must not adopt them.
+        for side in SIDE_FILES:
+            with suppress(FileNotFoundError):
+                self.path.with_name(self.path.name + side).unlink()
+        try:
+            os.link(staged, self.path)  # never over a file that appeared meanwhile
+        except OSError as exc:
+            msg = f"{self.path}: cannot put the copy in place ({exc.strerror}); it is {staged}"
+            raise StoreError(msg) from exc
+        staged.unlink()
+        self._conn = self._open()
+        self._ident = identity(self.path)
 
     def _setup(self, busy_timeout: float) -> None:
         """Check the file, set the connection pragmas and migrate to SCHEMA_VERSION."""
@@ -159,6 +255,7 @@ class Store:
         prune_before: tuple[int, int] | None = None,
     ) -> None:
         """Add every monitor's snapshot (and prune, if asked) in one transaction."""
+        self.ensure_file()
         with self._transaction("cannot write flush"):
             rows = _FlowRows()
             for name, snap in batches:

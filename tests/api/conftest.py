@@ -34,6 +34,11 @@ class FakeBackend:
     pending: dict[str, Totals] = field(default_factory=dict)
     pending_flows: dict[str, Flows] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
+    refreshes: int = 0
+
+    async def refresh(self) -> object:
+        self.refreshes += 1
+        return True
 
     def unflushed(self) -> dict[str, Totals]:
         return self.pending

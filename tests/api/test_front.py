@@ -19,10 +19,11 @@ from conftest import NOW, FakeBackend, LoopThread, make_config
 
 from trafmetuxd import protocol
 from trafmetuxd.api import Peer, local_answer
-from trafmetuxd.front import Forwarder
+from trafmetuxd.front import Forwarder, unprivileged_user
 from trafmetuxd.handlers import Handlers
 from trafmetuxd.link import Front, serve_link
 from trafmetuxd.protocol import Request
+from trafmetuxd.store import Store
 
 
 def ask(path: Path, cmd: str, timeout: float = 10.0) -> dict[str, object]:
@@ -115,6 +116,73 @@ def test_front_runs_niced_and_without_capabilities(front: tuple[Front, Path, Loo
         ),
         16,
     ), "the test itself runs with capabilities: the front dropped them"
+
+
+# Runs with the front's very credentials: may it open the database for writing?
+OPEN_FOR_WRITING = """
+import os, sys
+try:
+    os.close(os.open(sys.argv[1], os.O_RDWR))
+except OSError as exc:
+    print(type(exc).__name__)
+else:
+    print("opened")
+"""
+
+
+ASK_MONITORS = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(10)
+s.connect(sys.argv[1])
+s.sendall(b'{"cmd":"monitors"}\\n')
+print(s.makefile("rb").readline().decode())
+"""
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    """/proc/PID/status as a dict of field -> text."""
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the daemon must run as root for this")
+def test_front_run_as_root_drops_to_unprivileged_uid(
+    front: tuple[Front, Path, LoopThread],
+) -> None:
+    running, sock, _loops = front
+    database = sock.parent / "state" / "trafmetux.sqlite3"
+    Store(database).close()  # the daemon's database, created as root
+    assert ask(sock, "monitors")["ok"] is True  # the front is up (past its start-up)
+    pid = running.info()["pid"]
+    assert isinstance(pid, int)
+    user = unprivileged_user()
+    assert user.pw_name in ("trafmetux", "nobody") and user.pw_uid != 0
+    status = proc_status(pid)
+    assert status["Uid"].split() == [str(user.pw_uid)] * 4  # real, effective, saved, fs
+    assert status["Gid"].split() == [str(user.pw_gid)] * 4
+    assert status["Groups"] == ""
+    for field in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(status[field], 16) == 0, (field, status[field])
+    assert status["NoNewPrivs"] == "1"
+    # It still serves: the inherited socket and link work, and so does a member's lookup.
+    assert ask(sock, "status")["ok"] is True
+    assert ask(sock, "reload")["ok"] is True  # the peer (root) is still root
+    member = subprocess.run(
+        ["/usr/bin/python3", "-I", "-c", ASK_MONITORS, str(sock)],
+        user=50002, group=grp.getgrnam("daemon").gr_gid, extra_groups=[],
+        capture_output=True, text=True, check=True, timeout=20,
+    )  # fmt: skip
+    assert json.loads(member.stdout)["ok"] is True  # a group member, looked up in a thread
+    # A process with exactly the front's credentials cannot open the database for writing.
+    out = subprocess.run(
+        ["/usr/bin/python3", "-I", "-c", OPEN_FOR_WRITING, str(database)],
+        user=user.pw_uid, group=user.pw_gid, extra_groups=[],
+        capture_output=True, text=True, check=True, timeout=20,
+    )  # fmt: skip
+    assert out.stdout.strip() == "PermissionError"
+    # ... though it is the same file root just opened: the refusal is the uid's, not a typo.
+    os.close(os.open(database, os.O_RDWR))
 
 
 def test_a_killed_front_is_replaced_and_the_socket_keeps_answering(
@@ -303,3 +371,31 @@ def test_a_missing_socket_group_is_reported_once_not_by_both_processes(
     warned = [r for r in caplog.records if "does not exist" in r.getMessage()]
     assert len(warned) == 1  # the daemon's, when it created the socket
     assert "does not exist" not in capfd.readouterr().err  # the front's stderr
+
+
+def test_deep_json_gets_bad_json_reply(public_dir: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    sock = public_dir / "trafmetuxd.sock"
+    (public_dir / "state").mkdir()
+    backend = FakeBackend(make_config(public_dir / "state", sock))
+    loops = LoopThread()
+    running = Front(sock, "daemon", local_answer(Handlers(backend).table()))
+    try:
+        launch(loops, running)  # in the test, so the front's stderr is captured
+        for _ in range(20):  # a client repeating it must not fill the log either
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(10.0)
+                s.connect(str(sock))
+                s.sendall(b"[" * 3000 + b"\n")
+                lines = s.makefile("rb")
+                reply = json.loads(lines.readline())
+                assert reply["error"]["code"] == "bad_json"
+                assert "nested deeper than 32" in reply["error"]["message"]
+                s.sendall(protocol.encode_request("monitors"))  # the connection stays usable
+                assert json.loads(lines.readline())["ok"] is True
+        loops.run(running.stop())
+    finally:
+        loops.stop()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "RecursionError" not in err
+    logged = [line for line in err.splitlines() if "nested deeper" in line]
+    assert 1 <= len(logged) <= 5, err  # one line per request, at most a few a minute

@@ -278,6 +278,11 @@ class Daemon:
         assert reply["ok"], reply
         return reply["result"]  # type: ignore[return-value]
 
+    def worker_pids(self) -> list[int]:
+        """The capture workers' process ids (one per queue), from the status command."""
+        entries = self.status()["capture"]["workers"]  # type: ignore[index]
+        return [int(entry["pid"]) for entry in entries]  # type: ignore[union-attr]
+
     def stored(self) -> dict[str, Totals]:
         """Per monitor: (in packets, in bytes, out packets, out bytes) summed over minutes."""
         db = sqlite3.connect(f"file:{self.database}?mode=ro", uri=True)

@@ -13,11 +13,13 @@ import argparse
 import asyncio
 import json
 import signal
+import socket
 import sys
 import time
 
 from trafmetuxd.capture import Capture
 from trafmetuxd.kernel import QueueRules
+from trafmetuxd.nfbatch import packets
 from trafmetuxd.packet import parse
 from trafmetuxd.spec import DIR_IN, CaptureSpec
 
@@ -47,6 +49,12 @@ class Counter:
         if self.fail:
             raise RuntimeError("handle failure injected by the test")
 
+    def consume(self, ts: float, buf: bytes, count: int, slot: int) -> None:
+        """The capture's batch consumer: every whole packet of the batch to handle()."""
+        names = dict(socket.if_nameindex())
+        for direction, ifindex, payload in packets(buf, count, slot):
+            self.handle(ts, payload, direction, names.get(ifindex, f"if{ifindex}"))
+
 
 def report(counter: Counter, capture: Capture, rules: QueueRules | None) -> str:
     """JSON line with the counts, the capture stats and the rule counters."""
@@ -54,7 +62,7 @@ def report(counter: Counter, capture: Capture, rules: QueueRules | None) -> str:
     return json.dumps(
         {
             "counts": counter.counts,
-            "packets": capture.stats.packets,
+            "packets": capture.stats.messages,
             "errors": capture.stats.errors,
             "last_error": capture.stats.last_error,
             "unmetered": capture.stats.unmetered,
@@ -72,13 +80,13 @@ async def main(args: argparse.Namespace) -> None:
         queue_maxlen=args.maxlen,
     )
     counter = Counter(args.sleep, args.raise_)
-    capture = Capture(spec, counter.handle)
+    capture = Capture(spec, args.queue, counter.consume)
     capture.open()
     rules = None if args.no_rules else QueueRules(spec)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    capture.attach(loop)
+    loop.add_reader(capture.fileno(), capture.drain)
     try:
         if rules is not None:
             rules.install()
@@ -102,6 +110,7 @@ async def main(args: argparse.Namespace) -> None:
     finally:
         if rules is not None:
             rules.remove()
+        loop.remove_reader(capture.fileno())
         capture.drain()
         print(report(counter, capture, None), flush=True)
         capture.close()

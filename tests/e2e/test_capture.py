@@ -90,7 +90,8 @@ def test_a_failing_meter_still_lets_every_packet_through(pair: Pair) -> None:
     traffic(pair.a, "tcp-send", pair.b6, "6001", str(2 * MB))
     assert sink_result(sink) == 2 * MB
     final = probe.stop()
-    assert final["errors"] == final["packets"] > 0
+    # every batch's metering failed (an error per batch), and every packet still went through
+    assert 0 < final["errors"] <= final["packets"]
     assert "injected" in final["last_error"]
 
 

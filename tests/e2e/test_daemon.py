@@ -108,14 +108,16 @@ def test_kill_9_mid_transfer_then_restart(pair: Pair, daemon_dir: Path) -> None:
 
 def test_overload_fails_open_and_status_reports_the_unmetered(pair: Pair, daemon_dir: Path) -> None:
     fresh_counters(pair)
-    daemon = Daemon(pair, daemon_dir, capture={"queue_maxlen": "16"}).start()
+    capture = {"queue_maxlen": "16", "stall_timeout": '"60s"'}  # no stall guard in this one
+    daemon = Daemon(pair, daemon_dir, capture=capture).start()
     sink = start_sink(pair.a, "udp-sink", "5001", "20000", "20")
-    # A frozen daemon is one that cannot keep up at all: the queue fills after 16 packets.
-    os.kill(daemon.proc.pid, signal.SIGSTOP)
+    # A frozen capture worker is one that cannot keep up at all: the queue fills after 16.
+    (worker,) = daemon.worker_pids()
+    os.kill(worker, signal.SIGSTOP)
     try:
         traffic(pair.b, "udp-send", pair.a4, "5001", "20000", "100")
     finally:
-        os.kill(daemon.proc.pid, signal.SIGCONT)
+        os.kill(worker, signal.SIGCONT)
     # Only the 16 queued packets waited for the thawed daemon; none was dropped.
     assert sink_result(sink) == 20000
     pair.settle()

@@ -5,11 +5,14 @@ traffic.py tcp-send ADDR PORT NBYTES      exits 0 once every byte was sent and c
 traffic.py udp-sink PORT COUNT [SECONDS]  prints LISTENING, then datagrams received
 traffic.py udp-send ADDR PORT COUNT SIZE [PPS]
 traffic.py ping ADDR COUNT [SIZE]         ICMP/ICMPv6 echo; exit 0 when all answered
+traffic.py ping-every ADDR COUNT INTERVAL paced echo requests; JSON of answers and round trips
 """
 
 from __future__ import annotations
 
+import json
 import os
+import select
 import socket
 import struct
 import sys
@@ -130,6 +133,63 @@ def ping(addr: str, count: int, size: int = 56) -> None:
     sys.exit(0 if answered == count else 1)
 
 
+def ping_every(addr: str, count: int, interval: float) -> None:
+    """One echo request every `interval` s regardless of replies; JSON with each one's fate.
+
+    Prints {"sent", "answered", "rtt_ms": [...], "longest_gap": consecutive unanswered}.
+    A reply later than 2 s counts as lost.
+    """
+    v6 = ":" in addr
+    proto = socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP
+    sock = socket.socket(_family(addr), socket.SOCK_RAW, proto)
+    sock.setblocking(False)
+    ident = os.getpid() & 0xFFFF
+    sent_at: dict[int, float] = {}
+    rtt: dict[int, float] = {}
+    start = time.monotonic()
+    for seq in range(count):
+        while (left := start + seq * interval - time.monotonic()) > 0:
+            _collect(sock, v6, ident, sent_at, rtt, left)
+        kind = 128 if v6 else 8
+        body = struct.pack("!HH", ident, seq) + bytes(56)
+        csum = 0 if v6 else _checksum(struct.pack("!BBH", kind, 0, 0) + body)
+        sent_at[seq] = time.monotonic()
+        sock.sendto(struct.pack("!BBH", kind, 0, csum) + body, (addr, 0))
+    end = time.monotonic() + 2.0
+    while len(rtt) < count and (left := end - time.monotonic()) > 0:
+        _collect(sock, v6, ident, sent_at, rtt, left)
+    sock.close()
+    longest = run = 0
+    for seq in range(count):
+        run = 0 if rtt.get(seq, 9e9) <= 2000.0 else run + 1
+        longest = max(longest, run)
+    answered = [rtt[s] for s in sorted(rtt) if rtt[s] <= 2000.0]
+    print(json.dumps({"sent": count, "answered": len(answered), "rtt_ms": answered,
+                      "longest_gap": longest}), flush=True)  # fmt: skip
+
+
+def _collect(
+    sock: socket.socket,
+    v6: bool,
+    ident: int,
+    sent_at: dict[int, float],
+    rtt: dict[int, float],
+    wait: float,
+) -> None:
+    """Note the round-trip time of every echo reply arriving within `wait` seconds."""
+    ready, _, _ = select.select([sock], [], [], max(0.0, wait))
+    while ready:
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            return
+        now = time.monotonic()
+        icmp = data if v6 else data[(data[0] & 0x0F) * 4 :]
+        kind, _code, _csum, rid, rseq = struct.unpack_from("!BBHHH", icmp)
+        if kind == (129 if v6 else 0) and rid == ident and rseq in sent_at:
+            rtt.setdefault(rseq, (now - sent_at[rseq]) * 1000.0)
+
+
 def _await_reply(sock: socket.socket, v6: bool, ident: int, seq: int) -> int:
     """1 when the matching echo reply arrives within the socket timeout."""
     deadline = time.monotonic() + 1.0
@@ -158,6 +218,8 @@ def main(argv: list[str]) -> None:
         udp_send(args[0], int(args[1]), int(args[2]), int(args[3]), *(float(a) for a in args[4:]))
     elif cmd == "ping":
         ping(args[0], int(args[1]), *(int(a) for a in args[2:]))
+    elif cmd == "ping-every":
+        ping_every(args[0], int(args[1]), float(args[2]))
     else:
         raise SystemExit(f"unknown command {cmd}")
 

@@ -71,7 +71,7 @@ BURST = 30_000  # datagrams per burst: well inside the sink's forced 16 MB buffe
 
 
 def freeze_cycles(pid: int, stop: threading.Event) -> None:
-    """Freeze the daemon 150 ms out of every 250 ms until told to stop (then thaw it)."""
+    """Freeze the capture worker 150 ms out of every 250 ms until told to stop (then thaw it)."""
     for _ in range(100_000):
         if stop.is_set():
             break
@@ -82,14 +82,16 @@ def freeze_cycles(pid: int, stop: threading.Event) -> None:
 
 
 def overload(pair: Pair, tmp: Path, seconds: float) -> dict[str, int]:
-    """A flood into a daemon frozen half of the time; every datagram must arrive."""
+    """A flood into a capture worker frozen half of the time; every datagram must arrive."""
     fresh_counters(pair)
-    live = Live(pair, tmp, capture={"queue_maxlen": "64"})
+    # The freezes are shorter than the stall timeout: the worker is slow, not stalled.
+    live = Live(pair, tmp, capture={"queue_maxlen": "64", "stall_timeout": '"10s"'})
     live.start()
     assert live.proc is not None
     before = live.status()["queue"]
     stop = threading.Event()
-    freezer = threading.Thread(target=freeze_cycles, args=(live.proc.pid, stop), daemon=True)
+    (worker,) = live.worker_pids()
+    freezer = threading.Thread(target=freeze_cycles, args=(worker, stop), daemon=True)
     sent = delivered = bursts = 0
     deadline = time.monotonic() + seconds
     freezer.start()
@@ -103,7 +105,7 @@ def overload(pair: Pair, tmp: Path, seconds: float) -> dict[str, int]:
     finally:
         stop.set()
         freezer.join(timeout=10)
-        os.kill(live.proc.pid, signal.SIGCONT)
+        os.kill(worker, signal.SIGCONT)
     pair.settle()
     status = live.status()
     audit = status["audit"]["in"]  # type: ignore[index]

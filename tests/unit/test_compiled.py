@@ -17,9 +17,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import trafmetuxd
-from trafmetuxd import collector, meter, packet, rules
+from trafmetuxd import collector, meter, nfbatch, packet, rules
 
-CORE = (packet, rules, collector, meter)
+CORE = (packet, rules, collector, meter, nfbatch)
 # The package's own directory: compiled modules report a wrong __file__ (mypyc, package groups).
 PACKAGE = Path(str(trafmetuxd.__file__)).parent
 

@@ -35,3 +35,16 @@ def test_commands_default_to_no_arguments_and_nothing_required() -> None:
     assert status == protocol.Command(protocol.READ) == (protocol.READ, {}, ())
     assert (status.permission, dict(status.args), status.required) == (protocol.READ, {}, ())
     assert protocol.COMMANDS["flows"].required == ("monitor",)
+
+
+def test_deep_json_is_refused_before_parsing() -> None:
+    for line in (b"[" * 3000, b'{"a":' * 3000, b"[" * 33 + b"]" * 33):
+        with pytest.raises(protocol.ProtocolError) as caught:
+            protocol.decode_request(line)
+        assert caught.value.code == protocol.BAD_JSON
+    # brackets inside strings do not nest, and 32 levels are still parsed as JSON
+    req = protocol.decode_request(b'{"cmd":"quota","name":"' + b"[" * 200 + b'"}')
+    assert req.args == {"name": "[" * 200}
+    with pytest.raises(protocol.ProtocolError) as caught:
+        protocol.decode_request(b"[" * 32 + b"]" * 32)
+    assert caught.value.code == protocol.BAD_REQUEST  # parsed: a list, not an object

@@ -13,7 +13,7 @@ from scapy.all import ICMP, IP, TCP, UDP, Ether, IPv6, Raw, wrpcap, wrpcapng
 from scapy.layers.l2 import CookedLinux
 
 from trafmetuxd.daemon import Daemon
-from trafmetuxd.replay import replay
+from trafmetuxd.replay import replay, replay_file
 from trafmetuxd.spec import DIR_IN, DIR_OUT, Config, MonitorSpec, RuleSpec
 
 LOCAL = ipaddress.ip_network("192.168.190.0/24")
@@ -193,21 +193,58 @@ def test_a_capture_truncated_to_128_bytes_still_counts_full_ip_lengths(tmp_path:
     assert sum(r[1] for r in got.values()) == 4
 
 
-def test_non_ip_frames_are_counted_as_malformed_and_metered_nowhere(tmp_path: Path) -> None:
+def test_non_ip_frames_are_skipped_by_reason_not_called_malformed(tmp_path: Path) -> None:
     from scapy.all import ARP
+    from scapy.layers.ppp import PPP, PPPoE
 
     arp = Ether() / ARP()
     arp.time = T0
     ping = Ether() / IP(src=REMOTE, dst=CLIENT) / ICMP()
     ping.time = T0 + 1
-    wrpcap(str(tmp_path / "m.pcap"), [arp, ping])
+    lcp = Ether(type=0x8864) / PPPoE(sessionid=7) / PPP(proto=0xC021) / Raw(b"\x01\x01\x00\x04")
+    lcp.time = T0 + 2
+    wrpcap(str(tmp_path / "m.pcap"), [arp, ping, lcp])
     cfg = make_config(tmp_path)
     cfg.state_dir.mkdir(parents=True)
     daemon = Daemon(cfg)
     try:
-        assert replay(daemon, tmp_path / "m.pcap", iface="")
-        assert daemon.meter.stats.malformed == 1
+        summary = replay_file(daemon, tmp_path / "m.pcap", iface="")
+        assert daemon.meter.stats.malformed == 0
         assert daemon.meter.stats.in_packets == 1
     finally:
         daemon.close()
+    assert summary.skipped == {"ARP": 1, "PPP protocol 0xc021": 1}
+    line = summary.line()
+    assert "3 frames, 1 IP packets" in line and "skipped 2 (ARP 1, PPP protocol 0xc021 1)" in line
     assert sum(r[1] for r in stored(cfg.database)["all"].values()) == 1
+
+
+def test_pppoe_session_frames_of_a_dsl_gateway_are_metered(tmp_path: Path) -> None:
+    from scapy.layers.ppp import PPP, PPPoE
+
+    frames = []
+    for i, (src, dst) in enumerate(((CLIENT, REMOTE), (REMOTE, CLIENT))):
+        for proto, inner in (
+            (0x0021, IP(src=src, dst=dst)),
+            (0x0057, IPv6(src="fd00::1", dst="fd00::2")),
+        ):
+            frame = (
+                Ether(type=0x8864)
+                / PPPoE(sessionid=9)
+                / PPP(proto=proto)
+                / inner
+                / UDP()
+                / Raw(bytes(100))
+            )
+            frame.time = T0 + i
+            frames.append(frame)
+    wrpcap(str(tmp_path / "dsl.pcap"), frames)
+    cfg = make_config(tmp_path)
+    cfg.state_dir.mkdir(parents=True)
+    daemon = Daemon(cfg)
+    try:
+        summary = replay_file(daemon, tmp_path / "dsl.pcap", iface="")
+    finally:
+        daemon.close()
+    assert (summary.frames, summary.packets, summary.skipped) == (4, 4, {})
+    assert summary.bytes == 2 * (20 + 8 + 100) + 2 * (40 + 8 + 100)

@@ -7,13 +7,17 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "trafmetuxd.service"
-INSTALLED_BINARY = "/usr/local/bin/trafmetuxd"
+MAKEFILE = ROOT / "Makefile"
+INSTALLED_BINARY = "/opt/trafmetux/bin/trafmetuxd"
+# What the unit hides from the service: ProtectHome=yes and PrivateTmp=yes.
+HIDDEN_FROM_SERVICE = ("/home", "/root", "/run/user", "/tmp", "/var/tmp")
 MAX_EXPOSURE = 2.0  # systemd calls up to 2.0 "OK"; the README quotes the current figure
 
 
@@ -71,7 +75,8 @@ def test_lifecycle_settings_the_daemon_relies_on() -> None:
     settings = [line.strip() for line in UNIT.read_text().splitlines()]
     for required in (
         "Type=notify",
-        "WatchdogSec=30",
+        "WatchdogSec=10",
+        "LimitNICE=+0",
         "Restart=on-failure",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "StateDirectory=trafmetux",
@@ -94,3 +99,77 @@ def test_sysusers_and_tmpfiles_agree_with_the_unit() -> None:
     tmpfiles = (ROOT / "systemd" / "trafmetux.tmpfiles.conf").read_text()
     for path in ("/var/lib/trafmetux", "/run/trafmetux"):
         assert re.search(rf"^d\s+{path}\s+0750\s+trafmetux\s+trafmetux", tmpfiles, re.MULTILINE)
+
+
+def make_variable(name: str) -> str:
+    """The value the Makefile assigns to a variable (`NAME := value` or `NAME ?= value`)."""
+    match = re.search(rf"^{name}\s*[:?]?=\s*(.*)$", MAKEFILE.read_text(), re.MULTILINE)
+    assert match is not None, name
+    return match.group(1).strip()
+
+
+def installed_state() -> list[tuple[str, int | None]]:
+    """What install-systemd writes first, as (path, mtime in ns or None when absent)."""
+    paths = (f"{make_variable('SERVICE_PREFIX')}/.installed", "/etc/systemd/system/" + UNIT.name)
+    return [(path, os.stat(path).st_mtime_ns if os.path.exists(path) else None) for path in paths]
+
+
+def refusal(service_python: str) -> str:
+    """`make install-systemd` with this interpreter fails and changes nothing: its stderr."""
+    before = installed_state()
+    result = subprocess.run(
+        ["make", "-s", "-o", "deps", "install-systemd", f"SERVICE_PYTHON={service_python}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode != 0, result.stdout
+    assert installed_state() == before
+    return result.stderr
+
+
+def test_service_runs_from_the_virtualenv_install_systemd_builds() -> None:
+    prefix = make_variable("SERVICE_PREFIX")
+    assert f"{prefix}/bin/trafmetuxd" == INSTALLED_BINARY
+    assert not [hidden for hidden in HIDDEN_FROM_SERVICE if f"{prefix}/".startswith(hidden + "/")]
+    assert make_variable("SERVICE_PYTHON") == "/usr/bin/python3"
+    assert make_variable("HIDDEN_FROM_SERVICE").split() == list(HIDDEN_FROM_SERVICE)
+
+
+@pytest.mark.parametrize("where", ["/home/dev/.pyenv/shims/python3", "/root/.local/bin/python3"])
+def test_install_systemd_refuses_an_interpreter_protecthome_hides(where: str) -> None:
+    stderr = refusal(where)
+    assert f"SERVICE_PYTHON={where} lies under /{where.split('/')[1]}" in stderr
+    assert "203/EXEC" in stderr
+
+
+def test_install_systemd_refuses_a_link_to_a_good_interpreter_from_a_hidden_place() -> None:
+    # A venv's python points at the path it was made with, not at the link's target.
+    with tempfile.TemporaryDirectory(dir="/tmp") as hidden:
+        link = Path(hidden) / "python3"
+        link.symlink_to(sys.executable)
+        assert f"SERVICE_PYTHON={link} lies under /tmp" in refusal(str(link))
+
+
+def test_install_systemd_refuses_what_is_no_python_3_11() -> None:
+    stderr = refusal("/usr/bin/false")
+    assert "SERVICE_PYTHON=/usr/bin/false is not a Python 3.11 or newer" in stderr
+
+
+def test_debians_interpreter_passes_the_check() -> None:
+    if not Path("/usr/bin/python3").exists():
+        reason = "Debian's /usr/bin/python3 missing (Debian package: python3)"
+        if os.environ.get("CI"):
+            pytest.fail(reason, False)
+        pytest.skip(reason)
+    result = subprocess.run(
+        ["make", "-s", "check-service-python"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,47 @@
+"""System tests: the unit under a real systemd, in a container booted from a cached Debian root.
+
+They need root, debootstrap, systemd-nspawn and the Debian mirror (the first run builds the
+root, a few minutes). Outside CI a missing requirement skips them with the reason; in CI (CI
+set) it fails loudly.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+E2E = Path(__file__).resolve().parents[1] / "e2e"
+HERE = Path(__file__).resolve().parent
+for _dir in (E2E, HERE):
+    if str(_dir) not in sys.path:
+        sys.path.insert(0, str(_dir))
+
+import prereq  # noqa: E402
+from bootroot import TOOLS, cached_root  # noqa: E402
+from machine import Container  # noqa: E402
+
+
+def missing_requirements() -> str:
+    """Why the system tests cannot run here, or '' when they can."""
+    reason = prereq.missing_requirements(
+        "system tests need", TOOLS, root_for="debootstrap, mounts, systemd-nspawn"
+    )
+    if not reason and "overlay" not in Path("/proc/filesystems").read_text():
+        reason = "system tests need the overlay file system (modprobe overlay)"
+    return reason
+
+
+@pytest.fixture(scope="module")
+def booted() -> Iterator[Container]:
+    """A container booted from the cached root with the working tree installed; halted after."""
+    prereq.require(missing_requirements(), "the system tests")
+    container = Container(cached_root())
+    try:
+        container.prepare()
+        container.boot()
+        yield container
+    finally:
+        container.close()
