@@ -8,13 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
 
-from trafmetuxctl import report
+from trafmetuxctl import report, times
 from trafmetuxctl.client import DEFAULT_SOCKET, Client, DaemonError, UnreachableError
 from trafmetuxctl.units import UNIT_CHOICES
 
@@ -33,7 +32,11 @@ SHOW = {
     "show-total": "total",
 }
 DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2})?)?$")
+MAX_FLOWS, MAX_TOP, MAX_LAST = 100_000, 10_000, 20_000  # as the daemon's protocol allows
+TIMES = (
+    f"Times are local (the daemon's zone): {times.FORMATS}. A date (or month) given as the end "
+    "includes that whole day (or month); an end with a time of day is exclusive."
+)
 
 
 def week_day(text: str) -> int:
@@ -45,22 +48,50 @@ def week_day(text: str) -> int:
     raise argparse.ArgumentTypeError(f"not a day of the week: {text!r}")
 
 
-def local_time(text: str) -> str:
-    """Check 'YYYY-MM-DD' or 'YYYY-MM-DD HH:MM' (the daemon reads it in its zone)."""
-    if not _TIME_RE.match(text):
-        raise argparse.ArgumentTypeError(f"expected YYYY-MM-DD or 'YYYY-MM-DD HH:MM': {text!r}")
-    return text
+def _time(convert: Callable[[str], str]) -> Callable[[str], str]:
+    def check(text: str) -> str:
+        try:
+            return convert(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return check
 
 
-def positive(text: str) -> int:
-    """A positive integer argument."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer: {text!r}")
-    return n
+begin_time = _time(times.begin)
+end_time = _time(times.end)
+
+
+def counted(maximum: int) -> Callable[[str], int]:
+    """An integer argument 1..maximum; the error says the maximum."""
+
+    def check(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = 0
+        if not 1 <= n <= maximum:
+            raise argparse.ArgumentTypeError(f"expected an integer 1..{maximum}: {text!r}")
+        return n
+
+    return check
+
+
+class UsageError(Exception):
+    """A command line argparse refuses: its usage text and the message."""
+
+    def __init__(self, usage: str, message: str) -> None:
+        super().__init__(message)
+        self.usage = usage
+        self.message = message
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its usage error raised (main prints it as text or JSON, exit 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """Raise UsageError instead of printing and exiting here."""
+        raise UsageError(self.format_usage(), f"{self.prog}: error: {message}")
 
 
 def terminal_columns() -> int:
@@ -98,56 +129,101 @@ class Formatter(argparse.HelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line."""
-    p = argparse.ArgumentParser(
-        prog="trafmetuxctl", description=__doc__.splitlines()[0], formatter_class=Formatter
+    p = Parser(
+        prog="trafmetuxctl",
+        description=__doc__.splitlines()[0],
+        epilog="COMMAND --help describes each command. " + TIMES,
+        formatter_class=Formatter,
     )
     p.add_argument(
         "--socket",
         default=os.environ.get("TRAFMETUX_SOCKET", DEFAULT_SOCKET),
         help="daemon socket (default: $TRAFMETUX_SOCKET or %(default)s)",
     )
-    p.add_argument("--json", action="store_true", help="print the reply's result as JSON")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the reply's result as JSON; errors too, as the daemon's error object",
+    )
     p.add_argument("--timeout", type=float, default=10.0, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add = partial(sub.add_parser, formatter_class=Formatter)
     for name, period in SHOW.items():
-        s = add(name, help=f"traffic per {period}")
-        s.add_argument("-t", "--last", type=positive, help="number of periods")
-        s.add_argument("-f", "--week-start", type=week_day, help="first day of the week")
-        s.add_argument("-u", "--unit", choices=UNIT_CHOICES, default="auto")
-        s.add_argument("--split", action="store_true", help="in and out per monitor")
-        s.add_argument("-b", "--begin", type=local_time, help="first period (local time)")
-        s.add_argument("-e", "--end", type=local_time, help="end of the range (local time)")
-        s.add_argument("monitors", nargs="*", metavar="MONITOR", help="default: all")
-        s.set_defaults(period=period)
-    s = add("show-flows", help="a monitor's flows, largest first")
+        _show_args(
+            add(name, help=f"traffic per {period}", description=_SHOW_TEXT[period], epilog=TIMES),
+            period,
+        )
+    s = add(
+        "show-flows", help="a monitor's flows, largest first", description=_FLOWS_TEXT, epilog=TIMES
+    )
     s.add_argument("monitor", metavar="MONITOR")
-    _range_args(s, default_n=20)
-    s = add("top", help="top clients, servers or ports")
-    s.add_argument("--by", choices=("client", "server", "port"), default="client")
+    _range_args(s, 20, MAX_FLOWS, "flows")
+    s = add("top", help="top clients, servers or ports", description=_TOP_TEXT, epilog=TIMES)
+    s.add_argument("--by", choices=("client", "server", "port"), default="client",
+                   help="what to rank (default: %(default)s)")  # fmt: skip
     s.add_argument("monitors", nargs="*", metavar="MONITOR", help="default: all")
-    _range_args(s, default_n=10)
-    s = add("live", help="current rates per monitor")
+    _range_args(s, 10, MAX_TOP, "entries")
+    s = add("live", help="current rates per monitor", description="Bytes per second, in and out.")
     s.add_argument("--once", action="store_true", help="one sample, then exit")
-    s.add_argument("-i", "--interval", type=float, default=1.0)
-    s.add_argument("-u", "--unit", choices=UNIT_CHOICES, default="auto")
-    s.add_argument("monitors", nargs="*", metavar="MONITOR")
+    s.add_argument("-i", "--interval", type=float, default=1.0,
+                   help="seconds between samples (default: %(default)s)")  # fmt: skip
+    _unit_arg(s)
+    s.add_argument("monitors", nargs="*", metavar="MONITOR", help="default: all")
     for name, text in (("status", "daemon status"), ("flush", "flush now (root)")):
-        add(name, help=text)
-    add("reload", help="reload the configuration (root)")
-    s = add("quota", help="quota usage")
-    s.add_argument("name", nargs="?", metavar="NAME")
-    s.add_argument("-u", "--unit", choices=UNIT_CHOICES, default="auto")
-    s = add("check-quota", help="monitoring plugin: exit 0/1/2/3")
+        add(name, help=text, description=text[0].upper() + text[1:] + ".")
+    add("reload", help="reload the configuration (root)", description="As SIGHUP does (root).")
+    s = add("quota", help="quota usage", description="Each quota's usage in its period.")
+    s.add_argument("name", nargs="?", metavar="NAME", help="one quota (default: all)")
+    _unit_arg(s)
+    s = add("check-quota", help="monitoring plugin: exit 0/1/2/3", description=_CHECK_TEXT)
     s.add_argument("name", metavar="NAME")
     return p
 
 
-def _range_args(s: argparse.ArgumentParser, default_n: int) -> None:
-    s.add_argument("--since", type=local_time, help="local time (default: 24 hours ago)")
-    s.add_argument("--until", type=local_time, help="local time (default: now)")
-    s.add_argument("-n", type=positive, default=default_n, help="how many (default %(default)s)")
-    s.add_argument("-u", "--unit", choices=UNIT_CHOICES, default="auto")
+_SHOW_TEXT = {
+    period: f"Bytes per {period} and monitor (the last {n} {period}s by default)."
+    for period, n in {"minute": 60, "hour": 24, "day": 7, "week": 4, "month": 12, "year": 5}.items()
+}
+_SHOW_TEXT["total"] = "Bytes per monitor since the first data (-t, -b and -e do not apply)."
+_FLOWS_TEXT = "A monitor's flows, largest (sent + received) first, over the last 24 hours."
+_TOP_TEXT = (
+    "Top clients, servers or server ports by bytes, over the last 24 hours. Over several "
+    "monitors a flow counts once (the largest figure any of them has), never once per monitor."
+)
+_CHECK_TEXT = "One status line with perfdata; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."
+
+
+def _unit_arg(s: argparse.ArgumentParser) -> None:
+    s.add_argument("-u", "--unit", choices=UNIT_CHOICES, default="auto",
+                   help="unit of the figures (default: %(default)s)")  # fmt: skip
+
+
+def _show_args(s: argparse.ArgumentParser, period: str) -> None:
+    s.add_argument("-t", "--last", type=counted(MAX_LAST), metavar="N",
+                   help=f"the last N periods, up to -e or now (at most {MAX_LAST})")  # fmt: skip
+    s.add_argument("-f", "--week-start", type=week_day, metavar="DAY",
+                   help="first day of the week (default: the daemon's week_start)")  # fmt: skip
+    _unit_arg(s)
+    s.add_argument("--split", action="store_true", help="in and out per monitor")
+    s.add_argument("--sum", action="store_true",
+                   help="add a [sum= ] cell: the listed monitors added up (monitors that "
+                   "overlap are then counted more than once)")  # fmt: skip
+    s.add_argument("-b", "--begin", type=begin_time, metavar="TIME",
+                   help="first period: the one holding TIME (not with -t)")  # fmt: skip
+    s.add_argument("-e", "--end", type=end_time, metavar="TIME",
+                   help="end of the range (default: now); a date includes its day")  # fmt: skip
+    s.add_argument("monitors", nargs="*", metavar="MONITOR", help="default: all")
+    s.set_defaults(period=period)
+
+
+def _range_args(s: argparse.ArgumentParser, default_n: int, maximum: int, what: str) -> None:
+    s.add_argument("--since", type=begin_time, metavar="TIME",
+                   help="start of the range (default: 24 hours before --until)")  # fmt: skip
+    s.add_argument("--until", type=end_time, metavar="TIME",
+                   help="end of the range (default: now); a date includes its day")  # fmt: skip
+    s.add_argument("-n", type=counted(maximum), default=default_n,
+                   help=f"how many {what} (default: %(default)s, at most {maximum})")  # fmt: skip
+    _unit_arg(s)
 
 
 def _print(lines: Sequence[str]) -> None:
@@ -156,6 +232,17 @@ def _print(lines: Sequence[str]) -> None:
 
 def _dump(result: object) -> None:
     print(json.dumps(result, indent=2, sort_keys=True))
+
+
+def _check_show(a: argparse.Namespace) -> None:
+    """Combinations argparse cannot refuse by itself: -b with -t; a range for show-total."""
+    message = ""
+    if a.period == "total" and (a.last or a.begin or a.end):
+        message = "-t, -b and -e do not apply to the total"
+    elif a.last is not None and a.begin is not None:
+        message = "-t counts back from -e (or now): give -b and -e, or -t (with -e), not -b and -t"
+    if message:
+        raise UsageError("", f"trafmetuxctl {a.command}: error: {message}")
 
 
 def _show(c: Client, a: argparse.Namespace) -> int:
@@ -171,7 +258,7 @@ def _show(c: Client, a: argparse.Namespace) -> int:
     if a.json:
         _dump(result)
     else:
-        _print(report.report_lines(result, a.unit, a.split))
+        _print(report.report_lines(result, a.unit, a.split, a.sum))
     return EXIT_OK
 
 
@@ -238,11 +325,24 @@ def check_quota(sock: str, name: str, timeout: float, as_json: bool) -> int:
     try:
         with Client(sock, timeout) as c:
             (q,) = c.call("quota", name=name)["quotas"]
-    except (UnreachableError, DaemonError) as exc:
-        print(f"QUOTA UNKNOWN - {exc}")
-        return 3
+    except UnreachableError as exc:
+        return _fail(as_json, "unreachable", str(exc), 3, f"QUOTA UNKNOWN - {exc}")
+    except DaemonError as exc:
+        return _fail(as_json, exc.code, exc.message, 3, f"QUOTA UNKNOWN - {exc}")
     status, line = report.check_quota_line(q)
     _dump(q) if as_json else print(line)
+    return status
+
+
+def _fail(as_json: bool, code: str, message: str, status: int, text: str) -> int:
+    """Report an error: the daemon's error object on stdout with --json, else text on stderr.
+
+    (A monitoring plugin's UNKNOWN line goes to stdout: that is where the plugin API reads it.)
+    """
+    if as_json:
+        _dump({"ok": False, "error": {"code": code, "message": message}})
+    else:
+        print(text, file=sys.stdout if text.startswith("QUOTA ") else sys.stderr)
     return status
 
 
@@ -258,21 +358,33 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
 }
 
 
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The parsed command line; UsageError when argparse or a combination check refuses it."""
+    a = build_parser().parse_args(argv)
+    if a.command in SHOW:
+        _check_show(a)
+    return a
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, ask the daemon, print; returns the exit status."""
-    a = build_parser().parse_args(argv)
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        a = _parse(args)
+    except UsageError as exc:
+        text = f"{exc.usage}{exc.message}".strip()
+        return _fail("--json" in args, "usage", exc.message, EXIT_USAGE, text)
     if a.command == "check-quota":
         return check_quota(a.socket, a.name, a.timeout, a.json)
     try:
         with Client(a.socket, a.timeout) as c:
             return COMMANDS[a.command](c, a)
     except UnreachableError as exc:
-        print(f"trafmetuxctl: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return _fail(a.json, "unreachable", str(exc), EXIT_UNREACHABLE, f"trafmetuxctl: {exc}")
     except DaemonError as exc:
-        print(f"trafmetuxctl: {exc.message} ({exc.code})", file=sys.stderr)
         usage = exc.code in ("bad_argument", "not_found", "forbidden")
-        return EXIT_USAGE if usage else EXIT_ERROR
+        text = f"trafmetuxctl: {exc.message} ({exc.code})"
+        return _fail(a.json, exc.code, exc.message, EXIT_USAGE if usage else EXIT_ERROR, text)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,14 @@ if TYPE_CHECKING:
 QUOTA_STATES = {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}
 
 
-def report_line(row: Mapping[str, Any], monitors: Sequence[str], unit: str, split: bool) -> str:
-    """'2008-10-21: [input= 98.83 MiB] [output= 16.46 MiB] [total= 115.29 MiB]'."""
+def report_line(
+    row: Mapping[str, Any], monitors: Sequence[str], unit: str, split: bool, add_sum: bool = False
+) -> str:
+    """'2008-10-21: [input= 98.83 MiB] [output= 16.46 MiB]': the monitors asked for, in order.
+
+    add_sum appends '[sum= ...]', the listed monitors added up: a packet that several of them
+    match is in it several times, so it is only shown when asked for.
+    """
     values: Mapping[str, Sequence[int]] = row["values"]
     parts = []
     total_in = total_out = 0
@@ -22,7 +28,8 @@ def report_line(row: Mapping[str, Any], monitors: Sequence[str], unit: str, spli
         rx, tx = values.get(name, (0, 0))
         total_in, total_out = total_in + rx, total_out + tx
         parts.append(_cell(name, rx, tx, unit, split))
-    parts.append(_cell("total", total_in, total_out, unit, split))
+    if add_sum:
+        parts.append(_cell("sum", total_in, total_out, unit, split))
     return f"{row['label']}: " + " ".join(parts)
 
 
@@ -32,10 +39,12 @@ def _cell(name: str, rx: int, tx: int, unit: str, split: bool) -> str:
     return f"[{name}= {format_bytes(rx + tx, unit)}]"
 
 
-def report_lines(result: Mapping[str, Any], unit: str = "auto", split: bool = False) -> list[str]:
+def report_lines(
+    result: Mapping[str, Any], unit: str = "auto", split: bool = False, add_sum: bool = False
+) -> list[str]:
     """One line per period, in the order the daemon sent them (oldest first)."""
     monitors = result["monitors"]
-    return [report_line(row, monitors, unit, split) for row in result["rows"]]
+    return [report_line(row, monitors, unit, split, add_sum) for row in result["rows"]]
 
 
 def _endpoint(addr: str, port: int) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import os
+import stat
 import tomllib
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -18,6 +20,7 @@ from trafmetuxd.spec import DIR_ANY, Network, PortRange
 
 __all__ = ["ConfigError", "load", "parse", "parse_duration", "parse_size"]
 
+MAX_BYTES = 1024 * 1024  # a configuration file is small; refuse a huge one rather than read it
 Loc = tuple[str | int, ...]
 _M = TypeVar("_M", bound=BaseModel)
 _Indexed = tuple[int, dict[str, Any], spec.MonitorSpec]  # index in the file, table, value
@@ -77,16 +80,19 @@ class _Quota(_Model):
     warn: Annotated[float, Field(gt=0, le=1)] = 0.8
 
 
+_QUEUE_MAX = 65535
+
+
 class _Capture(_Model):
-    queue: Annotated[int, Field(ge=0, le=65535)] = 0
+    queue: Annotated[int, Field(ge=0, le=_QUEUE_MAX)] = 0
     interfaces: Annotated[tuple[str, ...], _v(cv.capture_interfaces)] = ()
     manage_rules: bool = True
     fail_open: bool = True
     copy_range: Annotated[int, Field(ge=64, le=65535)] = 128
     queue_maxlen: Annotated[int, Field(ge=16, le=1_000_000)] = 4096
     rcvbuf: Annotated[int, _v(parse_size), Field(ge=65536, le=2**31 - 1)] = 8 * 1024 * 1024
-    queues: Annotated[int, Field(ge=1, le=64)] = 1
-    stall_timeout: Annotated[float, _v(cv.flush_interval)] = 1.0
+    queues: Annotated[int, _v(cv.queues)] = 1
+    stall_timeout: Annotated[float, _v(cv.stall_timeout)] = 1.0
 
 
 class _Retention(_Model):
@@ -141,8 +147,13 @@ class _Problems:
             self.lines.append(f"{self.file}: {_key_path(loc)}: required key is missing")
             return
         message = error["msg"]
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, cv.EntriesError):
+            for index, value, entry_message in cause.entries:
+                self.add((*loc, index), value, entry_message)
+            return
         if error["type"] == "value_error":
-            message = str(error["ctx"]["error"])
+            message = str(cause)
         elif error["type"] == "extra_forbidden":
             close = difflib.get_close_matches(str(loc[-1]), _KEYS, n=1)
             message = "unknown key" + (f"; did you mean {close[0]!r}?" if close else "")
@@ -178,7 +189,9 @@ def _flow_log(model: _Monitor, state_dir: Path, loc: Loc, problems: _Problems) -
     pattern = model.flow_log
     if not pattern:
         return ""
-    if ".." in Path(pattern).parts:
+    if Path(pattern).is_absolute():
+        problems.add(loc, pattern, f"expected a pattern relative to state_dir ({state_dir})")
+    elif ".." in Path(pattern).parts:
         problems.add(loc, pattern, "expected a pattern without '..' path components")
     elif "{" in pattern.replace("{monitor}", ""):
         problems.add(loc, pattern, "the only placeholder allowed is '{monitor}'")
@@ -202,6 +215,17 @@ def _check_flow_logs(monitors: Sequence[_Indexed], p: _Problems) -> None:
         if log and first.setdefault(log, index) != index:
             message = f"monitor[{first[log]}] already logs to {log!r}"
             p.add(("monitor", index, "flow_log"), raw["flow_log"], message)
+
+
+def _check_queues(capture: _Capture, p: _Problems) -> None:
+    """The queues used are queue .. queue + queues - 1: all must be valid queue numbers."""
+    last = capture.queue + capture.queues - 1
+    if last > _QUEUE_MAX:
+        message = (
+            f"capture.queue ({capture.queue}) + capture.queues ({capture.queues}) - 1 = {last}: "
+            f"expected at most {_QUEUE_MAX}"
+        )
+        p.add(("capture", "queues"), capture.queues, message)
 
 
 def _check_quota(raw: dict[str, Any], index: int, monitors: Sequence[Any], p: _Problems) -> None:
@@ -238,9 +262,12 @@ def _rule(raw: Any, loc: Loc, p: _Problems) -> spec.RuleSpec | None:
 def _monitor(raw: dict[str, Any], loc: Loc, state_dir: Path, p: _Problems) -> spec.MonitorSpec:
     """One [[monitor]] (placeholder values where it has problems: they are reported)."""
     model = p.validate(_Monitor, raw, loc)
+    raw_rules = model.rules if model else raw.get("rules")
+    raw_rules = raw_rules if isinstance(raw_rules, list) else []
+    # a bad name or size must not hide the rules' own problems: check them either way
+    rules = [_rule(raw_rule, (*loc, "rules", i), p) for i, raw_rule in enumerate(raw_rules)]
     if model is None:
         return spec.MonitorSpec(name="")
-    rules = [_rule(raw_rule, (*loc, "rules", i), p) for i, raw_rule in enumerate(model.rules)]
     flush_size = model.flush_collector_size or max(2000, model.collector_size)
     if flush_size < model.collector_size:
         message = f"expected at least collector_size ({model.collector_size})"
@@ -284,6 +311,7 @@ def _config(data: dict[str, Any], path: Path, p: _Problems) -> spec.Config:
     _check_names([raw.get("name") for _, raw in _dicts(data, "quota")], "quota", p)
     if root is None:
         return spec.Config(path=path)
+    _check_queues(root.capture, p)
     return spec.Config(
         path=path,
         **_fields(root, ("capture", "retention", "monitor", "quota")),
@@ -307,11 +335,31 @@ def parse(text: str, path: Path) -> spec.Config:
     return config
 
 
+def _read_regular(path: Path) -> bytes:
+    """The bytes of a regular file; a FIFO, device or directory is refused, never waited on."""
+    # O_NONBLOCK: opening a FIFO for reading would otherwise block until a writer comes
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    with os.fdopen(fd, "rb") as file:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ConfigError([f"{path}: not a regular file ({_file_kind(mode)}): refused"])
+        data = file.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        raise ConfigError([f"{path}: larger than {MAX_BYTES} bytes: refused"])
+    return data
+
+
+def _file_kind(mode: int) -> str:
+    kinds = {stat.S_IFIFO: "a FIFO", stat.S_IFDIR: "a directory", stat.S_IFSOCK: "a socket"}
+    kinds |= {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+    return kinds.get(stat.S_IFMT(mode), "not a file")
+
+
 def load(path: str | Path) -> spec.Config:
-    """Read and validate the configuration file at path."""
+    """Read and validate the configuration file at path (a regular file of at most 1 MiB)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_regular(path).decode("utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read the configuration: {exc.strerror}"]) from None
     except UnicodeDecodeError as exc:

@@ -5,7 +5,9 @@ Plain stdlib, so config.py keeps only the schema and the checks across fields.
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
+import os
 import re
 from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from trafmetuxd.ipproto import NUMBERS as _PROTOCOLS
 from trafmetuxd.spec import DIR_ANY, DIR_IN, DIR_OUT, Network, PortRange
 
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
@@ -20,12 +23,13 @@ _SIZE_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 _DURATION_UNITS = {"": 1, "ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _NUMBER_UNIT = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*", re.ASCII | re.IGNORECASE)
 _PORT_RANGE = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", re.ASCII)
-_PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132, "udplite": 136}
-_PROTOCOLS |= {"gre": 47, "esp": 50}
 _DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _WEEKDAYS = {day: i for i, day in enumerate(_DAYS)} | {day[:3]: i for i, day in enumerate(_DAYS)}
 _NAME = re.compile(r"(?!\.+$)[A-Za-z0-9_.-]{1,64}")  # no "." or "..": names go into paths
-_IFACE = re.compile(r"[^\s/]{1,15}")  # IFNAMSIZ - 1
+IFNAMSIZ = 16  # the kernel's buffer for an interface name, its NUL included
+# what the kernel's dev_valid_name() refuses besides length; '*' is our glob character
+_IFACE_FORBIDDEN = frozenset("\0/: \t\n\v\f\r")
+QUEUES_MAX = 64
 PERIODS = ("day", "week", "month")
 
 
@@ -57,12 +61,37 @@ def parse_duration(value: str | float) -> float:
     return seconds
 
 
+def _bounded_duration(value: Any, low: float, high: float, expected: str) -> float:
+    """A duration within [low, high] seconds, else ValueError(expected) (no other suggestion)."""
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        seconds = None
+    if seconds is None or not low <= seconds <= high:
+        raise ValueError(expected)
+    return seconds
+
+
 def flush_interval(value: Any) -> float:
     """Seconds between flushes: a duration of at least one second."""
-    seconds = parse_duration(value)
-    if seconds < 1:
-        raise ValueError("expected a duration of at least 1s")
-    return seconds
+    expected = "expected a duration of at least 1s such as '1s', '60s' or '5m'"
+    return _bounded_duration(value, 1.0, float("inf"), expected)
+
+
+def stall_timeout(value: Any) -> float:
+    """Seconds a capture worker may hold waiting packets without a verdict: 200ms..60s."""
+    expected = "expected a duration from 200ms to 60s such as '500ms', '1s' or '10s'"
+    return _bounded_duration(value, 0.2, 60.0, expected)
+
+
+def queues(value: Any, cpu_count: int | None = None) -> int:
+    """Queues (capture workers) 1..QUEUES_MAX, or 'auto': the CPU count within those bounds."""
+    if value == "auto":
+        count = os.cpu_count() if cpu_count is None else cpu_count
+        return min(max(count or 1, 1), QUEUES_MAX)
+    if _is_int(value) and 1 <= value <= QUEUES_MAX:
+        return int(value)
+    raise ValueError(f"expected a number of queues 1..{QUEUES_MAX} or 'auto' (one per CPU)")
 
 
 def retention(value: Any) -> int:
@@ -114,10 +143,11 @@ def period(value: Any) -> str:
 
 
 def _one_or_list(value: Any, convert: Callable[[Any], Any]) -> tuple[Any, ...]:
-    items = value if isinstance(value, list) else [value]
-    if not items:
+    if not isinstance(value, list):
+        return (convert(value),)
+    if not value:
         raise ValueError("expected at least one value (leave the key out to match any)")
-    return tuple(convert(item) for item in items)
+    return _each(value, convert)
 
 
 def _network(value: Any) -> Network:
@@ -144,7 +174,7 @@ def network_list(value: Any) -> tuple[Network, ...]:
     """Networks from a (possibly empty) list of address/CIDR strings."""
     if not isinstance(value, list):
         raise ValueError("expected a list of CIDR strings such as ['192.168.0.0/16']")
-    return tuple(_network(item) for item in value)
+    return _each(value, _network)
 
 
 def _port_range(value: Any) -> PortRange:
@@ -166,19 +196,56 @@ def ports(value: Any) -> tuple[PortRange, ...]:
     return _one_or_list(value, _port_range)
 
 
+class EntriesError(ValueError):
+    """Several entries of one list are wrong: (index, value, message) for each of them."""
+
+    def __init__(self, entries: list[tuple[int, Any, str]]) -> None:
+        super().__init__("; ".join(f"[{i}] {v!r}: {m}" for i, v, m in entries))
+        self.entries = entries
+
+
+def _each(items: list[Any], convert: Callable[[Any], Any]) -> tuple[Any, ...]:
+    """Every item converted, or EntriesError naming each wrong item (not just the first)."""
+    out, errors = [], []
+    for index, item in enumerate(items):
+        try:
+            out.append(convert(item))
+        except ValueError as exc:
+            errors.append((index, item, str(exc)))
+    if errors:
+        raise EntriesError(errors)
+    return tuple(out)
+
+
 def interface(value: Any) -> str:
-    """An interface name or shell glob."""
-    if isinstance(value, str) and _IFACE.fullmatch(value):
-        return value
-    raise ValueError("expected an interface name of 1..15 characters without spaces or '/'")
+    """An interface name (or '*' glob) as the kernel takes it: 1..15 bytes, no NUL '/' ':' blank."""
+    if not isinstance(value, str) or value in ("", ".", ".."):
+        raise ValueError("expected an interface name such as 'eth0' or a glob such as 'wlan*'")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size >= IFNAMSIZ:
+        raise ValueError(f"interface name is {size} bytes long: the kernel allows {IFNAMSIZ - 1}")
+    bad = sorted(set(value) & _IFACE_FORBIDDEN)
+    if bad:
+        raise ValueError(f"interface name contains {bad[0]!r}: no NUL, '/', ':' or blanks")
+    return value
+
+
+def _capture_interface(value: Any) -> str:
+    name = interface(value)
+    if name != "*" and fnmatch.fnmatchcase("lo", name):
+        raise ValueError("matches 'lo', which is never metered: name the interfaces instead")
+    return name
 
 
 def capture_interfaces(value: Any) -> tuple[str, ...]:
-    """Distinct interface names, never 'lo' (the daemon's own socket traffic)."""
-    names = tuple(interface(name) for name in value) if isinstance(value, list) else None
-    if names is None or "lo" in names or len(set(names)) != len(names):
-        raise ValueError("expected a list of distinct interface names other than 'lo'")
-    return names
+    """Distinct interface names, never 'lo' (the daemon's own socket traffic); '*' = all but lo."""
+    if not isinstance(value, list):
+        raise ValueError("expected a list of interface names such as ['eth0', 'wlan*']")
+    names = _each(value, _capture_interface)
+    duplicates = [(i, n, "listed twice") for i, n in enumerate(names) if n in names[:i]]
+    if duplicates:
+        raise EntriesError(duplicates)
+    return () if "*" in names else names
 
 
 def timezone(value: Any) -> str:

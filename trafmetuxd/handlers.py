@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from trafmetuxd import query, reports
 from trafmetuxd.collector import Flows, Totals
-from trafmetuxd.periods import Calendar, parse_local, resolve_zone
+from trafmetuxd.periods import Calendar, check_instant, parse_local, resolve_zone
 from trafmetuxd.protocol import BAD_ARGUMENT, NOT_FOUND, VERSION, ProtocolError
 from trafmetuxd.quota import QuotaStatus
 from trafmetuxd.spec import Config
@@ -89,16 +89,18 @@ class Handlers:
             raise ProtocolError(NOT_FOUND, f"no such monitor: {missing[0]}")
         return list(dict.fromkeys(wanted))
 
-    def instant(self, value: object, cal: Calendar) -> int | None:
-        """A time argument: unix seconds or local 'YYYY-MM-DD[ HH:MM]' text."""
+    def instant(self, args: Mapping[str, Any], field: str, cal: Calendar) -> int | None:
+        """A time argument: unix seconds or local 'YYYY-MM[-DD[ HH:MM]]' text; errors name it."""
+        value = args.get(field)
         if value is None:
             return None
-        if isinstance(value, str):
-            try:
+        try:
+            if isinstance(value, str):
                 return parse_local(value, cal.zone)
-            except ValueError as exc:
-                raise ProtocolError(BAD_ARGUMENT, str(exc)) from None
-        assert isinstance(value, int | float)
+            assert isinstance(value, int | float)
+            check_instant(value, value)
+        except ValueError as exc:
+            raise ProtocolError(BAD_ARGUMENT, f"{field}: {exc}") from None
         return int(value)
 
     async def status(self, args: Mapping[str, Any]) -> object:
@@ -130,8 +132,11 @@ class Handlers:
         """Per-period in/out bytes per monitor, stored plus unflushed."""
         cal = self.calendar(args.get("week_start"))
         names = self.monitor_names(args.get("monitors"))
-        begin = self.instant(args.get("begin"), cal)
-        end = self.instant(args.get("end"), cal)
+        begin = self.instant(args, "begin", cal)
+        end = self.instant(args, "end", cal)
+        if begin is not None and args.get("last") is not None:
+            message = "'last' counts back from 'end' (or now): give begin and end, or last"
+            raise ProtocolError(BAD_ARGUMENT, f"report: {message}, not begin and last")
         return await reports.report(
             self.backend,
             self.reader,
@@ -193,8 +198,9 @@ class Handlers:
 
     def _range(self, args: Mapping[str, Any], cal: Calendar) -> tuple[int, int]:
         now = self.now()
-        end = self.instant(args.get("end"), cal) or now + 1
-        begin = self.instant(args.get("begin"), cal)
+        end = self.instant(args, "end", cal)
+        end = now + 1 if end is None else end
+        begin = self.instant(args, "begin", cal)
         begin = end - DAY if begin is None else begin
         if begin >= end:
             raise ProtocolError(BAD_ARGUMENT, "begin must be before end")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import shutil
 import subprocess
 from pathlib import Path
@@ -62,10 +63,17 @@ def queue_stats(queue: int, path: Path = PROC_QUEUE) -> QueueStats | None:
 
 
 def interface_matches(spec: CaptureSpec, option: str) -> list[list[str]]:
-    """One match per configured interface ('*' globs become iptables '+'), else all but lo."""
+    """One match per configured interface ('*' globs become iptables '+'), else all but lo.
+
+    lo is never metered: '*' means every interface but lo, and another glob that would match
+    lo (such as 'l*') is refused (the configuration refuses it first).
+    """
     names = [name for name in spec.interfaces if name != "lo"]
-    if not names:
+    if not names or "*" in names:
         return [["!", option, "lo"]]
+    looping = [name for name in names if fnmatch.fnmatchcase("lo", name)]
+    if looping:
+        raise KernelError(f"interface glob {looping[0]!r} matches lo, which is never metered")
     return [[option, name[:-1] + "+" if name.endswith("*") else name] for name in names]
 
 

@@ -17,8 +17,15 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 STEP = 900  # seconds; the grain every boundary falls on
+# Instants a request may name: local 1970-01-01 .. 9997-12-31 in every zone (UTC-12 .. UTC+14),
+# so that every period around them, the next one and its label stay in datetime's years, and
+# every zone's offsets are whole quarter hours (local mean times before 1970 are not).
+MIN_TIME = -2 * 86400
+MAX_TIME = 253339315200  # 9998-01-02 00:00 UTC
+TIME_RANGE = "1970-01-01 .. 9997-12-31"
 KINDS = ("minute", "hour", "day", "week", "month", "year", "billing")
-_DATE_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(?:[ T](\d{2}):(\d{2})(?::(\d{2}))?)?$")
+_DATE_RE = re.compile(r"^(\d{4})-(\d{2})(?:-(\d{2})(?:[ T](\d{2}):(\d{2})(?::(\d{2}))?)?)?$")
+TIME_FORMATS = "YYYY-MM, YYYY-MM-DD, 'YYYY-MM-DD HH:MM' or 'YYYY-MM-DD HH:MM:SS'"
 
 
 def resolve_zone(
@@ -78,13 +85,28 @@ def _ambiguous(dt: datetime) -> bool:
 
 
 def parse_local(text: str, zone: ZoneInfo) -> int:
-    """'YYYY-MM-DD[ HH:MM[:SS]]' in local time -> unix seconds (the earlier of a repeated time)."""
+    """'YYYY-MM[-DD[ HH:MM[:SS]]]' in local time -> unix seconds (the earlier of a repeated time).
+
+    ValueError names the text and what is wrong, including a time outside MIN_TIME..MAX_TIME.
+    """
     m = _DATE_RE.match(text.strip())
     if not m:
-        raise ValueError(f"bad time {text!r}: expected YYYY-MM-DD or YYYY-MM-DD HH:MM")
+        raise ValueError(f"bad time {text!r}: expected {TIME_FORMATS}")
     y, mo, d, h, mi, sec = (int(p) if p else 0 for p in m.groups())
-    naive = datetime(y, mo, d, h, mi, sec)
-    return int(naive.replace(tzinfo=zone, fold=0).timestamp())
+    d = d if m.group(3) else 1  # YYYY-MM: the first of the month
+    try:
+        naive = datetime(y, mo, d, h, mi, sec)
+        t = int(naive.replace(tzinfo=zone, fold=0).timestamp())
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"bad time {text!r}: {exc}") from None
+    check_instant(t, text)
+    return t
+
+
+def check_instant(t: float, shown: object) -> None:
+    """ValueError unless MIN_TIME <= t <= MAX_TIME (shown: how the request wrote it)."""
+    if not MIN_TIME <= t <= MAX_TIME:
+        raise ValueError(f"time {shown!r} is out of range: expected {TIME_RANGE}")
 
 
 class Calendar:
@@ -144,21 +166,26 @@ class Calendar:
         end = self.next(kind, begin)
         return Period(begin, end, self.label(kind, begin, end))
 
-    def span(self, kind: str, begin: int, end: int) -> list[Period]:
-        """The periods covering [begin, end), oldest first (empty ones included)."""
+    def span(self, kind: str, begin: int, end: int, limit: int | None = None) -> list[Period]:
+        """The periods covering [begin, end), oldest first (empty ones included).
+
+        With a limit, ValueError as soon as more than `limit` periods would be needed.
+        """
         out: list[Period] = []
         t = self.floor(kind, begin)
         while t < end:
+            if limit is not None and len(out) >= limit:
+                raise ValueError(f"more than {limit} periods")
             p = self.period(kind, t)
             out.append(p)
             t = p.end
         return out
 
     def last(self, kind: str, n: int, now: int) -> list[Period]:
-        """The last n periods, the current one included, oldest first."""
+        """The last n periods, the current one included, oldest first (none before 1970)."""
         out = [self.period(kind, self.floor(kind, now))]
-        while len(out) < n:
-            prev = out[-1].begin - 1
+        while len(out) < n and out[-1].begin > max(MIN_TIME, 0):
+            prev = out[-1].begin - 1  # periods before 1970 are left out: no data is older
             out.append(self.period(kind, self.floor(kind, prev)))
         return out[::-1]
 

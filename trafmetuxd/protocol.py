@@ -63,7 +63,6 @@ class ProtocolError(Exception):
 
 
 if TYPE_CHECKING:
-    Check = Callable[[Any], bool]
 
     class Command(NamedTuple):
         """What a command accepts and who may run it."""
@@ -90,29 +89,45 @@ else:
     Reply = namedtuple("Reply", ("ok", "result", "code", "message"), defaults=(None, "", ""))
 
 
+class Check:
+    """An argument's test and, for its error message, what it expects."""
+
+    __slots__ = ("expected", "test")
+
+    def __init__(self, test: Callable[[Any], bool], expected: str) -> None:
+        self.test = test
+        self.expected = expected
+
+    def __call__(self, value: Any) -> bool:
+        """True when value is acceptable."""
+        return self.test(value)
+
+
 def _is_int(lo: int, hi: int) -> Check:
-    return lambda v: type(v) is int and lo <= v <= hi
+    return Check(lambda v: type(v) is int and lo <= v <= hi, f"an integer {lo}..{hi}")
 
 
-def _is_str(v: Any) -> bool:
+def _is_text(v: Any) -> bool:
     return isinstance(v, str) and 0 < len(v) <= 256
 
 
-def _is_time(v: Any) -> bool:
-    # local time text ("YYYY-MM-DD[ HH:MM]") or unix seconds
-    return _is_str(v) or (type(v) in (int, float) and 0 <= v < 2**40)
-
-
-def _is_names(v: Any) -> bool:
-    return isinstance(v, list) and len(v) <= 256 and all(_is_str(x) for x in v)
+_is_str = Check(_is_text, "a string of 1..256 characters")
+# local time text ("YYYY-MM[-DD[ HH:MM[:SS]]]") or unix seconds
+_is_time = Check(
+    lambda v: _is_text(v) or (type(v) in (int, float) and 0 <= v < 2**40),
+    "unix seconds or local time text such as '2026-10-25' or '2026-10-25 14:00'",
+)
+_is_names = Check(
+    lambda v: isinstance(v, list) and len(v) <= 256 and all(_is_text(x) for x in v),
+    "a list of at most 256 names",
+)
 
 
 def _one_of(*choices: str) -> Check:
-    return lambda v: v in choices
+    return Check(lambda v: v in choices, "one of " + ", ".join(choices))
 
 
-def _is_bool(v: Any) -> bool:
-    return type(v) is bool
+_is_bool = Check(lambda v: type(v) is bool, "true or false")
 
 
 _RANGE = {"begin": _is_time, "end": _is_time}
@@ -209,7 +224,8 @@ def decode_request(line: bytes) -> Request:
         if check is None:
             raise ProtocolError(BAD_ARGUMENT, f"{cmd}: unknown argument {name[:64]!r}")
         if not check(value):
-            raise ProtocolError(BAD_ARGUMENT, f"{cmd}: bad value for {name!r}")
+            message = f"{cmd}: bad value for {name!r}: expected {check.expected}"
+            raise ProtocolError(BAD_ARGUMENT, message)
     missing = [name for name in spec.required if name not in obj]
     if missing:
         raise ProtocolError(BAD_ARGUMENT, f"{cmd}: missing argument {missing[0]!r}")

@@ -7,7 +7,7 @@ import ipaddress
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from trafmetuxd import query
+from trafmetuxd import ipproto, query
 from trafmetuxd.collector import OTHER, FlowKey
 from trafmetuxd.periods import Calendar, Period
 from trafmetuxd.protocol import BAD_ARGUMENT, ProtocolError
@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 
 DEFAULT_LAST = {"minute": 60, "hour": 24, "day": 7, "week": 4, "month": 12, "year": 5}
 MAX_ROWS = 20_000
-_PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "ipv6-icmp", 132: "sctp"}
 
 
 async def sums(
@@ -41,23 +40,38 @@ async def sums(
     return result
 
 
+# the shortest a period of each kind can be (a DST day has 23 hours, Lord Howe's hour 30 min)
+_SHORTEST = {"minute": 60, "hour": 1800, "day": 82800, "week": 601200, "month": 28 * 82800}
+_SHORTEST["year"] = 365 * 82800
+
+
+def _too_many(what: str) -> ProtocolError:
+    return ProtocolError(BAD_ARGUMENT, f"{what}: at most {MAX_ROWS} periods per report")
+
+
 def _periods(
     cal: Calendar, kind: str, last: int | None, begin: int | None, end: int | None, now: int
 ) -> list[Period]:
-    if begin is None and end is None:
-        return cal.last(kind, last or DEFAULT_LAST[kind], now)
+    """The report's periods: the last n up to end (or now), or those covering [begin, end)."""
     if begin is None:
-        assert end is not None
-        return cal.last(kind, last or DEFAULT_LAST[kind], end - 1)
+        n = last or DEFAULT_LAST[kind]
+        anchor = now if end is None else end - 1
+        if n > MAX_ROWS:
+            raise _too_many(f"last = {n}")
+        try:
+            return cal.last(kind, n, anchor)
+        except (ValueError, OverflowError):  # counted back past year 1
+            raise ProtocolError(BAD_ARGUMENT, f"last = {n} reaches back before year 1") from None
     stop = now + 1 if end is None else end
     if stop <= begin:
         raise ProtocolError(BAD_ARGUMENT, "begin must be before end")
-    first = cal.floor(kind, begin)
     # estimate the row count before building rows, so a huge range fails fast
-    nominal = {"minute": 60, "hour": 3600, "day": 86400, "week": 604800}.get(kind, 28 * 86400)
-    if (stop - first) // nominal > MAX_ROWS:
-        raise ProtocolError(BAD_ARGUMENT, f"range too long: more than {MAX_ROWS} periods")
-    return cal.span(kind, begin, stop)
+    if (stop - begin) // _SHORTEST[kind] > MAX_ROWS + 1:
+        raise _too_many("begin .. end")
+    try:
+        return cal.span(kind, begin, stop, MAX_ROWS)
+    except ValueError:
+        raise _too_many("begin .. end") from None
 
 
 async def _total_period(
@@ -157,7 +171,7 @@ def _flow_dict(key: tuple[int, int, str, int, str, int], v: list[int]) -> dict[s
     return {
         "family": fam,
         "protocol": proto,
-        "proto_name": _PROTO_NAMES.get(proto, str(proto)) if fam else "other",
+        "proto_name": ipproto.name(proto) if fam else "other",
         "client": cli,
         "client_port": cport,
         "server": srv,
@@ -189,19 +203,37 @@ def _top_key(by: str, key: tuple[int, int, str, int, str, int]) -> str:
         return cli
     if by == "server":
         return srv
-    name = _PROTO_NAMES.get(proto, str(proto)) if fam else "other"
+    name = ipproto.name(proto) if fam else "other"
     return f"{name}/{sport}" if sport >= 0 else name
+
+
+async def once_across(
+    backend: Backend, names: Sequence[str], begin: int, end: int, now: int
+) -> query.TextFlows:
+    """Each flow position counted once over several monitors: per key, the largest sent and
+    the largest received of any monitor.
+
+    A packet lands in every monitor it matches, under the same key (client, server, ports);
+    summing the monitors would count it once per monitor. One flow's packets in one direction
+    share their header fields, so the monitor that saw most of them saw all that any did (a
+    gateway's 'in' and 'out' monitors each see a forwarded packet once: it counts once).
+    """
+    out: query.TextFlows = {}
+    for name in names:
+        for key, (sent, recv, pkts) in (await merged_flows(backend, name, begin, end, now)).items():
+            acc = out.setdefault(key, [0, 0, 0])
+            acc[0], acc[1], acc[2] = max(acc[0], sent), max(acc[1], recv), max(acc[2], pkts)
+    return out
 
 
 async def top(
     backend: Backend, names: Sequence[str], begin: int, end: int, by: str, limit: int, now: int
 ) -> dict[str, object]:
-    """Top clients, servers or server ports by bytes over [begin, end)."""
+    """Top clients, servers or server ports by bytes over [begin, end), each packet once."""
     totals: dict[str, int] = {}
-    for name in names:
-        for key, v in (await merged_flows(backend, name, begin, end, now)).items():
-            k = _top_key(by, key)
-            totals[k] = totals.get(k, 0) + v[0] + v[1]
+    for key, v in (await once_across(backend, names, begin, end, now)).items():
+        k = _top_key(by, key)
+        totals[k] = totals.get(k, 0) + v[0] + v[1]
     ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
     return {
         "by": by,

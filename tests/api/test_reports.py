@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import pytest
 from conftest import GIB, NOW, Running, write_store
 
 from trafmetuxd.collector import OTHER, Snapshot
@@ -213,3 +214,111 @@ def test_quota_follows_each_flush(running: Running) -> None:
         (q,) = call(running.path, cmd="quota", name="mobile")["quotas"]  # type: ignore[misc]
         used.append(q["used"])
     assert used == [GIB, 2 * GIB]
+
+
+def call_error(path: Path, **request: object) -> dict[str, str]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(str(path))
+        s.sendall(json.dumps({"v": 1, **request}).encode() + b"\n")
+        reply = json.loads(s.makefile("rb").readline())
+    assert reply["ok"] is False, reply
+    error = reply["error"]
+    assert isinstance(error, dict)
+    return error
+
+
+def test_top_over_overlapping_monitors_counts_each_packet_once(running: Running) -> None:
+    # a forwarded packet is in both monitors under the same key: 1000 B, not 2000 B
+    write_store(running.path.parent / "state" / "trafmetux.sqlite3", NOW - 600, [
+        ("input", Snapshot({}, {(4, 6, A, 50000, WEB, 443): [100, 900, 3]}, 0)),
+        ("output", Snapshot({}, {(4, 6, A, 50000, WEB, 443): [100, 900, 3],
+                                 (4, 17, B, 40000, DNS, 53): [300, 400, 2]}, 0)),
+    ])  # fmt: skip
+    by_server = call(running.path, cmd="top", by="server")["entries"]
+    assert by_server == [{"key": "93.184.216.34", "bytes": 1000}, {"key": "9.9.9.9", "bytes": 700}]
+
+
+def test_top_takes_each_direction_from_the_monitor_that_saw_it(running: Running) -> None:
+    # an 'in' monitor saw the received bytes, an 'out' monitor the sent ones: both count
+    write_store(running.path.parent / "state" / "trafmetux.sqlite3", NOW - 600, [
+        ("input", Snapshot({}, {(4, 6, A, 50000, WEB, 443): [0, 900, 2]}, 0)),
+        ("output", Snapshot({}, {(4, 6, A, 50000, WEB, 443): [100, 0, 1]}, 0)),
+    ])  # fmt: skip
+    assert call(running.path, cmd="top", by="client")["entries"] == [
+        {"key": "10.0.0.2", "bytes": 1000}
+    ]
+
+
+def test_flows_and_top_use_the_one_table_of_protocol_names(running: Running) -> None:
+    six = int(ipaddress.IPv6Address("2001:db8::1"))
+    write_store(running.path.parent / "state" / "trafmetux.sqlite3", NOW - 600, [
+        ("input", Snapshot({}, {(6, 58, six, -1, six + 1, -1): [10, 10, 2],
+                                (4, 2, A, -1, B, -1): [5, 0, 1]}, 0)),
+    ])  # fmt: skip
+    names = [f["proto_name"] for f in call(running.path, cmd="flows", monitor="input")["flows"]]
+    assert names == ["icmpv6", "igmp"]  # type: ignore[comparison-overlap]
+    ports = call(running.path, cmd="top", by="port", monitors=["input"])["entries"]
+    assert [e["key"] for e in ports] == ["icmpv6", "igmp"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("request_args", "field"),
+    [
+        ({"period": "year", "begin": "0001-01-01"}, "begin: time '0001-01-01' is out of range"),
+        ({"period": "year", "begin": 253402300799}, "begin: time 253402300799 is out of range"),
+        ({"period": "year", "end": "9999-12-31"}, "end: time '9999-12-31' is out of range"),
+        ({"period": "day", "begin": "2017-13-01"}, "begin: bad time '2017-13-01': month"),
+    ],
+)
+def test_out_of_range_dates_are_bad_argument_naming_the_field(
+    running: Running, request_args: dict[str, object], field: str
+) -> None:
+    error = call_error(running.path, cmd="report", **request_args)
+    assert error["code"] == "bad_argument" and error["message"].startswith(field), error
+
+
+def test_out_of_range_flow_range_names_the_field(running: Running) -> None:
+    error = call_error(running.path, cmd="flows", monitor="input", end=253402300799)
+    assert error["code"] == "bad_argument" and error["message"].startswith("end: time")
+
+
+def test_report_last_is_capped_like_a_range(running: Running) -> None:
+    error = call_error(running.path, cmd="report", period="week", last=100_000)
+    assert error == {
+        "code": "bad_argument",
+        "message": "last = 100000: at most 20000 periods per report",
+    }
+    rows = call(running.path, cmd="report", period="minute", last=20_000)["rows"]
+    assert len(rows) == 20_000  # type: ignore[arg-type]
+
+
+def test_report_range_over_the_row_cap_names_the_maximum(running: Running) -> None:
+    error = call_error(running.path, cmd="report", period="hour", begin="2020-01-01")
+    assert error["code"] == "bad_argument" and "at most 20000 periods" in error["message"]
+
+
+def test_report_begin_with_last_is_refused_not_ignored(running: Running) -> None:
+    error = call_error(running.path, cmd="report", period="day", begin="2026-10-01", last=3)
+    assert error["code"] == "bad_argument" and "not begin and last" in error["message"]
+
+
+def test_report_last_with_end_counts_back_from_end(running: Running) -> None:
+    rows = call(running.path, cmd="report", period="day", last=2, end="2026-10-25")["rows"]
+    assert [r["label"] for r in rows] == ["2026-10-23", "2026-10-24"]  # type: ignore[index]
+
+
+def test_report_accepts_a_month_as_time_text(running: Running) -> None:
+    rows = call(running.path, cmd="report", period="month", begin="2026-09", end="2026-11")["rows"]
+    assert [r["label"] for r in rows] == ["2026-09", "2026-10"]  # type: ignore[index]
+
+
+def test_yearly_report_back_to_1970_leaves_out_older_years(running: Running) -> None:
+    rows = call(running.path, cmd="report", period="year", last=5000)["rows"]
+    labels = [r["label"] for r in rows]  # type: ignore[index]
+    assert labels[0] == "1970" and labels[-1] == "2026" and len(labels) == 57
+
+
+def test_bad_value_message_says_what_is_expected(running: Running) -> None:
+    error = call_error(running.path, cmd="flows", monitor="input", limit=200_000)
+    assert error["message"] == "flows: bad value for 'limit': expected an integer 1..100000"

@@ -80,8 +80,8 @@ def test_show_daily_prints_classic_lines_oldest_first(
 ) -> None:
     assert run(fake, "show-daily", "-t", "2", "-f", "mon", "input", "output") == 0
     assert capsys.readouterr().out.splitlines() == [
-        "2008-10-20: [input= 0 B] [output= 0 B] [total= 0 B]",
-        "2008-10-21: [input= 98.83 MiB] [output= 16.46 MiB] [total= 115.29 MiB]",
+        "2008-10-20: [input= 0 B] [output= 0 B]",
+        "2008-10-21: [input= 98.83 MiB] [output= 16.46 MiB]",
     ]
     (req,) = fake.seen
     assert req == {"v": 1, "cmd": "report", "period": "day", "last": 2, "week_start": 0,
@@ -98,6 +98,96 @@ def test_begin_and_end_are_sent_as_local_text(fake: Fake) -> None:
     assert fake.seen[0]["begin"] == "2026-10-25" and fake.seen[0]["end"] == "2026-10-26 06:00"
 
 
+def test_report_prints_no_total_column_unless_sum_is_asked(
+    fake: Fake, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(fake, "show-daily", "--sum", "input", "output") == 0
+    assert capsys.readouterr().out.splitlines()[1] == (
+        "2008-10-21: [input= 98.83 MiB] [output= 16.46 MiB] [sum= 115.29 MiB]"
+    )
+
+
+@pytest.mark.parametrize(
+    ("option", "given", "sent"),
+    [
+        ("-e", "2026-10-24", "2026-10-25"),  # a date-only end includes that whole day
+        ("-e", "2026-10-31", "2026-11-01"),
+        ("-e", "2026-12-31", "2027-01-01"),
+        ("-e", "2024-02-28", "2024-02-29"),
+        ("-e", "2026-02", "2026-03-01"),  # a month includes the whole month
+        ("-e", "2026-10-25 05:00", "2026-10-25 05:00"),  # a time of day stays an instant
+        ("-b", "2026-10", "2026-10-01"),
+        ("-b", "2026-10-24 13:00", "2026-10-24 13:00"),
+    ],
+)
+def test_date_only_end_includes_its_whole_day_as_vnstat_end(
+    fake: Fake, option: str, given: str, sent: str
+) -> None:
+    assert run(fake, "show-daily", option, given) == 0
+    assert fake.seen[0]["begin" if option == "-b" else "end"] == sent
+
+
+def test_flows_and_top_until_date_includes_its_whole_day(fake: Fake) -> None:
+    fake.replies["flows"] = {"ok": True, "result": {"flows": []}}
+    assert run(fake, "show-flows", "m", "--since", "2026-10-24", "--until", "2026-10-24") == 0
+    assert (fake.seen[0]["begin"], fake.seen[0]["end"]) == ("2026-10-24", "2026-10-25")
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["show-daily", "-b", "2017-13-01"], "argument -b/--begin: bad time '2017-13-01': month"),
+        (["show-daily", "-e", "2023-02-29"], "argument -e/--end: bad time '2023-02-29': no such"),
+        (["show-yearly", "-b", "0001-01-01"], "argument -b/--begin: bad time '0001-01-01': year"),
+        (["show-flows", "m", "-n", "200000"], "argument -n: expected an integer 1..100000"),
+        (["top", "-n", "20000"], "argument -n: expected an integer 1..10000"),
+        (["show-weekly", "-t", "100000"], "argument -t/--last: expected an integer 1..20000"),
+        (["show-daily", "-b", "2026-10-01", "-t", "3"], "usage: not -b and -t"),
+        (["show-total", "-t", "3"], "usage: do not apply"),
+    ],
+)
+def test_bad_arguments_name_the_option_and_the_limit(
+    argv: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--socket", "/nonexistent", *argv]) == 2
+    err = capsys.readouterr().err
+    if named.startswith("usage: "):  # a combination: refused after argparse, before connecting
+        assert err.startswith("trafmetuxctl ") and named.removeprefix("usage: ") in err
+    else:
+        assert "usage:" in err and named in err
+
+
+def test_json_errors_are_json_on_stdout_with_the_same_exit_code(
+    fake: Fake, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cases = [
+        (["--json", "show-flows", "m", "-n", "200000"], 2, "usage", "1..100000"),
+        (["--json", "flush"], 2, "forbidden", "may not"),
+        (["--json", "--socket", str(tmp_path / "gone"), "status"], 3, "unreachable", "missing"),
+    ]
+    for argv, status, code, text in cases:
+        assert main(["--socket", fake.server_address, *argv]) == status  # type: ignore[list-item]
+        out, err = capsys.readouterr()
+        reply = json.loads(out)
+        assert reply["ok"] is False and reply["error"]["code"] == code, reply
+        assert text in reply["error"]["message"] and err == ""
+
+
+def test_check_quota_json_error_is_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--json", "--socket", str(tmp_path / "gone"), "check-quota", "q"]) == 3
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "unreachable"
+
+
+@pytest.mark.parametrize("command", ["show-daily", "show-flows", "top"])
+def test_subcommand_help_gives_description_defaults_and_time_format(command: str) -> None:
+    (sub,) = [p for p in subparsers(build_parser()) if p.prog.endswith(" " + command)]
+    text = " ".join(sub.format_help().split())
+    assert sub.description and sub.description in " ".join(text.split())
+    assert "(default: " in text
+    assert "YYYY-MM, YYYY-MM-DD, 'YYYY-MM-DD HH:MM'" in text
+    assert "includes that whole day" in text
+
+
 @pytest.mark.parametrize(
     "argv",
     [
@@ -111,9 +201,7 @@ def test_begin_and_end_are_sent_as_local_text(fake: Fake) -> None:
     ],
 )
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exc:
-        main(["--socket", "/nonexistent", *argv])
-    assert exc.value.code == 2
+    assert main(["--socket", "/nonexistent", *argv]) == 2
     assert "usage:" in capsys.readouterr().err
 
 

@@ -4,11 +4,13 @@ message naming the file, the key path, the bad value and what is expected."""
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 
 import pytest
 
 from trafmetuxd import config
+from trafmetuxd import config_values as cv
 from trafmetuxd.spec import DIR_ANY, DIR_IN, DIR_OUT, Config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
@@ -108,9 +110,17 @@ def test_flow_log_pattern_is_made_absolute_with_the_monitor_name():
     cfg = parse(
         'state_dir = "/srv/meter"\n'
         + monitor('flow_log = "logs/{monitor}-%Y.log"', name="a")
-        + monitor('flow_log = "/var/log/{monitor}.log"', name="b")
+        + monitor('flow_log = "{monitor}.log"', name="b")
     )
-    assert [m.flow_log for m in cfg.monitors] == ["/srv/meter/logs/a-%Y.log", "/var/log/b.log"]
+    assert [m.flow_log for m in cfg.monitors] == ["/srv/meter/logs/a-%Y.log", "/srv/meter/b.log"]
+
+
+def test_flow_log_stays_inside_state_dir_absolute_path_refused():
+    found = problems('state_dir = "/srv/meter"\n' + monitor('flow_log = "/var/log/{monitor}.log"'))
+    assert found == [
+        f"{FILE}: monitor[0].flow_log = '/var/log/{{monitor}}.log': "
+        "expected a pattern relative to state_dir (/srv/meter)"
+    ]
 
 
 def test_flush_collector_size_defaults_to_at_least_collector_size():
@@ -196,15 +206,15 @@ INVALID = [
     ("bad week_start", 'week_start = "funday"', "week_start", "'funday'", "monday"),
     ("week_start number", "week_start = 1", "week_start", "1", "day name"),
     ("flush too often", 'flush_interval = "0.5s"', "flush_interval", "'0.5s'", "at least 1s"),
-    ("flush not a duration", 'flush_interval = "soon"', "flush_interval", "'soon'", "'10s'"),
-    ("negative flush", "flush_interval = -5", "flush_interval", "-5", "duration > 0"),
+    ("flush not a duration", 'flush_interval = "soon"', "flush_interval", "'soon'", "'60s'"),
+    ("negative flush", "flush_interval = -5", "flush_interval", "-5", "at least 1s"),
     ("local_networks not a list", 'local_networks = "10.0.0.0/8"', "local_networks",
      "'10.0.0.0/8'", "list"),
-    ("local network host bits", 'local_networks = ["10.0.0.1/8"]', "local_networks",
-     "['10.0.0.1/8']", "did you mean '10.0.0.0/8'"),
+    ("local network host bits", 'local_networks = ["10.0.0.1/8"]', "local_networks[0]",
+     "'10.0.0.1/8'", "did you mean '10.0.0.0/8'"),
     ("queue too big", "[capture]\nqueue = 70000", "capture.queue", "70000", "65535"),
-    ("lo captured", '[capture]\ninterfaces = ["eth0", "lo"]', "capture.interfaces",
-     "['eth0', 'lo']", "other than 'lo'"),
+    ("lo captured", '[capture]\ninterfaces = ["eth0", "lo"]', "capture.interfaces[1]",
+     "'lo'", "never metered"),
     ("copy_range too small", "[capture]\ncopy_range = 10", "capture.copy_range", "10", "64"),
     ("queue_maxlen too big", "[capture]\nqueue_maxlen = 2_000_000", "capture.queue_maxlen",
      "2000000", "1000000"),
@@ -234,8 +244,8 @@ INVALID = [
     ("bad family", rule('family = "ipv5"'), "monitor[0].rules[0].family", "'ipv5'", "ipv4, ipv6"),
     ("src host bits", rule('src = "10.0.0.1/8"'), "monitor[0].rules[0].src", "'10.0.0.1/8'",
      "did you mean '10.0.0.0/8'"),
-    ("dst not an address", rule('dst = ["10.0.0.0/8", "nas.lan"]'), "monitor[0].rules[0].dst",
-     "['10.0.0.0/8', 'nas.lan']", "'nas.lan' is not an IPv4/IPv6 address"),
+    ("dst not an address", rule('dst = ["10.0.0.0/8", "nas.lan"]'),
+     "monitor[0].rules[0].dst[1]", "'nas.lan'", "'nas.lan' is not an IPv4/IPv6 address"),
     ("empty host list", rule("host = []"), "monitor[0].rules[0].host", "[]", "at least one"),
     ("port too big", rule("dst_port = 70000"), "monitor[0].rules[0].dst_port", "70000",
      "0..65535"),
@@ -243,8 +253,8 @@ INVALID = [
      "reversed"),
     ("port not a number", rule('port = "abc"'), "monitor[0].rules[0].port", "'abc'",
      "'1024-65535'"),
-    ("port list with a bool", rule("port = [22, true]"), "monitor[0].rules[0].port",
-     "[22, True]", "expected a port"),
+    ("port list with a bool", rule("port = [22, true]"), "monitor[0].rules[0].port[1]",
+     "True", "expected a port"),
     ("ports with icmp", rule('protocol = "icmp", dst_port = 22'), "monitor[0].rules[0].dst_port",
      "22", "protocol 'icmp' has no ports"),
     ("port with gre number", rule("protocol = 47, port = [1, 2]"), "monitor[0].rules[0].port",
@@ -345,3 +355,115 @@ def test_non_utf8_file_names_the_file(tmp_path):
     path.write_bytes(b'socket_group = "tr\xe4fik"\n')
     with pytest.raises(config.ConfigError, match=f"^{path}: not UTF-8"):
         config.load(str(path))
+
+
+# --- interface names as the kernel takes them; lo is never queued ------------------------------
+
+
+def test_interface_names_validated_as_the_kernel_does_every_entry_listed():
+    found = problems(
+        '[capture]\ninterfaces = ["eth0", "a b", "c/d", "' + "\u00e9" * 15 + '", "x:1", "n\\u0000"]'
+    )
+    assert [line.split(" = ")[0] for line in found] == [
+        f"{FILE}: capture.interfaces[{i}]" for i in (1, 2, 3, 4, 5)
+    ]
+    assert "30 bytes long: the kernel allows 15" in found[2]
+    assert "'\\x00'" in found[4]
+
+
+def test_interface_name_of_15_bytes_passes_16_refused():
+    assert parse('[capture]\ninterfaces = ["' + "e" * 15 + '"]').capture.interfaces == ("e" * 15,)
+    (line,) = problems(rule('interface = "' + "\u00e9" * 8 + '"'))
+    assert "monitor[0].rules[0].interface" in line and "16 bytes long" in line
+
+
+def test_capture_star_means_every_interface_but_lo():
+    assert parse('[capture]\ninterfaces = ["*"]').capture.interfaces == ()
+
+
+def test_capture_glob_matching_loopback_is_refused():
+    (line,) = problems('[capture]\ninterfaces = ["eth0", "l*"]')
+    assert line.startswith(f"{FILE}: capture.interfaces[1] = 'l*': matches 'lo'")
+
+
+def test_duplicate_capture_interface_is_named():
+    (line,) = problems('[capture]\ninterfaces = ["eth0", "eth0"]')
+    assert line == f"{FILE}: capture.interfaces[1] = 'eth0': listed twice"
+
+
+# --- every problem of every entry -------------------------------------------------------------
+
+
+def test_bad_monitor_name_does_not_hide_its_rule_errors():
+    found = problems(monitor('rules = [{ port = 70000 }, { src = ["x", "10.0.0.1/8"] }]', "a b"))
+    paths = [line.split(" = ")[0].removeprefix(f"{FILE}: ") for line in found]
+    assert paths == [
+        "monitor[0].name",
+        "monitor[0].rules[0].port",
+        "monitor[0].rules[1].src[0]",
+        "monitor[0].rules[1].src[1]",
+    ]
+
+
+def test_flush_interval_zero_suggests_only_accepted_values():
+    (line,) = problems('flush_interval = "0s"')
+    assert "at least 1s" in line and "ms" not in line.split(": ", 2)[2]
+
+
+# --- the config file itself -------------------------------------------------------------------
+
+
+def test_fifo_as_config_file_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "trafmetux.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(config.ConfigError, match=f"^{fifo}: not a regular file \\(a FIFO\\)"):
+        config.load(fifo)
+
+
+def test_huge_config_file_is_refused(tmp_path):
+    path = tmp_path / "big.toml"
+    path.write_bytes(b"#" * (config.MAX_BYTES + 1))
+    with pytest.raises(config.ConfigError, match="larger than"):
+        config.load(path)
+
+
+# --- capture workers: queues and stall_timeout --------------------------------------------------
+
+
+def test_queues_and_stall_timeout_defaults():
+    capture = parse("").capture
+    assert (capture.queues, capture.stall_timeout) == (1, 1.0)
+
+
+def test_queues_number_and_stall_timeout_duration():
+    capture = parse('[capture]\nqueue = 10\nqueues = 4\nstall_timeout = "500ms"').capture
+    assert (capture.queue, capture.queues, capture.stall_timeout) == (10, 4, 0.5)
+
+
+def test_queues_auto_is_the_cpu_count_within_bounds():
+    assert parse('[capture]\nqueues = "auto"').capture.queues == min(os.cpu_count() or 1, 64)
+    assert cv.queues("auto", cpu_count=200) == 64
+    assert cv.queues("auto", cpu_count=None) >= 1
+
+
+@pytest.mark.parametrize("value", ["0", "65", '"many"', "true", "2.0"])
+def test_queues_out_of_range_refused(value):
+    (line,) = problems(f"[capture]\nqueues = {value}")
+    assert line.startswith(f"{FILE}: capture.queues = ") and "1..64 or 'auto'" in line
+
+
+def test_queues_past_the_last_queue_number_names_both_keys():
+    (line,) = problems("[capture]\nqueue = 65530\nqueues = 7")
+    assert "capture.queue (65530) + capture.queues (7) - 1 = 65536" in line
+    assert parse("[capture]\nqueue = 65530\nqueues = 6").capture.queues == 6
+
+
+@pytest.mark.parametrize("value", ['"100ms"', '"61s"', "0", '"soon"'])
+def test_stall_timeout_out_of_range_refused(value):
+    (line,) = problems(f"[capture]\nstall_timeout = {value}")
+    assert line.startswith(f"{FILE}: capture.stall_timeout = ") and "200ms to 60s" in line
+
+
+def test_stall_timeout_bounds_accepted():
+    assert parse('[capture]\nstall_timeout = "200ms"').capture.stall_timeout == 0.2
+    assert parse("[capture]\nstall_timeout = 60").capture.stall_timeout == 60.0

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trafmetuxd.kernel import QueueStats, interface_matches, parse_listing, queue_stats
+import pytest
+
+from trafmetuxd.kernel import (
+    KernelError,
+    QueueStats,
+    interface_matches,
+    parse_listing,
+    queue_stats,
+)
 from trafmetuxd.spec import CaptureSpec
 
 # In the layout of `iptables -t mangle -L -v -x -n` (counters can be wider than their column).
@@ -52,3 +60,13 @@ def test_interfaces_become_one_match_each_and_lo_is_never_metered() -> None:
     spec = CaptureSpec(interfaces=("eth0", "wlan*", "lo"))
     assert interface_matches(spec, "-i") == [["-i", "eth0"], ["-i", "wlan+"]]
     assert interface_matches(CaptureSpec(), "-o") == [["!", "-o", "lo"]]
+
+
+def test_star_interface_never_queues_loopback():
+    spec = CaptureSpec(interfaces=("*",))
+    assert interface_matches(spec, "-i") == [["!", "-i", "lo"]]
+
+
+def test_glob_matching_loopback_is_refused_not_queued():
+    with pytest.raises(KernelError, match="'l\\*' matches lo"):
+        interface_matches(CaptureSpec(interfaces=("eth0", "l*")), "-o")

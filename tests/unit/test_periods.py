@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trafmetuxd.periods import Calendar, parse_local, resolve_zone
+from trafmetuxd.periods import MAX_TIME, MIN_TIME, Calendar, parse_local, resolve_zone
 
 ZONES = ("UTC", "Europe/Paris", "Asia/Kolkata", "Australia/Lord_Howe", "America/New_York")
 
@@ -156,3 +156,42 @@ def test_parse_local_reads_wall_time_and_takes_the_first_of_a_repeated_hour() ->
     assert parse_local("2026-07-01", paris) == midnight("Europe/Paris", 2026, 7, 1)
     with pytest.raises(ValueError, match="YYYY-MM-DD"):
         parse_local("yesterday", paris)
+
+
+def test_parse_local_accepts_a_month_as_its_first_day() -> None:
+    zone = ZoneInfo("Europe/Paris")
+    assert parse_local("2026-10", zone) == parse_local("2026-10-01", zone)
+
+
+@pytest.mark.parametrize("text", ["0001-01-01", "1969-12-01", "9999-12-31", "9998-06-01"])
+def test_out_of_range_dates_are_value_errors_not_overflows(text: str) -> None:
+    with pytest.raises(ValueError, match=r"out of range: expected 1970-01-01 \.\. 9997-12-31"):
+        parse_local(text, ZoneInfo("Pacific/Kiritimati"))
+
+
+@pytest.mark.parametrize("text", ["2026-10-00", "2017-13-01", "2026-02-30", "2026-10-25 25:00"])
+def test_impossible_dates_are_value_errors_naming_the_text(text: str) -> None:
+    with pytest.raises(ValueError, match=f"bad time {text!r}"):
+        parse_local(text, ZoneInfo("UTC"))
+
+
+@pytest.mark.parametrize("zone", ["Pacific/Kiritimati", "Etc/GMT+12", "Europe/Paris"])
+def test_periods_at_both_ends_of_the_accepted_range_stay_in_the_calendar(zone: str) -> None:
+    cal = Calendar(ZoneInfo(zone))
+    for kind in ("hour", "day", "week", "month", "year"):
+        assert cal.last(kind, 3, MAX_TIME)[-1].end > MAX_TIME
+        assert cal.span(kind, MIN_TIME, MIN_TIME + 1)[0].begin <= MIN_TIME
+
+
+def test_last_leaves_out_periods_before_1970() -> None:
+    years = Calendar(ZoneInfo("Europe/Paris")).last(
+        "year", 100, midnight("Europe/Paris", 1972, 6, 1)
+    )
+    assert [p.label for p in years] == ["1970", "1971", "1972"]
+
+
+def test_span_with_a_limit_stops_before_building_more_rows() -> None:
+    cal = Calendar(ZoneInfo("UTC"))
+    assert len(cal.span("minute", 0, 600, limit=10)) == 10
+    with pytest.raises(ValueError, match="more than 10 periods"):
+        cal.span("minute", 0, 660, limit=10)

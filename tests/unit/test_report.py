@@ -19,32 +19,44 @@ def reply(label: str, values: dict[str, list[int]]) -> dict[str, object]:
     return {"monitors": list(values), "rows": [{"label": label, "values": values}]}
 
 
-def test_hourly_line_in_the_classic_format_totals_the_listed_monitors() -> None:
+def test_hourly_line_in_the_classic_format_shows_only_the_listed_monitors() -> None:
     rx, tx = 25_386_516, 3_533_701  # 24.21 MiB and 3.37 MiB
     (line,) = report_lines(reply("2008-10-27 19:00-20:00", {"input": [rx, 0], "output": [0, tx]}))
+    assert line == "2008-10-27 19:00-20:00: [input= 24.21 MiB] [output= 3.37 MiB]"
+
+
+def test_a_monitor_named_total_is_printed_as_itself_not_summed_again() -> None:
+    values = {"input": [100, 0], "output": [0, 50], "total": [100, 50]}
+    (line,) = report_lines(reply("2008", values))
+    assert line == "2008: [input= 100 B] [output= 50 B] [total= 150 B]"
+
+
+def test_sum_cell_only_when_asked() -> None:
+    rx, tx = 25_386_516, 3_533_701
+    values = {"input": [rx, 0], "output": [0, tx]}
+    (line,) = report_lines(reply("2008-10-27 19:00-20:00", values), add_sum=True)
     total = f"{(rx + tx) / MIB:.2f}"
-    assert line == (
-        f"2008-10-27 19:00-20:00: [input= 24.21 MiB] [output= 3.37 MiB] [total= {total} MiB]"
-    )
+    assert line.endswith(f"[output= 3.37 MiB] [sum= {total} MiB]")
 
 
 def test_daily_weekly_monthly_yearly_labels_pass_through() -> None:
     for label in ("2008-10-21", "2008-10-19 - 2008-10-25", "2008-10", "2008"):
         (line,) = report_lines(reply(label, {"input": [1, 2]}))
-        assert line == f"{label}: [input= 3 B] [total= 3 B]"
+        assert line == f"{label}: [input= 3 B]"
 
 
 def test_split_shows_in_and_out_per_monitor() -> None:
-    (line,) = report_lines(reply("2008", {"ssh": [2048, 1024], "web": [0, 512]}), split=True)
+    result = reply("2008", {"ssh": [2048, 1024], "web": [0, 512]})
+    (line,) = report_lines(result, split=True, add_sum=True)
     assert line == (
         "2008: [ssh in= 2.00 KiB out= 1.00 KiB] [web in= 0 B out= 512 B] "
-        "[total in= 2.00 KiB out= 1.50 KiB]"
+        "[sum in= 2.00 KiB out= 1.50 KiB]"
     )
 
 
 def test_a_fixed_unit_applies_to_every_cell() -> None:
-    (line,) = report_lines(reply("2008", {"a": [MIB, 0]}), unit="KiB")
-    assert line == "2008: [a= 1024.00 KiB] [total= 1024.00 KiB]"
+    (line,) = report_lines(reply("2008", {"a": [MIB, 0]}), unit="KiB", add_sum=True)
+    assert line == "2008: [a= 1024.00 KiB] [sum= 1024.00 KiB]"
 
 
 def test_periods_keep_the_daemons_order() -> None:
