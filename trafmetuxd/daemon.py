@@ -246,7 +246,8 @@ class Daemon:
         return self.rates_sampler.rates()
 
     async def status(self) -> dict[str, object]:
-        """The daemon's state as a JSON-able dict."""
+        """The daemon's state as a JSON-able dict (the workers' counts up to now included)."""
+        await self.refresh()
         state = self.flusher.state
         return {
             "version": __version__,

@@ -181,7 +181,6 @@ class Service:
         out: dict[str, object] = {"front": self.front.info() if self.front else None}
         if self.workers is None:
             return {**out, "capture": None}
-        await self.daemon.refresh()  # the audit below compares the kernel with counts up to now
         spec = self.daemon.config.capture
         shipped = self.daemon.shipped
         table = await asyncio.to_thread(queue_table)

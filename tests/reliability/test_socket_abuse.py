@@ -59,21 +59,27 @@ class Window:
 
     @property
     def us_per_packet(self) -> float:
-        """The daemon's CPU time per metered packet, in microseconds."""
+        """The daemon's CPU time (main process and workers) per metered packet, in µs."""
         return 1e6 * self.cpu / self.packets
+
+
+def daemon_cpu(live: Live) -> float:
+    """CPU time of the daemon's main process and its capture workers (not the front's)."""
+    assert live.proc is not None
+    return cpu_seconds(live.proc.pid) + sum(cpu_seconds(pid) for pid in live.worker_pids())
 
 
 def meter_window(pair: Pair, live: Live, datagrams: int, pps: int = 0) -> Window:
     """Send `datagrams` UDP datagrams into namespace a (unpaced, or at pps) and measure."""
     assert live.proc is not None
     before = live.status()
-    cpu = cpu_seconds(live.proc.pid)
+    cpu = daemon_cpu(live)
     started = time.monotonic()
     pair.b.run(pair.b.python(str(E2E_HERE / "traffic.py"), "udp-send", pair.a4, "5009",
                              str(datagrams), "64", str(pps)), timeout=120)  # fmt: skip
     elapsed = time.monotonic() - started
     pair.settle(quiet=0.3)
-    cpu = cpu_seconds(live.proc.pid) - cpu
+    cpu = daemon_cpu(live) - cpu
     after = live.status()
     packets = after["meter"]["in_packets"] - before["meter"]["in_packets"]  # type: ignore[index,operator]
     unmetered = (after["audit"]["in"]["unmetered_bytes"]  # type: ignore[index]
