@@ -3,7 +3,8 @@
 Which side of a packet is the client (the key's first address):
 - one port below 1024 and the other not: the unprivileged side;
 - both ports 1024 or above: an existing position of either orientation, else the sender of a
-  TCP SYN without ACK, else the side whose port is ephemeral (32768-65535, the union of the
+  TCP SYN without ACK, else the side in the local networks when exactly one side is (with
+  `local_networks` configured), else the side whose port is ephemeral (32768-65535, the union of the
   Linux 32768-60999 and IANA 49152-65535 ranges) while the other's is not, else the higher port
   (the sender on a tie);
 - both ports below 1024, or no ports (NO_PORT on both): an existing position of either
@@ -61,8 +62,12 @@ class Snapshot(NamedTuple):
 Plan = tuple[FlowKey, int, FlowKey | None, bool]
 
 
-def plan(pkt: PacketInfo, compress: bool) -> Plan:
-    """The packet's flow plan, for collectors with port compression on or off."""
+def plan(pkt: PacketInfo, compress: bool, local: int = -1) -> Plan:
+    """The packet's flow plan, for collectors with port compression on or off.
+
+    local: which side lies in the local networks when exactly one does (0 the sender, 1 the
+    receiver), else -1.
+    """
     family, proto, src, sport, dst, dport, _length, _flags = pkt
     if sport >= _PRIVILEGED:
         client_port = COMPRESSED_PORT if compress else sport
@@ -70,6 +75,8 @@ def plan(pkt: PacketInfo, compress: bool) -> Plan:
         if dport < _PRIVILEGED:
             return forward, 0, None, False
         backward = (family, proto, dst, COMPRESSED_PORT if compress else dport, src, sport)
+        if local >= 0:
+            return forward, 0, backward, local == 1
         src_ephemeral = sport >= _EPHEMERAL_LOW
         if src_ephemeral != (dport >= _EPHEMERAL_LOW):
             return forward, 0, backward, not src_ephemeral
@@ -237,8 +244,12 @@ class RealtimeCollector:
         """How many of the `size` flow positions hold a flow (OTHER not included)."""
         return self._size - self._free
 
-    def add(self, minute: int, pkt: PacketInfo, direction: int) -> None:
-        """Count one packet (direction DIR_OUT counts as out, anything else as in)."""
+    def add(self, minute: int, pkt: PacketInfo, direction: int, local: int = -1) -> None:
+        """Count one packet (direction DIR_OUT counts as out, anything else as in).
+
+        local: which side lies in the local networks when exactly one does (0 the sender,
+        1 the receiver), else -1.
+        """
         family, proto, src, sport, dst, dport, length, _flags = pkt
         _add_total(self._totals, minute, direction == DIR_OUT, length)
         flows = self._flows
@@ -248,7 +259,7 @@ class RealtimeCollector:
                 key = (family, proto, src, COMPRESSED_PORT if self._compress else sport, dst, dport)
                 side = 0
             else:
-                key, side = self._unprivileged(pkt)
+                key, side = self._unprivileged(pkt, local)
         elif dport >= _PRIVILEGED:
             key = (family, proto, dst, COMPRESSED_PORT if self._compress else dport, src, sport)
             side = 1
@@ -267,7 +278,7 @@ class RealtimeCollector:
         entry[side] += length  # 0: sent by the client, 1: received by it
         entry[2] += 1
 
-    def _unprivileged(self, pkt: PacketInfo) -> tuple[FlowKey, int]:
+    def _unprivileged(self, pkt: PacketInfo, local: int) -> tuple[FlowKey, int]:
         """Key and sender side (0 client, 1 server) when both ports are unprivileged."""
         family, proto, src, sport, dst, dport, _length, flags = pkt
         compress = self._compress
@@ -280,6 +291,8 @@ class RealtimeCollector:
             return backward, 1
         if flags & _SYN_ACK == _SYN:
             return forward, 0
+        if local >= 0:
+            return (forward, 0) if local == 0 else (backward, 1)
         src_ephemeral = sport >= _EPHEMERAL_LOW
         if src_ephemeral != (dport >= _EPHEMERAL_LOW):
             return (forward, 0) if src_ephemeral else (backward, 1)

@@ -22,7 +22,7 @@ from trafmetuxd.collector import Flows, Snapshot, Totals
 from trafmetuxd.flush import Flusher
 from trafmetuxd.meter import Meter
 from trafmetuxd.rates import RateSampler
-from trafmetuxd.spec import Config, MonitorSpec
+from trafmetuxd.spec import Config
 from trafmetuxd.store import Store
 
 log = logging.getLogger("trafmetuxd")
@@ -64,10 +64,10 @@ async def _nothing_to_refresh() -> None:
 
 
 Refresh = Callable[[], Awaitable[object]]
-Reconfigure = Callable[[tuple[MonitorSpec, ...]], Awaitable[None]]
+Reconfigure = Callable[[Config], Awaitable[None]]
 
 
-async def _no_workers(monitors: tuple[MonitorSpec, ...]) -> None:
+async def _no_workers(cfg: Config) -> None:
     return None
 
 
@@ -80,7 +80,7 @@ class Daemon:
         self.started = clock()
         # Uptime from the monotonic clock: a wall clock stepped back must not make it negative.
         self._started_monotonic = time.monotonic()
-        self.meter = Meter(cfg.monitors)
+        self.meter = Meter(cfg.monitors, cfg.local_networks)
         self.store = Store(cfg.database)
         self.flusher = Flusher(self.store, cfg.monitors, periods.resolve_zone(cfg.timezone))
         self.flush_lock = asyncio.Lock()
@@ -288,10 +288,11 @@ class Daemon:
         ]
         async with self.flush_lock:
             self.flusher.absorb(self.meter.reconfigure(new.monitors))
+            self.meter.set_local_networks(new.local_networks)
             self.flusher.configure(new.monitors)
             self.flusher.zone = periods.resolve_zone(new.timezone)
         # Workers ship what their dropped or rebuilt collectors held: staged for the next flush.
-        await self.reconfigure_workers(new.monitors)
+        await self.reconfigure_workers(new)
         keep = {k: getattr(self.config, k) for k in restart}
         self.config = replace(new, **keep)  # restart-only keys keep their old values
         self.reload_error = ""

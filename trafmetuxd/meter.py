@@ -75,6 +75,15 @@ class LocalNetworks:
         """True when addr lies in one of the local networks."""
         return any(f == family and addr & mask == net for f, net, mask in self._nets)
 
+    def side(self, pkt: PacketInfo) -> int:
+        """0 when only the sender is local, 1 when only the receiver is, else -1."""
+        if not self._nets:
+            return -1
+        src = self.is_local(pkt.family, pkt.src)
+        if src == self.is_local(pkt.family, pkt.dst):
+            return -1
+        return 0 if src else 1
+
     def direction(self, pkt: PacketInfo) -> int:
         """OUT from a local address, IN to one; both or neither: unknown (DIR_ANY)."""
         src = self.is_local(pkt.family, pkt.src)
@@ -93,8 +102,12 @@ def _same_collector(a: MonitorSpec, b: MonitorSpec) -> bool:
 class Meter:
     """Feeds packets through the classifier into each matching monitor's collector."""
 
-    def __init__(self, monitors: Sequence[MonitorSpec]) -> None:
+    def __init__(
+        self, monitors: Sequence[MonitorSpec], local_networks: Sequence[Network] = ()
+    ) -> None:
         self.stats = MeterStats()
+        # Which side is the client when the ports cannot tell (both unprivileged, no SYN seen).
+        self.local = LocalNetworks(local_networks)
         self.monitors: tuple[MonitorSpec, ...] = ()
         self.collectors: list[RealtimeCollector] = []
         self._classifier = rules.compile(())
@@ -112,6 +125,11 @@ class Meter:
     def names(self) -> list[str]:
         """Monitor names in classifier order."""
         return [m.name for m in self.monitors]
+
+    def set_local_networks(self, networks: Sequence[Network]) -> None:
+        """New local networks: flows seen from now on are planned with them."""
+        self.local = LocalNetworks(networks)
+        self._cache = {}
 
     def reconfigure(self, monitors: Sequence[MonitorSpec]) -> list[tuple[str, Snapshot]]:
         """Switch to new monitors; unchanged ones keep their collectors without a gap.
@@ -191,8 +209,9 @@ class Meter:
         pkt = parse(buf)
         assert pkt is not None  # the cache takes only packets parse() reads in full
         plain, compressed = self._group(self._classifier.match(pkt, direction, iface))
-        plain_plan = plan(pkt, False) if plain else None
-        compressed_plan = plan(pkt, True) if compressed else None
+        local = self.local.side(pkt)
+        plain_plan = plan(pkt, False, local) if plain else None
+        compressed_plan = plan(pkt, True, local) if compressed else None
         # The TCP flags matter only where a new position's client is the SYN sender.
         needs_flags = pkt.proto == TCP and any(
             p is not None and p[3] for p in (plain_plan, compressed_plan)
@@ -276,8 +295,9 @@ class Meter:
             stats.in_bytes += pkt.length
         minute = int(ts) // 60
         collectors = self.collectors
+        local = self.local.side(pkt)
         for index in self._classifier.match(pkt, direction, iface):
-            collectors[index].add(minute, pkt, direction)
+            collectors[index].add(minute, pkt, direction, local)
 
     def swap(self) -> list[tuple[str, Snapshot]]:
         """Hand over every monitor's realtime collector contents (O(1) per monitor)."""

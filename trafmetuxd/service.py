@@ -16,7 +16,7 @@ from trafmetuxd.kernel import KernelError, QueueRules, queue_table
 from trafmetuxd.link import Front
 from trafmetuxd.notify import Notifier
 from trafmetuxd.quota import QuotaWatcher
-from trafmetuxd.spec import DIR_IN, DIR_OUT, MonitorSpec
+from trafmetuxd.spec import DIR_IN, DIR_OUT, Config
 from trafmetuxd.workers import Workers
 
 log = logging.getLogger("trafmetuxd")
@@ -87,7 +87,9 @@ class Service:
         daemon = self.daemon
         spec = daemon.config.capture
         nice = lower_priority()
-        self.workers = Workers(spec, daemon.config.monitors, daemon.stage, nice)
+        self.workers = Workers(
+            spec, daemon.config.monitors, daemon.stage, nice, daemon.config.local_networks
+        )
         daemon.refresher = self.workers.refresh
         daemon.reconfigure_workers = self._reconfigure_workers
         await self.workers.start()  # every queue bound, fail-open set: before any rule
@@ -95,9 +97,9 @@ class Service:
             self.rules = QueueRules(spec)
             await asyncio.to_thread(self.rules.install)
 
-    async def _reconfigure_workers(self, monitors: tuple[MonitorSpec, ...]) -> None:
+    async def _reconfigure_workers(self, cfg: Config) -> None:
         if self.workers is not None:
-            await self.workers.reconfigure(monitors)
+            await self.workers.reconfigure(cfg.monitors, cfg.local_networks)
 
     async def _stop_capture(self) -> None:
         # Rules first: packets then bypass the queues instead of waiting on closing sockets.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import ipaddress
 import logging
 import os
 import select
@@ -25,7 +26,7 @@ from trafmetuxd import logs, specwire, wire
 from trafmetuxd.capture import Capture, CaptureError
 from trafmetuxd.meter import Meter, MeterStats
 from trafmetuxd.nfbatch import BatchStats, feed_batch
-from trafmetuxd.spec import CaptureSpec, MonitorSpec
+from trafmetuxd.spec import CaptureSpec, MonitorSpec, Network
 
 log = logging.getLogger("trafmetuxd.worker")
 
@@ -121,6 +122,7 @@ class Worker:
                 self.asked = max(self.asked, wire.request_id(body))
             elif kind == wire.CONFIG:
                 self.configure(_monitors(body))
+                self.meter.set_local_networks(_local_networks(body))
             elif kind == wire.STOP:
                 self.stopping = True
         return True
@@ -162,8 +164,14 @@ def _monitors(body: bytes) -> list[MonitorSpec]:
     return [specwire.monitor_from_wire(m) for m in wire.json_body(body)["monitors"]]
 
 
-def _read_config(link: socket.socket) -> tuple[CaptureSpec, list[MonitorSpec]]:
-    """The first frame from the main process: capture settings and monitors."""
+def _local_networks(body: bytes) -> list[Network]:
+    return [ipaddress.ip_network(n) for n in wire.json_body(body).get("local_networks", [])]
+
+
+def _read_config(
+    link: socket.socket,
+) -> tuple[CaptureSpec, list[MonitorSpec], list[Network]]:
+    """The first frame from the main process: capture settings, monitors, local networks."""
     frames = wire.Frames()
     while True:
         data = link.recv(1 << 16)
@@ -172,7 +180,8 @@ def _read_config(link: socket.socket) -> tuple[CaptureSpec, list[MonitorSpec]]:
         for kind, body in frames.feed(data):
             if kind == wire.CONFIG:
                 value = wire.json_body(body)
-                return specwire.capture_from_wire(value["capture"]), _monitors(body)
+                capture = specwire.capture_from_wire(value["capture"])
+                return capture, _monitors(body), _local_networks(body)
 
 
 def die_with_parent(parent: int) -> None:
@@ -214,16 +223,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.setup()
     take_priority(args.nice)
     link = socket.socket(fileno=args.link_fd)
-    spec, monitors = _read_config(link)
+    try:
+        spec, monitors, local = _read_config(link)
+    except (EOFError, ConnectionResetError):
+        return 0  # the main process went away before configuring this worker
     worker = Worker(link, args.queue, wire.Progress(args.progress_fd), spec)
     worker.meter.reconfigure(monitors)
+    worker.meter.set_local_networks(local)
     signal.signal(signal.SIGTERM, lambda _sig, _frame: setattr(worker, "stopping", True))
+    try:
+        return serve(worker, link, args.queue)
+    except (BrokenPipeError, ConnectionResetError):
+        return 0  # the main process is gone (killed): nobody is left to ship to
+
+
+def serve(worker: Worker, link: socket.socket, queue: int) -> int:
+    """Bind (or report why not), say READY, meter until told to stop."""
     try:
         worker.capture.open()
     except CaptureError as exc:
         link.sendall(wire.frame(wire.FAILED, str(exc).encode()))
         return 1
-    ready = {"queue": args.queue, "pid": os.getpid(), "started": time.time()}
+    ready = {"queue": queue, "pid": os.getpid(), "started": time.time()}
     link.sendall(wire.json_frame(wire.READY, ready))
     return worker.run()
 

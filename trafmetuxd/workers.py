@@ -31,7 +31,7 @@ from trafmetuxd.capture import CaptureError
 from trafmetuxd.collector import Snapshot
 from trafmetuxd.kernel import QueueStats, queue_table
 from trafmetuxd.link import interpreter
-from trafmetuxd.spec import CaptureSpec, MonitorSpec
+from trafmetuxd.spec import CaptureSpec, MonitorSpec, Network
 
 log = logging.getLogger("trafmetuxd.workers")
 
@@ -92,8 +92,10 @@ class Workers:
         monitors: Sequence[MonitorSpec],
         apply: Apply,
         nice: int | None = None,
+        local_networks: Sequence[Network] = (),
     ) -> None:
         self.spec = spec
+        self.local_networks = tuple(local_networks)
         self.nice = nice  # the workers' priority when the main process lowered its own
         self.monitors = tuple(monitors)
         self.apply = apply
@@ -179,6 +181,7 @@ class Workers:
         return {
             "capture": specwire.capture_to_wire(self.spec),
             "monitors": [specwire.monitor_to_wire(m) for m in self.monitors],
+            "local_networks": [str(net) for net in self.local_networks],
         }
 
     def _command(self, queue: int, link_fd: int, progress_fd: int) -> list[str]:
@@ -253,9 +256,12 @@ class Workers:
             return False
         return True
 
-    async def reconfigure(self, monitors: Sequence[MonitorSpec]) -> None:
+    async def reconfigure(
+        self, monitors: Sequence[MonitorSpec], local_networks: Sequence[Network] = ()
+    ) -> None:
         """New monitors for every worker (and every later life); retired counts are shipped."""
         self.monitors = tuple(monitors)
+        self.local_networks = tuple(local_networks)
         frame = wire.json_frame(wire.CONFIG, self._config())
         for qw in self.queues:
             if qw.life is not None and not qw.life.writer.is_closing():

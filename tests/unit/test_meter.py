@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from packets import (
@@ -283,4 +284,28 @@ def test_packets_the_cache_cannot_key_are_counted_by_their_own_headers() -> None
         (4, 40000, 22): [len(first), 0, 1],
         (4, -1, -1): [len(later), 0, 1],
         (4, 40000, 80): [len(optioned), 0, 1],
+    }
+
+
+@pytest.mark.parametrize("options", [b"", b"\x01\x01\x01\x00"])  # cached path, full path
+def test_with_local_networks_the_local_side_is_the_client_when_the_ports_cannot_tell(
+    options: bytes,
+) -> None:
+    # A call between unprivileged, non-ephemeral ports: neither port tells the client.
+    local, remote = "10.24.82.188", "1.201.1.174"
+    reply = ipv4(17, udp(23044, 11320, bytes(20)), src=remote, dst=local, options=options)
+    call = ipv4(17, udp(11320, 23044, bytes(10)), src=local, dst=remote, options=options)
+    with_nets = Meter([MonitorSpec("all")], [ipaddress.ip_network("10.0.0.0/8")])
+    without = Meter([MonitorSpec("all")])
+    for meter in (with_nets, without):
+        meter.feed(0.0, reply, DIR_IN, "eth0")  # the remote side speaks first
+        meter.feed(1.0, call, DIR_OUT, "eth0")
+    sent, received = len(call), len(reply)
+    # The local host is the client: the remote service port is kept, its own port compressed.
+    assert with_nets.collectors[0].flows == {
+        (4, 17, addr(local), 65535, addr(remote), 23044): [sent, received, 2]
+    }
+    # Without local networks the higher port's side is the client, as before.
+    assert without.collectors[0].flows == {
+        (4, 17, addr(remote), 65535, addr(local), 11320): [received, sent, 2]
     }
