@@ -102,17 +102,22 @@ def is_syn(flags: int) -> bool:
     return flags & _SYN_ACK == _SYN
 
 
-def _add_total(totals: Totals, minute: int, out: bool, length: int) -> None:
-    """Add one packet to its minute's in or out bytes and packets."""
-    row = totals.get(minute)
-    if row is None:
-        row = totals[minute] = [0, 0, 0, 0]
+def _add_row(row: list[int], out: bool, length: int) -> None:
+    """Add one packet to a totals row's in or out bytes and packets."""
     if out:
         row[2] += length
         row[3] += 1
     else:
         row[0] += length
         row[1] += 1
+
+
+def _add_total(totals: Totals, minute: int, out: bool, length: int) -> None:
+    """Add one packet to its minute's in or out bytes and packets."""
+    row = totals.get(minute)
+    if row is None:
+        row = totals[minute] = [0, 0, 0, 0]
+    _add_row(row, out, length)
 
 
 def _resolve(coll: RealtimeCollector, flow: Plan, syn: bool) -> tuple[list[int], int, bool]:
@@ -186,12 +191,7 @@ def count_slots(
                 found = coll._totals[minute] = [0, 0, 0, 0]
             row = coll._row = found
             coll._minute = minute
-        if out:
-            row[2] += length
-            row[3] += 1
-        else:
-            row[0] += length
-            row[1] += 1
+        _add_row(row, out, length)
         if slot.other or slot.gen != coll._gen or (slot.made >= 0 and slot.made != coll._made):
             overflow = coll._overflow
             entry, slot.side, first = _resolve(coll, flow, syn)

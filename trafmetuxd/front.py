@@ -30,6 +30,7 @@ from pathlib import Path
 
 from trafmetuxd import logs, protocol
 from trafmetuxd.api import Bucket, Peer, Server
+from trafmetuxd.child import die_with_parent
 from trafmetuxd.protocol import UNAVAILABLE, Request
 
 log = logging.getLogger("trafmetuxd.front")
@@ -42,7 +43,6 @@ FD_SPARE = 64  # files kept for the link, the store-less rest of the process
 LINK_LIMIT = 1 << 28  # longest reply line from the daemon (it is trusted; flows can be large)
 
 _STOPPING = protocol.encode_reply_err(UNAVAILABLE, "the daemon is stopping")
-_PR_SET_PDEATHSIG = 1
 _PR_CAPBSET_DROP = 24
 _PR_SET_NO_NEW_PRIVS = 38
 CAP_LAST_CAP = Path("/proc/sys/kernel/cap_last_cap")
@@ -189,13 +189,6 @@ async def serve(listener: socket.socket, link: socket.socket, args: argparse.Nam
     await server.close(unlink=False)  # the daemon owns the socket file
     writer.close()
     return 0
-
-
-def die_with_parent(parent: int) -> None:
-    """Be killed when the daemon dies, however it dies; exit now if it is already gone."""
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:
-        sys.exit(0)
 
 
 def drop_privileges() -> None:

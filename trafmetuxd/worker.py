@@ -11,7 +11,6 @@ but the packet path can hold up a verdict. It dies with the main process (PR_SET
 from __future__ import annotations
 
 import argparse
-import ctypes
 import ipaddress
 import logging
 import os
@@ -24,6 +23,7 @@ from collections.abc import Iterator, Sequence
 
 from trafmetuxd import logs, specwire, wire
 from trafmetuxd.capture import Capture, CaptureError
+from trafmetuxd.child import die_with_parent
 from trafmetuxd.meter import Meter, MeterStats
 from trafmetuxd.nfbatch import BatchStats, feed_batch
 from trafmetuxd.spec import CaptureSpec, MonitorSpec, Network
@@ -33,7 +33,6 @@ log = logging.getLogger("trafmetuxd.worker")
 IDLE_POLL_MS = 100  # the heartbeat's period when no packet arrives
 BATCHES_PER_TURN = 16  # batches taken before the link gets a look
 OUTBOX_LIMIT = 1 << 20  # bytes of shipment frames encoded ahead of what the link took
-_PR_SET_PDEATHSIG = 1
 
 
 class Worker:
@@ -182,13 +181,6 @@ def _read_config(
                 value = wire.json_body(body)
                 capture = specwire.capture_from_wire(value["capture"])
                 return capture, _monitors(body), _local_networks(body)
-
-
-def die_with_parent(parent: int) -> None:
-    """Be killed when the main process dies, however it dies; exit now if it is gone."""
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:
-        sys.exit(0)
 
 
 def build_parser() -> argparse.ArgumentParser:

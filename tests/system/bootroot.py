@@ -4,7 +4,7 @@ The root is made with debootstrap from the machine's own Debian mirror, then the
 (HEAD plus uncommitted changes, never the .venv) is copied to /usr/local/src/trafmetux inside it
 and `make install install-systemd` runs there in a chroot. It is cached under CACHE, keyed by a
 hash of the package list, the mirror and the project's install inputs, and rebuilt when any of
-them changes; an older cached root is removed once a new one is complete.
+them changes; a cached root of other inputs is removed once unused for six hours.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -33,6 +34,9 @@ SRC = "usr/local/src/trafmetux"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 TOOLS = ("debootstrap", "systemd-nspawn", "nsenter", "unshare", "chroot", "git", "tar")
+
+
+KEEP_UNUSED = 6 * 3600  # seconds a root of other inputs is kept after its last use
 
 
 def deb_packages() -> list[str]:
@@ -153,6 +157,7 @@ def cached_root() -> Path:
         root = CACHE / f"{SUITE}-{cache_key()}"
         if not root.is_dir():
             _build(root)
+        os.utime(root)  # in use: kept by the clean-up of other builds for a while
         return root
 
 
@@ -165,8 +170,13 @@ def _build(root: Path) -> None:
     debootstrap(building, log)
     install_project(building, log)
     building.rename(root)
+    # Roots of other inputs go once unused for a while: two checkouts testing side by side
+    # (a branch and main) must not remove the root the other one is booting from.
+    stale = time.time() - KEEP_UNUSED
     for old in CACHE.glob(f"{SUITE}-*"):
-        if old.is_dir() and old != root:
+        if old in (root, log) or old.stat().st_mtime > stale:
+            continue
+        if old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
-        elif old.is_file() and old != log:
+        else:
             old.unlink()
