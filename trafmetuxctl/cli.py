@@ -309,6 +309,11 @@ def _key_values(result: Any, indent: str = "") -> list[str]:
     for k, v in result.items():
         if isinstance(v, dict):
             lines += [f"{indent}{k}:", *_key_values(v, indent + "  ")]
+        elif isinstance(v, list) and v and all(isinstance(item, dict) for item in v):
+            lines.append(f"{indent}{k}:")
+            for item in v:  # one block per entry (the capture workers, say), YAML-like
+                first, *rest = _key_values(item, indent + "    ")
+                lines += [f"{indent}  - {first.lstrip()}", *rest]
         else:
             lines.append(f"{indent}{k}: {v if isinstance(v, str) else json.dumps(v)}")
     return lines

@@ -255,6 +255,24 @@ def test_status_prints_key_values(fake: Fake, capsys: pytest.CaptureFixture[str]
     assert capsys.readouterr().out.splitlines() == ["state: running", "protocol: 1"]
 
 
+def test_status_prints_each_capture_worker_as_a_block_of_its_own(
+    fake: Fake, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workers = [{"queue": 0, "pid": 7, "kernel": {"waiting": 0}}, {"queue": 1, "pid": None}]
+    fake.replies["status"] = {"ok": True, "result": {"capture": {"workers": workers}}}
+    assert run(fake, "status") == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "capture:",
+        "  workers:",
+        "    - queue: 0",
+        "      pid: 7",
+        "      kernel:",
+        "        waiting: 0",
+        "    - queue: 1",
+        "      pid: null",
+    ]
+
+
 def test_the_client_imports_nothing_heavy() -> None:
     code = (
         "import sys, trafmetuxctl.cli; "
