@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import sqlite3
 import struct
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,10 +18,19 @@ import pytest
 from scapy.all import ICMP, IP, TCP, UDP, Ether, IPv6, Raw, wrpcap, wrpcapng
 from scapy.layers.l2 import CookedLinux
 
+from trafmetuxd.collector import Snapshot
 from trafmetuxd.daemon import Daemon
+from trafmetuxd.notify import Notifier
 from trafmetuxd.pcap import CaptureFileError
-from trafmetuxd.replay import AlreadyReplayedError, fingerprint, replay, replay_file
-from trafmetuxd.spec import DIR_IN, DIR_OUT, Config, MonitorSpec, RuleSpec
+from trafmetuxd.replay import (
+    AlreadyReplayedError,
+    fingerprint,
+    replay,
+    replay_file,
+    report_clock,
+)
+from trafmetuxd.service import Service
+from trafmetuxd.spec import DIR_IN, DIR_OUT, Config, MonitorSpec, RetentionSpec, RuleSpec
 
 LOCAL = ipaddress.ip_network("192.168.190.0/24")
 LOCAL6 = ipaddress.ip_network("fd00:190::/64")
@@ -361,3 +372,88 @@ def test_the_command_line_refuses_a_repeat_with_exit_status_2(tmp_path: Path) ->
                             text=True, timeout=60)  # fmt: skip
     assert forced.returncode == 0, forced
     assert forced.stdout.startswith(f"replayed {tmp_path / 'a.pcap'}: {len(sent)} frames")
+
+
+def minute_count(db: Path) -> int:
+    return sum(len(v) for v in stored(db).values())
+
+
+def flow_count(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT count(*) FROM flow").fetchone()[0])
+
+
+def test_retention_never_deletes_what_a_replay_wrote(tmp_path: Path) -> None:
+    sent = traffic()  # from T0, months before the wall clock: far beyond 7 and 30 days
+    write_capture(tmp_path / "a.pcap", sent, "ether")
+    daemon = daemon_for(tmp_path)
+    db = daemon.config.database
+    assert daemon.config.retention == RetentionSpec()  # the defaults: 7 days, 30 days
+    try:
+        # detail written live two days before the capture: not a replay's, so retention applies
+        live = Snapshot({int(T0) // 60 - 2880: [5, 1, 0, 0]}, {}, 0)
+        daemon.store.write(T0 - 2 * 86400, [("all", live)])
+        summary = replay_file(daemon, tmp_path / "a.pcap", iface="")
+        minutes, flows = minute_count(db), flow_count(db)
+        # what --serve does a flush interval later: a flush by the wall clock, with its prune
+        assert daemon.flush_now(time.time())
+        assert minute_count(db) == minutes - 1  # only the live minute went
+        assert flow_count(db) == flows > 0
+        assert all_bytes(db) == sum(len(bytes(s.ip)) for s in sent)
+        # retention counts from when the replay ran: 8 days later its minutes go, flows stay
+        daemon.store.prune(time.time() + 8 * 86400, daemon.config.retention)
+        assert minute_count(db) == 0 and flow_count(db) == flows
+        daemon.store.prune(time.time() + 31 * 86400, daemon.config.retention)
+        assert flow_count(db) == 0
+        assert summary.bytes + 5 == sum(  # totals stay, the live day's included
+            r[0] + r[2] for r in stored(db, "day_totals", "day")["all"].values()
+        )
+    finally:
+        daemon.close()
+
+
+def test_quarter_retention_spares_the_utc_days_a_replay_wrote(tmp_path: Path) -> None:
+    write_capture(tmp_path / "a.pcap", traffic(), "ether")
+    daemon = daemon_for(tmp_path)
+    db = daemon.config.database
+    try:
+        old = Snapshot({int(T0) // 60 - 3 * 1440: [5, 1, 0, 0]}, {}, 0)
+        daemon.store.write(T0 - 3 * 86400, [("all", old)])
+        replay_file(daemon, tmp_path / "a.pcap", iface="")
+        before = {t: stored(db, f"{t}_totals", t)["all"] for t in ("quarter", "hour", "day")}
+        daemon.store.prune(time.time(), RetentionSpec(minutes=0, flows=0, quarters=86400))
+        after = {t: stored(db, f"{t}_totals", t)["all"] for t in ("quarter", "hour", "day")}
+    finally:
+        daemon.close()
+    old_day = (int(T0) - 3 * 86400) // 86400
+    assert old_day in before["day"] and old_day not in after["day"]  # the live day went
+    assert {t: {k: v for k, v in rows.items() if k not in (old_day, old_day * 24, old_day * 96)}
+            for t, rows in before.items() if t == "day"} == {"day": after["day"]}  # fmt: skip
+    assert len(after["quarter"]) == len(before["quarter"]) - 1
+    assert len(after["hour"]) == len(before["hour"]) - 1
+
+
+def test_default_windows_after_a_replay_end_at_its_newest_data(tmp_path: Path) -> None:
+    sent = traffic()
+    write_capture(tmp_path / "a.pcap", sent, "ether")
+    daemon = daemon_for(tmp_path)
+    try:
+        summary = replay_file(daemon, tmp_path / "a.pcap", iface="")
+        clock = report_clock(daemon, summary)
+        assert clock() == summary.end  # the end of its last flush, not the wall clock
+        service = Service(daemon, Notifier(), live=False, clock=clock)  # as --serve builds it
+        handlers = service.handlers
+        try:
+            day = asyncio.run(handlers.report({"period": "day", "monitors": ["all"]}))
+            flows = asyncio.run(handlers.flows({"monitor": "imap-raw"}))
+            top = asyncio.run(handlers.top({"monitors": ["all"], "by": "server", "limit": 1}))
+        finally:
+            handlers.close()
+    finally:
+        daemon.close()
+    total = sum(len(bytes(s.ip)) for s in sent)
+    rows = day["rows"]  # type: ignore[index]
+    assert rows[-1]["label"] == f"{datetime.fromtimestamp(T0, UTC):%Y-%m-%d}"
+    assert sum(rows[-1]["values"]["all"]) == total
+    assert sorted(f["client_port"] for f in flows["flows"]) == [2532, 2533, 2534, 2535]  # type: ignore[index]
+    assert top["entries"][0]["bytes"] > 0  # type: ignore[index]
