@@ -70,8 +70,27 @@ def rebuild_rollups(conn: sqlite3.Connection) -> None:
         conn.execute(_ROLLUP_FILL.format(table=table, n=per))
 
 
+# What each replay metered, so that a capture is not counted twice and retention spares what
+# a replay wrote (times in unix seconds: started/finished by the wall clock, the others by the
+# capture's own timestamps; finished and the columns after it stay NULL until it completes).
+_REPLAY_TABLE = """CREATE TABLE replay (id INTEGER PRIMARY KEY, sha256 TEXT NOT NULL,
+    path TEXT NOT NULL, size INTEGER NOT NULL, started REAL NOT NULL, first_packet REAL NOT NULL,
+    finished REAL, last_packet REAL, last_flush REAL,
+    frames INTEGER, packets INTEGER, bytes INTEGER)"""
+
+
+def _migrate_to_3(conn: sqlite3.Connection) -> None:
+    """Version 2 -> 3: the record of replayed captures."""
+    conn.execute(_REPLAY_TABLE)
+    conn.execute("CREATE INDEX replay_sha256 ON replay(sha256)")
+
+
 # MIGRATIONS[n] takes a database from user_version n to n + 1; append to add a version.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_to_1, _migrate_to_2)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _migrate_to_1,
+    _migrate_to_2,
+    _migrate_to_3,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
