@@ -55,7 +55,7 @@ class Flusher:
 
     def configure(self, monitors: Sequence[MonitorSpec]) -> None:
         """Adopt new monitor settings; collectors holding unwritten data are kept."""
-        self._sizes = {m.name: m.flush_collector_size for m in monitors}
+        self._sizes = {m.name: (m.flush_collector_size, m.max_hosts) for m in monitors}
         self._logs = {m.name: FlowLog(m.flow_log) for m in monitors if m.flow_log}
 
     def absorb(self, batches: Sequence[tuple[str, Snapshot]]) -> None:
@@ -63,7 +63,7 @@ class Flusher:
         for name, snap in batches:
             coll = self.collectors.get(name)
             if coll is None:
-                coll = FlushCollector(self._sizes.get(name, 2000))
+                coll = FlushCollector(*self._sizes.get(name, (2000, 4096)))
                 self.collectors[name] = coll
             coll.merge(snap)
             time.sleep(0)  # in the worker thread: let a waiting packet loop have the GIL

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from trafmetuxd.addresses import address_text
-from trafmetuxd.collector import OTHER, Flows, Snapshot
+from trafmetuxd.collector import OTHER, OTHER_HOST, Flows, HostKey, Hosts, Snapshot
+from trafmetuxd.schema import HOST_TABLES as HOST_TABLES
 from trafmetuxd.schema import MIGRATIONS as MIGRATIONS
 from trafmetuxd.schema import MINUTES_PER_DAY as MINUTES_PER_DAY
 from trafmetuxd.schema import MINUTES_PER_HOUR as MINUTES_PER_HOUR
@@ -37,6 +38,10 @@ _UPSERT_MINUTE = _UPSERT.format(table="minute_totals", unit="minute")
 _UPSERT_QUARTER = _UPSERT.format(table="quarter_totals", unit="quarter")
 _UPSERT_HOUR = _UPSERT.format(table="hour_totals", unit="hour")
 _UPSERT_DAY = _UPSERT.format(table="day_totals", unit="day")
+_UPSERT_HOST = """INSERT INTO {table} (monitor, host, {unit}, in_bytes, in_packets, out_bytes,
+out_packets) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (monitor, host, {unit}) DO UPDATE SET
+in_bytes = in_bytes + excluded.in_bytes, in_packets = in_packets + excluded.in_packets,
+out_bytes = out_bytes + excluded.out_bytes, out_packets = out_packets + excluded.out_packets"""
 _INSERT_FLOW = "INSERT INTO flow VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 log = logging.getLogger("trafmetuxd.store")
@@ -259,7 +264,7 @@ class Store:
         with self._transaction("cannot write flush"):
             rows = _FlowRows()
             for name, snap in batches:
-                if snap.totals or snap.flows:
+                if snap.totals or snap.flows or snap.hosts:
                     self._write_one(self._monitor_id(name), flush_time, snap, rows)
             if prune_before is not None:
                 self._prune(*prune_before)
@@ -284,16 +289,30 @@ class Store:
             units = rollup(snap.totals, minutes).items()
             conn.executemany(sql, ((monitor, u, *r) for u, r in units))
         cur = conn.execute(
-            "INSERT INTO flush (monitor, time, overflow) VALUES (?, ?, ?)",
-            (monitor, flush_time, snap.overflow),
+            "INSERT INTO flush (monitor, time, overflow, host_overflow) VALUES (?, ?, ?, ?)",
+            (monitor, flush_time, snap.overflow, snap.host_overflow),
         )
         conn.executemany(_INSERT_FLOW, rows.rows(cur.lastrowid, snap.flows))
+        if snap.hosts:
+            self._write_hosts(monitor, snap.hosts)
+
+    def _write_hosts(self, monitor: int, hosts: Hosts) -> None:
+        """Upsert-add the per-host minutes and their quarter, hour and day rollups."""
+        conn = self._conn
+        texts = {host: host_text(host) for host in hosts}
+        for table, unit, minutes in HOST_TABLES:
+            sql = _UPSERT_HOST.format(table=table, unit=unit)
+            for host, totals in hosts.items():
+                text = texts[host]
+                units = totals if minutes == 1 else rollup(totals, minutes)
+                conn.executemany(sql, ((monitor, text, u, *r) for u, r in units.items()))
 
     def _prune(self, first_minute: int, first_flush_time: int) -> None:
         """Delete minutes and flushes before the bounds (a bound <= 0 keeps everything)."""
         conn = self._conn
         if first_minute > 0:
             conn.execute("DELETE FROM minute_totals WHERE minute < ?", (first_minute,))
+            conn.execute("DELETE FROM host_minute_totals WHERE minute < ?", (first_minute,))
         if first_flush_time > 0:
             old = "SELECT id FROM flush WHERE time < ?"
             conn.execute(f"DELETE FROM flow WHERE flush IN ({old})", (first_flush_time,))
@@ -317,6 +336,9 @@ class Store:
         conn.execute("DELETE FROM quarter_totals WHERE quarter < ?", (day * QUARTERS_PER_DAY,))
         for table, unit, per in ROLLUPS:
             first_unit = day * QUARTERS_PER_DAY // per
+            conn.execute(f"DELETE FROM {table} WHERE {unit} < ?", (first_unit,))
+        for table, unit, minutes in HOST_TABLES[1:]:
+            first_unit = day * MINUTES_PER_DAY // minutes
             conn.execute(f"DELETE FROM {table} WHERE {unit} < ?", (first_unit,))
 
     def close(self) -> None:
@@ -349,6 +371,20 @@ class Store:
             rows = self._conn.execute(sql, (monitor,)).fetchall()
         return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
 
+    def host_totals(self, monitor: str, unit: str = "minute") -> dict[str, dict[int, Row]]:
+        """Every stored row of a monitor's hosts in one unit: host -> unit -> totals."""
+        table = {u: t for t, u, _ in HOST_TABLES}[unit]
+        sql = (
+            f"SELECT host, t.{unit}, in_bytes, in_packets, out_bytes, out_packets FROM {table} t "
+            "JOIN monitor m ON m.id = t.monitor WHERE m.name = ?"
+        )
+        with self._errors("cannot read host totals"):
+            rows = self._conn.execute(sql, (monitor,)).fetchall()
+        out: dict[str, dict[int, Row]] = {}
+        for host, u, *values in rows:
+            out.setdefault(host, {})[u] = (values[0], values[1], values[2], values[3])
+        return out
+
     def flows(self, monitor: str, since: float, until: float) -> list[FlowRow]:
         """Flow rows of flushes with since <= time < until, in flush then insertion order."""
         sql = (
@@ -369,6 +405,15 @@ class Store:
         )
         with self._errors("cannot read flushes"):
             return int(self._conn.execute(sql, (monitor, since, until)).fetchone()[0])
+
+
+def host_text(host: HostKey) -> str:
+    """A host's text: its address, an IPv6 group as "fd00:1::/64", OTHER_HOST as "other"."""
+    if host == OTHER_HOST:
+        return "other"
+    family, addr, prefix = host
+    text = address_text(family, addr)
+    return text if prefix in (32, 128) else f"{text}/{prefix}"
 
 
 class _FlowRows:
