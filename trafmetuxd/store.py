@@ -16,8 +16,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import NamedTuple
 
-from trafmetuxd.addresses import address_text
-from trafmetuxd.collector import OTHER, OTHER_HOST, Flows, HostKey, Hosts, Snapshot
+from trafmetuxd.addresses import address_text, host_text
+from trafmetuxd.collector import OTHER, Flows, Hosts, Snapshot
 from trafmetuxd.schema import HOST_TABLES as HOST_TABLES
 from trafmetuxd.schema import MIGRATIONS as MIGRATIONS
 from trafmetuxd.schema import MINUTES_PER_DAY as MINUTES_PER_DAY
@@ -405,15 +405,6 @@ class Store:
         )
         with self._errors("cannot read flushes"):
             return int(self._conn.execute(sql, (monitor, since, until)).fetchone()[0])
-
-
-def host_text(host: HostKey) -> str:
-    """A host's text: its address, an IPv6 group as "fd00:1::/64", OTHER_HOST as "other"."""
-    if host == OTHER_HOST:
-        return "other"
-    family, addr, prefix = host
-    text = address_text(family, addr)
-    return text if prefix in (32, 128) else f"{text}/{prefix}"
 
 
 class _FlowRows:
