@@ -280,6 +280,7 @@ class Daemon:
                 "error": state.last_error or None,
                 "held_bytes": state.held_bytes,
                 "database_recreated": state.database_recreated,
+                "host_overflow": dict(state.host_overflow),
             },
             "reload_error": self.reload_error or None,
             **(await self.extra_status()),

@@ -216,3 +216,23 @@ def test_ipv6_hosts_are_grouped_by_prefix(tmp_path: Path) -> None:
         "fd00:190:0:2::/64": {minute: (0, 0, size[2], 1), minute + 1: (size[4], 1, 0, 0)},
         "192.168.190.7": {minute: (size[3], 1, 0, 0)},
     }
+
+
+def test_host_overflow_is_in_the_flush_status_once_committed(tmp_path: Path) -> None:
+    from zoneinfo import ZoneInfo
+
+    from trafmetuxd.flush import Flusher
+
+    spec = MonitorSpec("lan", hosts=(ipaddress.ip_network("10.0.0.0/8"),), max_hosts=1)
+    meter = Meter((spec,))
+    for last in (1, 2, 3):
+        meter.feed(T0, ipv4(UDP, udp(4000, 53, b"q"), src=f"10.0.0.{last}"), DIR_IN, "eth0")
+    store = Store(tmp_path / "t.sqlite3")
+    flusher = Flusher(store, (spec,), ZoneInfo("UTC"))
+    flusher.absorb(meter.swap())
+    assert flusher.state.host_overflow == {}
+    assert flusher.write(T0 + 60)
+    flusher.committed(T0 + 60)
+    assert flusher.state.host_overflow == {"lan": 2}
+    assert store.host_totals("lan")["other"] == {int(T0) // 60: (0, 0, 2 * 29, 2)}
+    store.close()
