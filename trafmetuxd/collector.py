@@ -176,22 +176,6 @@ def _resolve(coll: RealtimeCollector, flow: Plan, syn: bool) -> tuple[list[int],
     return coll._new_position(key), side, True
 
 
-def count(
-    collectors: tuple[RealtimeCollector, ...],
-    flow: Plan,
-    minute: int,
-    out: bool,
-    length: int,
-    syn: bool,
-) -> None:
-    """Count one packet in each of collectors, its flow planned: what add() does."""
-    for coll in collectors:
-        _add_total(coll._totals, minute, out, length)
-        entry, side, _first = _resolve(coll, flow, syn)
-        entry[side] += length
-        entry[2] += 1
-
-
 class Slot:
     """Where one cached flow counts in one collector, and until when that holds.
 
@@ -259,7 +243,7 @@ class Slot:
 def count_slots(
     slots: list[Slot], flow: Plan, minute: int, out: bool, length: int, syn: bool
 ) -> None:
-    """Count one packet in each slot's collector: what count() does, without the lookups."""
+    """Count one packet in each slot's collector: what add() does, without the lookups."""
     for slot in slots:
         coll = slot.coll
         if coll._minute == minute:
