@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CONFIG ?= config.example.toml
 DEB_PACKAGES := python3 python3-venv python3-dev gcc make libnetfilter-queue-dev \
 	libnfnetlink-dev iptables nftables iproute2 ethtool socat procps systemd netsniff-ng \
-	debootstrap systemd-container
+	debootstrap systemd-container chromium
 PYTEST_ARGS ?=
 
 .PHONY: install deps venv lint test test-long run bench install-systemd check-service-python \
