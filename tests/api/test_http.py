@@ -353,3 +353,12 @@ def test_dashboard_in_headless_chromium_shows_the_replays_figures(
         capture_output=True, timeout=120, check=True,
     )  # fmt: skip
     assert shot.stat().st_size > 10_000
+
+
+def test_hash_password_prints_a_hash_the_listener_accepts() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "trafmetuxd", "--hash-password"],
+        input=b"letmein\n", capture_output=True, timeout=60, check=True,
+    ).stdout.decode().strip()  # fmt: skip
+    assert bcrypt.checkpw(b"letmein", out.encode())
+    assert config.parse(f'[http]\npassword_hash = "{out}"\n', Path("t.toml")).http.password_hash
