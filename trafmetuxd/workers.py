@@ -109,8 +109,12 @@ class Workers:
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         """Start every worker and wait until each has bound its queue (CaptureError if not)."""
-        for qw in self.queues:
-            await self._spawn(qw)
+        # All at once: a worker takes a few hundred milliseconds to start and bind.
+        spawned = await asyncio.gather(*(self._spawn(qw) for qw in self.queues),
+                                       return_exceptions=True)  # fmt: skip
+        for failure in spawned:
+            if isinstance(failure, BaseException):
+                raise failure  # stop() ends the workers that did start
         self._tasks = [asyncio.create_task(self._supervise(qw)) for qw in self.queues]
         self._tasks.append(asyncio.create_task(self._guard()))
 

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -163,3 +164,20 @@ def test_sigterm_with_reports_in_flight_exits_within_5s_after_a_final_flush(
     assert elapsed < 5.0
     a, b = pair.a.nft_counters(), pair.b.nft_counters()
     assert daemon.stored()["all"] == expected("all", a, b)  # the final flush wrote everything
+
+
+def test_a_queue_held_by_another_consumer_is_refused_naming_it_and_installs_nothing(
+    pair: Pair, tmp_path: Path
+) -> None:
+    # queue 1 is taken by another process: the daemon's worker for it cannot bind
+    other = pair.a.popen(pair.a.python(str(HERE.parent.parent / "bench" / "nfq_accept.py"), "1"))
+    assert other.stdout is not None and other.stdout.readline().strip() == "READY"
+    daemon = Daemon(pair, tmp_path, capture=TWO_QUEUES).start(ready=False)
+    assert daemon.wait(timeout=30) == 1
+    log = daemon.log()
+    assert "cannot bind NFQUEUE 1" in log and "Another process may hold this queue" in log
+    assert "TRAFMETUX" not in pair.a.iptables_save()  # no rule points at a queue nobody serves
+    assert daemon.proc is not None
+    # the worker of queue 0, which did bind, was ended with the daemon
+    children = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
+    assert f"--parent {daemon.proc.pid} " not in children.stdout
