@@ -6,7 +6,10 @@ BIN := $(VENV)/bin
 CONFIG ?= config.example.toml
 DEB_PACKAGES := python3 python3-venv python3-dev gcc make libnetfilter-queue-dev \
 	libnfnetlink-dev iptables nftables iproute2 ethtool socat procps systemd netsniff-ng \
-	debootstrap systemd-container chromium
+	debootstrap systemd-container
+# Needed by the tests on this machine only (the dashboard in headless Chromium), not by the
+# service: kept out of DEB_PACKAGES, which the system tests' boot root is built from.
+TEST_DEB_PACKAGES := chromium
 PYTEST_ARGS ?=
 
 .PHONY: install deps venv lint test test-long run bench install-systemd check-service-python \
@@ -16,7 +19,7 @@ install: deps venv
 
 # Debian packages: installed only when one is missing, so a second run changes nothing.
 deps:
-	@missing=$$(for p in $(DEB_PACKAGES); do \
+	@missing=$$(for p in $(DEB_PACKAGES) $(TEST_DEB_PACKAGES); do \
 		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
 	done); \
 	if [ -n "$$missing" ]; then \
