@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
 from typing import Any, Protocol
 
 from trafmetuxd import metrics, query, reports
-from trafmetuxd.collector import Flows, Totals
+from trafmetuxd.collector import Flows, Hosts, Totals
 from trafmetuxd.periods import Calendar, check_instant, parse_local, resolve_zone
 from trafmetuxd.protocol import BAD_ARGUMENT, NOT_FOUND, VERSION, ProtocolError
 from trafmetuxd.quota import QuotaStatus
@@ -32,6 +33,9 @@ class Backend(Protocol):
 
     def unflushed_flows(self, monitor: str) -> Flows:
         """A monitor's flow positions not committed yet."""
+
+    def unflushed_hosts(self, monitor: str) -> Hosts:
+        """A monitor's per-host totals not committed yet."""
 
     async def status(self) -> dict[str, object]:
         """JSON-able daemon status (may read kernel counters: awaited, off the loop)."""
@@ -67,6 +71,7 @@ class Handlers:
             "report": self.report,
             "flows": self.flows,
             "top": self.top,
+            "hosts": self.hosts,
             "live": self.live,
             "quota": self.quota,
             "metrics": self.metrics,
@@ -165,6 +170,19 @@ class Handlers:
         begin, end = self._range(args, cal)
         by, limit = args.get("by", "client"), args.get("limit", 10)
         return await reports.top(self.backend, names, begin, end, by, limit, self.now())
+
+    async def hosts(self, args: Mapping[str, Any]) -> object:
+        """A monitor's hosts over a range (the last day by default), largest first."""
+        (name,) = self.monitor_names([args["monitor"]])
+        cal = self.calendar()
+        begin, end = self._range(args, cal)
+        limit, sort = args.get("limit", 20), args.get("sort", "total")
+        result = await reports.hosts(self.backend, name, begin, end, limit, sort, self.now())
+        for key in ("begin", "end"):  # local ISO 8601 with its offset
+            value = result[key]
+            assert isinstance(value, int)
+            result[key] = datetime.fromtimestamp(value, cal.zone).isoformat()
+        return result
 
     async def quota(self, args: Mapping[str, Any]) -> object:
         """One quota (by name) or all of them."""

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 
 from trafmetuxd.api import local_answer
 from trafmetuxd.daemon import Daemon, tune_switch_interval
@@ -37,7 +38,13 @@ AUDIT_TTL = 0.2
 class Service:
     """Runs a Daemon under asyncio until SIGTERM/SIGINT; SIGHUP reloads."""
 
-    def __init__(self, daemon: Daemon, notifier: Notifier, live: bool = True) -> None:
+    def __init__(
+        self,
+        daemon: Daemon,
+        notifier: Notifier,
+        live: bool = True,
+        clock: Callable[[], float] = time.time,  # what reports take as now (replay: its end)
+    ) -> None:
         self.daemon = daemon
         self.notifier = notifier
         self.live = live
@@ -47,7 +54,7 @@ class Service:
         self.hup = asyncio.Event()
         self.flush_tick = time.monotonic()  # when the flush timer last came round
         self.flush_busy_since: float | None = None  # a flush running since then
-        self.handlers = Handlers(daemon)
+        self.handlers = Handlers(daemon, clock)
         self.quotas = QuotaWatcher()
         self.front: Front | None = None
         self._audit_cache: tuple[float, dict[str, object]] = (-AUDIT_TTL, {})

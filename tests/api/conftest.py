@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import pytest
 
 from trafmetuxd.api import Server, start_server
-from trafmetuxd.collector import Flows, Snapshot, Totals
+from trafmetuxd.collector import Flows, Hosts, Snapshot, Totals
 from trafmetuxd.handlers import Handlers
 from trafmetuxd.spec import Config, MonitorSpec, QuotaSpec
 from trafmetuxd.store import Store
@@ -33,6 +33,7 @@ class FakeBackend:
     flush_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pending: dict[str, Totals] = field(default_factory=dict)
     pending_flows: dict[str, Flows] = field(default_factory=dict)
+    pending_hosts: dict[str, Hosts] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
     refreshes: int = 0
 
@@ -45,6 +46,9 @@ class FakeBackend:
 
     def unflushed_flows(self, monitor: str) -> Flows:
         return self.pending_flows.get(monitor, {})
+
+    def unflushed_hosts(self, monitor: str) -> Hosts:
+        return self.pending_hosts.get(monitor, {})
 
     async def status(self) -> dict[str, object]:
         return {"state": "running", "monitors": len(self.config.monitors)}

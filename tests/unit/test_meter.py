@@ -30,7 +30,7 @@ from packets import (
 )
 
 from trafmetuxd import rules
-from trafmetuxd.collector import RealtimeCollector, Snapshot
+from trafmetuxd.collector import RealtimeCollector, Snapshot, host_matcher
 from trafmetuxd.meter import CACHE_LIMIT, LocalNetworks, Meter
 from trafmetuxd.packet import parse
 from trafmetuxd.spec import DIR_IN, DIR_OUT, MonitorSpec, RuleSpec
@@ -176,7 +176,16 @@ CACHE_MONITORS = (
     ("lan", (RuleSpec(host=(ipaddress.ip_network("10.0.0.0/31"),)), RuleSpec(family=6))),
     ("dns", (RuleSpec(protocol=UDP, dst_port=((53, 53),)),)),
     ("high", (RuleSpec(src_port=((1024, 65535),), dst=(ipaddress.ip_network("10.0.0.2/32"),)),)),
+    ("hosts", ()),
+    ("hosts_in", (RuleSpec(direction=DIR_IN),)),
 )
+# Monitors with `hosts`: few hosts allowed, so that some packets count in "other".
+HOST_OPTIONS = {
+    "hosts": {"hosts": (ipaddress.ip_network("10.0.0.0/30"), ipaddress.ip_network("fd00::/64")),
+              "max_hosts": 2},
+    "hosts_in": {"hosts": (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")),
+                 "host_prefix_v6": 64, "max_hosts": 3},
+}  # fmt: skip
 
 
 @st.composite
@@ -196,7 +205,7 @@ def events(draw: st.DrawFn) -> list[tuple[bytes, int, str, int, int]]:
 def reference(specs: tuple[MonitorSpec, ...]) -> tuple[Callable[..., None], Callable[[], list]]:
     """The uncached path: parse, classify, RealtimeCollector.add per matching monitor."""
     classifier = rules.compile(specs)
-    colls = [RealtimeCollector(s.collector_size, s.compress_ports) for s in specs]
+    colls = [RealtimeCollector(s.collector_size, s.compress_ports, host_matcher(s)) for s in specs]
 
     def feed(ts: float, buf: bytes, direction: int, iface: str) -> None:
         pkt = parse(buf)
@@ -211,12 +220,14 @@ def reference(specs: tuple[MonitorSpec, ...]) -> tuple[Callable[..., None], Call
 
 
 @settings(max_examples=300, deadline=None)
-@given(events(), st.lists(st.tuples(st.integers(0, 4), st.booleans()), min_size=6, max_size=6))
+@given(events(), st.lists(st.tuples(st.integers(0, 4), st.booleans()), min_size=8, max_size=8))
 def test_the_cached_meter_counts_exactly_what_the_uncached_path_counts(
     evs: list[tuple[bytes, int, str, int, int]], shapes: list[tuple[int, bool]]
 ) -> None:
     specs = tuple(
-        MonitorSpec(name, rules, collector_size=size, compress_ports=compress)
+        MonitorSpec(
+            name, rules, collector_size=size, compress_ports=compress, **HOST_OPTIONS.get(name, {})
+        )
         for (name, rules), (size, compress) in zip(CACHE_MONITORS, shapes, strict=True)
     )
     meter = Meter(specs)
