@@ -7,6 +7,9 @@ CONFIG ?= config.example.toml
 DEB_PACKAGES := python3 python3-venv python3-dev gcc make libnetfilter-queue-dev \
 	libnfnetlink-dev iptables nftables iproute2 ethtool socat procps systemd netsniff-ng \
 	debootstrap systemd-container
+# Needed by the tests on this machine only (the dashboard in headless Chromium), not by the
+# service: kept out of DEB_PACKAGES, which the system tests' boot root is built from.
+TEST_DEB_PACKAGES := chromium
 PYTEST_ARGS ?=
 APT_GET ?= apt-get
 
@@ -21,9 +24,9 @@ install: deps venv
 deps:
 	@if ! command -v dpkg-query >/dev/null; then \
 		echo "deps: no dpkg-query (not Debian): make sure the equivalents of these are installed:"; \
-		echo "  $(DEB_PACKAGES)"; exit 0; \
+		echo "  $(DEB_PACKAGES) $(TEST_DEB_PACKAGES)"; exit 0; \
 	fi; \
-	missing=$$(for p in $(DEB_PACKAGES); do \
+	missing=$$(for p in $(DEB_PACKAGES) $(TEST_DEB_PACKAGES); do \
 		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q ' ok installed$$' || echo $$p; \
 	done); \
 	if [ -n "$$missing" ]; then \

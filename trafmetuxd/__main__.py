@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --replay: meter the capture even if it was replayed into the store before",
     )
     parser.add_argument("--check", action="store_true", help="validate the configuration only")
+    parser.add_argument(
+        "--hash-password",
+        action="store_true",
+        help="read a password (from stdin, or asked on a terminal), print its bcrypt hash "
+        "for http.password_hash",
+    )
     parser.add_argument("--version", action="version", version=f"trafmetuxd {__version__}")
     return parser
 
@@ -42,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the daemon; exit 2 on a bad configuration, 1 on another start-up failure."""
     args = build_parser().parse_args(argv)
+    if args.hash_password:
+        return _hash_password()
     for flag in ("serve", "force"):
         if getattr(args, flag) and not args.replay:
             print(f"trafmetuxd: --{flag} goes with --replay", file=sys.stderr)
@@ -58,6 +66,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.config}: OK ({len(cfg.monitors)} monitors)")
         return 0
     return _start(cfg, args)
+
+
+def _hash_password() -> int:
+    """Print the bcrypt hash of a password read from the terminal or the first stdin line."""
+    import getpass
+
+    import bcrypt
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("HTTP password: ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        print("trafmetuxd: --hash-password: empty password refused", file=sys.stderr)
+        return EXIT_CONFIG
+    print(bcrypt.hashpw(password.encode(), bcrypt.gensalt()).decode())
+    return 0
 
 
 def _start(cfg: Config, args: argparse.Namespace) -> int:

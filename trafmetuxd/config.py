@@ -104,6 +104,15 @@ class _Retention(_Model):
     quarters: Annotated[int, _v(cv.retention)] = 0
 
 
+class _Http(_Model):
+    listen: Annotated[tuple[tuple[str, int], ...], _v(cv.listen_addresses)] = ()
+    allow_remote: bool = False
+    user: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^:]+$")] = "trafmetux"
+    password_hash: Annotated[str, _v(cv.password_hash)] = ""
+    password_file: Annotated[Path | None, _v(cv.absolute_path)] = None
+    max_clients: Annotated[int, Field(ge=1, le=1024)] = 64
+
+
 class _Root(_Model):
     state_dir: Annotated[Path, _v(cv.absolute_path)] = Path("/var/lib/trafmetux")
     socket: Annotated[Path, _v(cv.path)] = Path("/run/trafmetux/trafmetuxd.sock")
@@ -114,11 +123,12 @@ class _Root(_Model):
     local_networks: Annotated[tuple[Network, ...], _v(cv.network_list)] = ()
     capture: _Capture = _Capture()
     retention: _Retention = _Retention()
+    http: _Http = _Http()
     monitor: list[dict[str, Any]] = []
     quota: list[dict[str, Any]] = []
 
 
-_MODELS = (_Root, _Capture, _Retention, _Monitor, _Rule, _Quota)
+_MODELS = (_Root, _Capture, _Retention, _Monitor, _Rule, _Quota, _Http)
 _KEYS = sorted({key for model in _MODELS for key in model.model_fields})
 
 
@@ -231,6 +241,43 @@ def _check_queues(capture: _Capture, p: _Problems) -> None:
         p.add(("capture", "queues"), capture.queues, message)
 
 
+def _http(http: _Http, p: _Problems) -> spec.HttpSpec:
+    """The HTTP listener: loopback only unless allow_remote; the hash from the config or a file."""
+    if not http.allow_remote:
+        for index, (host, port) in enumerate(http.listen):
+            if not cv.is_loopback(host):
+                message = "not a loopback address: set http.allow_remote = true to listen there"
+                p.add(("http", "listen", index), f"{host}:{port}", message)
+    digest = http.password_hash
+    if http.password_file is not None:
+        if digest:
+            p.add(("http", "password_file"), str(http.password_file), "give password_hash or "
+                  "password_file, not both")  # fmt: skip
+        digest = _password_file(http.password_file, p)
+    return spec.HttpSpec(
+        listen=http.listen, allow_remote=http.allow_remote, user=http.user,
+        password_hash=digest, max_clients=http.max_clients,
+    )  # fmt: skip
+
+
+def _password_file(path: Path, p: _Problems) -> str:
+    """The bcrypt hash on the first line of path ('' after recording a problem)."""
+    loc: Loc = ("http", "password_file")
+    try:
+        text = _read_regular(path).decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        p.add(loc, str(path), f"cannot read the password hash: {exc}")
+        return ""
+    except ConfigError as exc:
+        p.add(loc, str(path), str(exc))
+        return ""
+    try:
+        return cv.password_hash(text.splitlines()[0] if text else "")
+    except ValueError as exc:
+        p.add(loc, str(path), str(exc))
+        return ""
+
+
 def _check_quota(raw: dict[str, Any], index: int, monitors: Sequence[Any], p: _Problems) -> None:
     """A quota sums distinct, existing monitors."""
     names = raw.get("monitors")
@@ -320,7 +367,8 @@ def _config(data: dict[str, Any], path: Path, p: _Problems) -> spec.Config:
     _check_queues(root.capture, p)
     return spec.Config(
         path=path,
-        **_fields(root, ("capture", "retention", "monitor", "quota")),
+        **_fields(root, ("capture", "retention", "monitor", "quota", "http")),
+        http=_http(root.http, p),
         capture=spec.CaptureSpec(**_fields(root.capture)),
         retention=spec.RetentionSpec(**_fields(root.retention)),
         monitors=tuple(monitor for _, _, monitor in monitors),

@@ -278,3 +278,51 @@ def name(value: Any) -> str:
     if isinstance(value, str) and _NAME.fullmatch(value):
         return value
     raise ValueError("expected a name of 1..64 characters A-Z a-z 0-9 _ . -")
+
+
+def listen_address(value: Any) -> tuple[str, int]:
+    """(host, port) from 'HOST:PORT' text; an IPv6 host in brackets: '[::1]:9731'."""
+    expected = "expected 'HOST:PORT' with an IP address, such as '127.0.0.1:9731' or '[::1]:9731'"
+    if not isinstance(value, str):
+        raise ValueError(expected)
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ipaddress_version(host) != 6:
+            raise ValueError(expected)
+    elif ipaddress_version(host) != 4:
+        raise ValueError(expected)
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(expected + " (port 1..65535)")
+    return host, int(port)
+
+
+def ipaddress_version(host: str) -> int:
+    """4 or 6 for an IP address literal, 0 for anything else."""
+    try:
+        return ipaddress.ip_address(host).version
+    except ValueError:
+        return 0
+
+
+def listen_addresses(value: Any) -> tuple[tuple[str, int], ...]:
+    """A list of 'HOST:PORT' addresses (a single string is one address); no duplicates."""
+    items = _each(value if isinstance(value, list) else [value], listen_address)
+    if len(set(items)) != len(items):
+        raise ValueError("expected each address once")
+    return items
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8 and ::1."""
+    return ipaddress.ip_address(host).is_loopback
+
+
+def password_hash(value: Any) -> str:
+    """A bcrypt hash ('$2b$12$...', 60 characters), as `trafmetuxd --hash-password` prints."""
+    if not isinstance(value, str) or not BCRYPT.fullmatch(value):
+        raise ValueError("expected a bcrypt hash such as '$2b$12$...' (60 characters)")
+    return value
+
+
+BCRYPT = re.compile(r"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}")

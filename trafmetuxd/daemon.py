@@ -297,7 +297,7 @@ class Daemon:
             return {"reloaded": False, "error": str(exc)}
         restart = [
             key
-            for key in ("state_dir", "socket", "socket_group", "capture")
+            for key in ("state_dir", "socket", "socket_group", "capture", "http")
             if getattr(new, key) != getattr(self.config, key)
         ]
         async with self.flush_lock:

@@ -32,6 +32,7 @@ from trafmetuxd import logs, protocol
 from trafmetuxd.api import Bucket, Peer, Server
 from trafmetuxd.child import die_with_parent
 from trafmetuxd.protocol import UNAVAILABLE, Request
+from trafmetuxd.web import HTTP_UID, Auth, WebServer
 
 log = logging.getLogger("trafmetuxd.front")
 
@@ -40,6 +41,7 @@ FORWARD_RATE = 200.0  # requests per second the daemon is asked, all clients tog
 FORWARD_BURST = 100.0  # ... and at once
 FD_WANTED = 4096  # open files asked for (soft limit, within the hard one)
 FD_SPARE = 64  # files kept for the link, the store-less rest of the process
+HASH_ENV = "TRAFMETUX_HTTP_PASSWORD_HASH"  # the basic-auth hash: not on the command line
 LINK_LIMIT = 1 << 28  # longest reply line from the daemon (it is trusted; flows can be large)
 
 _STOPPING = protocol.encode_reply_err(UNAVAILABLE, "the daemon is stopping")
@@ -185,7 +187,14 @@ async def serve(listener: socket.socket, link: socket.socket, args: argparse.Nam
         privileged,
     )  # fmt: skip
     await server.start(listener)
+    web = WebServer(
+        lambda line: forwarder.call(line, HTTP_UID, HTTP_UID),
+        args.http_max_clients,
+        Auth(args.http_user, args.http_hash),
+    )
+    await web.start([socket.socket(fileno=fd) for fd in args.http_fd])
     await forwarder.read_replies(reader)
+    await web.close()
     await server.close(unlink=False)  # the daemon owns the socket file
     writer.close()
     return 0
@@ -255,12 +264,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--group-found", type=int, choices=(0, 1), required=True)
     parser.add_argument("--max-clients", type=int, required=True)
     parser.add_argument("--idle-timeout", type=float, required=True)
+    parser.add_argument("--http-fd", type=int, action="append", default=[])
+    parser.add_argument("--http-user", default="trafmetux")
+    parser.add_argument("--http-max-clients", type=int, default=64)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the front; exit status 0 when the daemon closed the link."""
     args = build_parser().parse_args(argv)
+    args.http_hash = os.environ.pop(HASH_ENV, "")
     die_with_parent(args.parent)
     # The daemon decides when to stop: it closes the link. A terminal's ^C or hangup reaches
     # the whole process group and must not end the socket under a running daemon.

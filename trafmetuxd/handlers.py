@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
-from trafmetuxd import query, reports
+from trafmetuxd import metrics, query, reports
 from trafmetuxd.collector import Flows, Hosts, Totals
 from trafmetuxd.periods import Calendar, check_instant, parse_local, resolve_zone
 from trafmetuxd.protocol import BAD_ARGUMENT, NOT_FOUND, VERSION, ProtocolError
@@ -74,6 +74,7 @@ class Handlers:
             "hosts": self.hosts,
             "live": self.live,
             "quota": self.quota,
+            "metrics": self.metrics,
             "flush": self.flush,
             "reload": self.reload,
         }
@@ -195,6 +196,11 @@ class Handlers:
             self.backend, self.reader, self.calendar(), specs, self.now()
         )
         return {"quotas": [s.as_dict() for s in statuses]}
+
+    async def metrics(self, args: Mapping[str, Any]) -> object:
+        """Every figure of one /metrics scrape: all-time totals, quotas, health."""
+        names = [m.name for m in self.backend.config.monitors]
+        return await metrics.gather(self.backend, await self.quota_statuses(), names)
 
     async def quota_statuses(self) -> list[QuotaStatus]:
         """Every quota now: what the daemon feeds its QuotaWatcher after each flush."""

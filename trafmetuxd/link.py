@@ -23,6 +23,7 @@ from trafmetuxd import protocol
 from trafmetuxd.api import Answer
 from trafmetuxd.protocol import ProtocolError
 from trafmetuxd.sockfile import bind_socket, remove_socket, resolve_group
+from trafmetuxd.spec import HttpSpec
 
 log = logging.getLogger(__name__)
 RESTART_DELAY = 1.0  # seconds between a front's death and its replacement ...
@@ -31,6 +32,8 @@ SETTLED = 1.0  # seconds a front must have run for its successor to start after 
 STOP_TIMEOUT = 3.0  # seconds a front has to exit once the link is closed
 PROC_SELF_EXE = "/proc/self/exe"
 MAX_CLIENTS = 1024  # the front's connections at most: each may buffer 128 KiB of a request line
+HTTP_BACKLOG = 128
+HASH_ENV = "TRAFMETUX_HTTP_PASSWORD_HASH"  # as front.py reads it
 
 
 async def serve_link(
@@ -72,11 +75,37 @@ def interpreter() -> str:
     return PROC_SELF_EXE if os.path.exists(PROC_SELF_EXE) else sys.executable
 
 
+def bind_http(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (bound here, so the front needs no privilege)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(HTTP_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+        raise OSError(exc.errno, f"http.listen {where}: cannot listen: {exc.strerror}") from None
+    return sock
+
+
 class Front:
     """Runs the front process on the control socket, and again whenever it dies."""
 
-    def __init__(self, path: Path, group: str, answer: Answer, idle_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        group: str,
+        answer: Answer,
+        idle_timeout: float = 30.0,
+        http: HttpSpec | None = None,
+    ) -> None:
         self.path = path
+        self.http = http if http is not None else HttpSpec()
+        self._http_listeners: list[socket.socket] = []
         self.group = group
         self.answer = answer
         self.idle_timeout = idle_timeout
@@ -92,6 +121,17 @@ class Front:
         """Create the socket file (0660, group) and listen; clients queue until the front runs."""
         self._resolved = resolve_group(self.group)
         self._listener = bind_socket(self.path, self._resolved[0])
+        try:
+            for host, port in self.http.listen:
+                self._http_listeners.append(bind_http(host, port))
+        except OSError:
+            self._close_http()
+            raise
+
+    def _close_http(self) -> None:
+        for sock in self._http_listeners:
+            sock.close()
+        self._http_listeners = []
 
     def start(self) -> None:
         """Start the front and keep it running until stop()."""
@@ -115,6 +155,7 @@ class Front:
             self._listener.close()
             self._listener = None
             remove_socket(self.path)
+        self._close_http()
 
     def info(self) -> dict[str, object]:
         """JSON-able facts for the status command."""
@@ -142,12 +183,18 @@ class Front:
     async def _run_once(self) -> None:
         assert self._listener is not None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        http_fds = [sock.fileno() for sock in self._http_listeners]
+        env = None
+        if self.http.password_hash:
+            env = {**os.environ, HASH_ENV: self.http.password_hash}
         with theirs:
             self.proc = await asyncio.create_subprocess_exec(
                 *self._command(self._listener.fileno(), theirs.fileno()),
+                *(f"--http-fd={fd}" for fd in http_fds),
                 executable=interpreter(),
                 stdin=subprocess.DEVNULL,
-                pass_fds=(self._listener.fileno(), theirs.fileno()),
+                pass_fds=(self._listener.fileno(), theirs.fileno(), *http_fds),
+                env=env,
             )
         reader, self._writer = await asyncio.open_unix_connection(
             sock=ours, limit=protocol.MAX_LINE + 64
@@ -172,4 +219,6 @@ class Front:
             "--group-found", str(int(self._resolved[1])),
             "--max-clients", str(MAX_CLIENTS),
             "--idle-timeout", str(self.idle_timeout),
+            "--http-user", self.http.user,
+            "--http-max-clients", str(self.http.max_clients),
         ]  # fmt: skip

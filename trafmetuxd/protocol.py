@@ -166,6 +166,7 @@ COMMANDS: Mapping[str, Command] = {
     ),
     "live": Command(READ, {"monitors": _is_names}),
     "quota": Command(READ, {"name": _is_str}),
+    "metrics": Command(READ),
     "flush": Command(ADMIN),
     "reload": Command(ADMIN),
 }

@@ -73,7 +73,8 @@ class Service:
                 await self._start_capture()
             cfg = self.daemon.config
             cfg.socket.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-            self.front = Front(cfg.socket, cfg.socket_group, local_answer(self.handlers.table()))
+            answer = local_answer(self.handlers.table())
+            self.front = Front(cfg.socket, cfg.socket_group, answer, http=cfg.http)
             self.front.bind()  # clients may connect from here on: they queue until it runs
             self.front.start()
             self.notifier.ready()

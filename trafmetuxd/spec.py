@@ -84,6 +84,17 @@ class QuotaSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpSpec:
+    """The read-only HTTP listener of the front: metrics, JSON API, dashboard."""
+
+    listen: tuple[tuple[str, int], ...] = ()  # (host, port); empty = no listener
+    allow_remote: bool = False
+    user: str = "trafmetux"  # the basic-auth user name
+    password_hash: str = ""  # bcrypt hash; "" = no authentication
+    max_clients: int = 64
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration."""
 
@@ -99,6 +110,7 @@ class Config:
     retention: RetentionSpec = field(default_factory=RetentionSpec)
     monitors: tuple[MonitorSpec, ...] = ()
     quotas: tuple[QuotaSpec, ...] = ()
+    http: HttpSpec = field(default_factory=HttpSpec)
 
     @property
     def database(self) -> Path:
