@@ -16,6 +16,7 @@ from trafmetuxd.kernel import KernelError, QueueRules, queue_table
 from trafmetuxd.link import Front
 from trafmetuxd.notify import Notifier
 from trafmetuxd.quota import QuotaWatcher
+from trafmetuxd.reports import Reports
 from trafmetuxd.spec import DIR_IN, DIR_OUT, Config
 from trafmetuxd.workers import Workers
 
@@ -47,7 +48,8 @@ class Service:
         self.hup = asyncio.Event()
         self.flush_tick = time.monotonic()  # when the flush timer last came round
         self.flush_busy_since: float | None = None  # a flush running since then
-        self.handlers = Handlers(daemon)
+        self.reports = Reports(daemon)
+        self.handlers = Handlers(self.reports)
         self.quotas = QuotaWatcher()
         self.front: Front | None = None
         self._audit_cache: tuple[float, dict[str, object]] = (-AUDIT_TTL, {})
@@ -79,7 +81,7 @@ class Service:
             if self.front is not None:
                 await self.front.stop()
             ok = await self.daemon.flush()
-            self.handlers.close()  # the report reader first: the store's close is then the last
+            self.reports.close()  # the report reader first: the store's close is then the last
             self.daemon.close()  # and checkpoints the WAL
         return 0 if ok["flushed"] else 1
 
@@ -134,7 +136,7 @@ class Service:
 
     async def _check_quotas(self) -> None:
         """Log once per period when a quota crosses its warning level and its limit."""
-        for line in self.quotas.update(await self.handlers.quota_statuses()):
+        for line in self.quotas.update(await self.reports.quotas()):
             log.warning("%s", line)
 
     async def _reload(self) -> None:

@@ -22,6 +22,7 @@ from trafmetuxd import config
 from trafmetuxd.api import start_server
 from trafmetuxd.daemon import Daemon
 from trafmetuxd.handlers import Handlers
+from trafmetuxd.reports import Reports
 from trafmetuxd.spec import DIR_IN, DIR_OUT
 
 T0 = 1_736_935_200  # 2025-01-15 10:00:00 UTC
@@ -74,7 +75,9 @@ async def scenario(tmp: Path, seed: int, total: bool = False) -> None:
     clock = Clock(float(T0))
     cfg = write_config(tmp)
     daemon = Daemon(cfg, clock=clock)
-    server = await start_server(cfg.socket, cfg.socket_group, Handlers(daemon, clock).table())
+    server = await start_server(
+        cfg.socket, cfg.socket_group, Handlers(Reports(daemon, clock)).table()
+    )
     fed: Counter[tuple[int, int]] = Counter()  # (minute, direction) -> bytes, kept independently
     try:
         # 70 minutes of metering, then a day forward, 70 minutes, an hour back (into minutes
@@ -154,7 +157,9 @@ def test_uptime_stays_positive_when_the_clock_steps_back_after_start(tmp_path: P
         clock = Clock(float(T0))
         cfg = write_config(tmp_path)
         daemon = Daemon(cfg, clock=clock)
-        server = await start_server(cfg.socket, cfg.socket_group, Handlers(daemon, clock).table())
+        server = await start_server(
+            cfg.socket, cfg.socket_group, Handlers(Reports(daemon, clock)).table()
+        )
         try:
             clock.now -= HOUR
             status = await ask(cfg.socket, cmd="status")
