@@ -52,10 +52,6 @@ def merge_counts(into: dict[Key, list[int]], add: Mapping[Key, list[int]]) -> No
                 have[i] += value
 
 
-async def _no_extra_status() -> dict[str, object]:
-    return {}
-
-
 async def _nothing_to_refresh() -> None:
     return None
 
@@ -85,7 +81,6 @@ class Daemon:
         self.rates_sampler = RateSampler()
         self.reload_error = ""
         self._swapped: dict[str, tuple[int, int]] = {}
-        self.extra_status: Callable[[], Awaitable[dict[str, object]]] = _no_extra_status
         # Live: the capture workers' shipments wait here for the next flush (loop thread only).
         self.staged: list[tuple[str, Snapshot]] = []
         self.shipped: dict[str, int] = {}  # the workers' stats, summed over every shipment
@@ -221,7 +216,6 @@ class Daemon:
                 "database_recreated": state.database_recreated,
             },
             "reload_error": self.reload_error or None,
-            **(await self.extra_status()),
         }
 
     # -- reload ----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import signal
 import time
 
 from trafmetuxd.api import local_answer
+from trafmetuxd.audit import Audit, capture_status
 from trafmetuxd.daemon import Daemon, tune_switch_interval
 from trafmetuxd.handlers import Handlers
 from trafmetuxd.kernel import KernelError, QueueRules, queue_table
@@ -17,7 +18,7 @@ from trafmetuxd.link import Front
 from trafmetuxd.notify import Notifier
 from trafmetuxd.quota import QuotaWatcher
 from trafmetuxd.reports import Reports
-from trafmetuxd.spec import DIR_IN, DIR_OUT, Config
+from trafmetuxd.spec import Config
 from trafmetuxd.workers import Workers
 
 log = logging.getLogger("trafmetuxd")
@@ -30,9 +31,6 @@ PROGRESS_LIMIT = 5.0
 FLUSH_PATIENCE = 30.0
 # The main process (flushes, reports) yields the CPU to its capture workers under contention.
 MAIN_NICE = 5
-# The audit runs iptables on the event loop; a client asking for status in a loop must not
-# turn that into a stall of the meter, so one audit serves every status request for this long.
-AUDIT_TTL = 0.2
 
 
 class Service:
@@ -49,12 +47,10 @@ class Service:
         self.flush_tick = time.monotonic()  # when the flush timer last came round
         self.flush_busy_since: float | None = None  # a flush running since then
         self.reports = Reports(daemon)
-        self.handlers = Handlers(self.reports)
+        self.handlers = Handlers(self.reports, status=self.status)
         self.quotas = QuotaWatcher()
         self.front: Front | None = None
-        self._audit_cache: tuple[float, dict[str, object]] = (-AUDIT_TTL, {})
-        self._audit_task: asyncio.Future[dict[str, object]] | None = None
-        daemon.extra_status = self._capture_status
+        self.audit: Audit | None = None
 
     async def run(self) -> int:
         """Bind, install, listen, announce READY; meter until told to stop; shut down cleanly."""
@@ -97,6 +93,7 @@ class Service:
         await self.workers.start()  # every queue bound, fail-open set: before any rule
         if spec.manage_rules:
             self.rules = QueueRules(spec)
+            self.audit = Audit(self.rules, daemon.meter_stats)
             await asyncio.to_thread(self.rules.install)
 
     async def _reconfigure_workers(self, cfg: Config) -> None:
@@ -180,71 +177,19 @@ class Service:
         )
         self.notifier.status(f"{text}; {note}" if note else text)
 
-    async def _capture_status(self) -> dict[str, object]:
+    async def status(self) -> dict[str, object]:
+        """The daemon's status: the metering core's, the front's and the capture side's."""
+        out = await self.daemon.status()
         # "socket" (connections, evictions) is added by the front, which alone knows them
-        out: dict[str, object] = {"front": self.front.info() if self.front else None}
+        out["front"] = self.front.info() if self.front else None
         if self.workers is None:
-            return {**out, "capture": None}
-        spec = self.daemon.config.capture
-        shipped = self.daemon.shipped
+            out["capture"] = None
+            return out
         table = await asyncio.to_thread(queue_table)
-        out |= {
-            "capture": {
-                "queues": list(range(spec.queue, spec.queue + spec.queues)),
-                "stall_timeout": spec.stall_timeout,
-                "packets": shipped.get("packets", 0),
-                "truncated": shipped.get("truncated", 0),
-                "errors": shipped.get("errors_capture", 0),
-                "workers": self.workers.status(table),
-            }
-        }
-        waiting = [table[q] for q in range(spec.queue, spec.queue + spec.queues) if q in table]
-        out["queue"] = {
-            "queue_dropped": sum(q.queue_dropped for q in waiting),
-            "user_dropped": sum(q.user_dropped for q in waiting),
-        }
-        if self.rules is not None:
-            out["audit"] = await self._cached_audit()
-        return out
-
-    async def _cached_audit(self) -> dict[str, object]:
-        """The audit, recomputed at most once per AUDIT_TTL (kernel and meter read together).
-
-        Reading the rule counters runs iptables: in a worker thread, so a client asking for
-        status in a loop never holds up the packet loop; concurrent requests share one read.
-        """
-        at, audit = self._audit_cache
-        if time.monotonic() - at < AUDIT_TTL:
-            return audit
-        if self._audit_task is None or self._audit_task.done():
-            self._audit_task = asyncio.ensure_future(asyncio.to_thread(self._audit))
-        audit = await asyncio.shield(self._audit_task)
-        self._audit_cache = (time.monotonic(), audit)
-        return audit
-
-    def _audit(self) -> dict[str, object]:
-        """What the kernel's queue rules counted versus what the meter metered."""
-        assert self.rules is not None
-        try:
-            kernel = self.rules.counters()
-        except KernelError as exc:
-            return {"error": str(exc)}
-        stats = self.daemon.meter_stats()
-        metered = {
-            DIR_IN: (stats["in_packets"], stats["in_bytes"]),
-            DIR_OUT: (stats["out_packets"], stats["out_bytes"]),
-        }
-        out: dict[str, object] = {}
-        for direction, label in ((DIR_IN, "in"), (DIR_OUT, "out")):
-            k_packets, k_bytes = kernel.get(direction, (0, 0))
-            m_packets, m_bytes = metered[direction]
-            out[label] = {
-                "kernel_packets": k_packets,
-                "kernel_bytes": k_bytes,
-                "metered_packets": m_packets,
-                "metered_bytes": m_bytes,
-                "unmetered_bytes": max(0, k_bytes - m_bytes),
-            }
+        workers = self.workers.status(table)
+        out |= capture_status(self.daemon.config.capture, self.daemon.shipped, table, workers)
+        if self.audit is not None:
+            out["audit"] = await self.audit.read()
         return out
 
 
