@@ -56,8 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _start(cfg: Config, args: argparse.Namespace) -> int:
     from trafmetuxd.capture import CaptureError
-    from trafmetuxd.daemon import Daemon
     from trafmetuxd.kernel import KernelError
+    from trafmetuxd.metering import Metering
     from trafmetuxd.notify import Notifier
     from trafmetuxd.pcap import CaptureFileError
     from trafmetuxd.replay import replay_file
@@ -68,15 +68,15 @@ def _start(cfg: Config, args: argparse.Namespace) -> int:
     try:
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         check(cfg)  # nobody else may write where the daemon writes (symlinks: issue 11)
-        daemon = Daemon(cfg)
+        metering = Metering(cfg)
         if args.replay:
-            summary = replay_file(daemon, Path(args.replay), args.interface)
+            summary = replay_file(metering, Path(args.replay), args.interface)
             print(summary.line(), flush=True)
             ok = summary.flushed
             if not args.serve:
-                daemon.close()
+                metering.close()
                 return 0 if ok else EXIT_FAILURE
-        service = Service(daemon, Notifier(), live=not args.replay)
+        service = Service(metering, Notifier(), live=not args.replay)
         return asyncio.run(service.run())
     except (StoreError, CaptureError, KernelError, CaptureFileError, OSError) as exc:
         print(f"trafmetuxd: {exc}", file=sys.stderr)

@@ -6,8 +6,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trafmetuxd.daemon import Daemon
 from trafmetuxd.meter import LocalNetworks
+from trafmetuxd.metering import Metering
 from trafmetuxd.pcap import read_batches
 
 log = logging.getLogger("trafmetuxd.replay")
@@ -35,21 +35,21 @@ class Summary:
         return f"{text} ({reasons})" if reasons else text
 
 
-def replay(daemon: Daemon, path: Path, iface: str) -> bool:
+def replay(metering: Metering, path: Path, iface: str) -> bool:
     """Feed every frame through the meter, flushing at capture-time boundaries and at the end.
 
     Returns True when every flush committed.
     """
-    summary = replay_file(daemon, path, iface)
+    summary = replay_file(metering, path, iface)
     log.info("%s", summary.line())
     return summary.flushed
 
 
-def replay_file(daemon: Daemon, path: Path, iface: str) -> Summary:
+def replay_file(metering: Metering, path: Path, iface: str) -> Summary:
     """Replay a capture in batches through the compiled core; its summary."""
-    interval = daemon.config.flush_interval
-    local = LocalNetworks(daemon.config.local_networks)
-    meter = daemon.meter
+    interval = metering.config.flush_interval
+    local = LocalNetworks(metering.config.local_networks)
+    meter = metering.meter
     stats = meter.stats
     before = (stats.in_packets + stats.out_packets, stats.in_bytes + stats.out_bytes)
     summary = Summary(path)
@@ -62,10 +62,10 @@ def replay_file(daemon: Daemon, path: Path, iface: str) -> Summary:
         while at < len(frames):
             at = meter.feed_frames(frames, at, boundary, local, iface, summary.skipped)
             if at < len(frames):  # a frame of the next interval: flush what came before
-                summary.flushed = daemon.flush_now(boundary) and summary.flushed
+                summary.flushed = metering.flush_now(boundary) and summary.flushed
                 boundary = _next_boundary(frames[at][0], interval)
-    end = boundary if boundary is not None else daemon.clock()
-    summary.flushed = daemon.flush_now(end) and summary.flushed
+    end = boundary if boundary is not None else metering.clock()
+    summary.flushed = metering.flush_now(end) and summary.flushed
     summary.packets = stats.in_packets + stats.out_packets - before[0]
     summary.bytes = stats.in_bytes + stats.out_bytes - before[1]
     return summary

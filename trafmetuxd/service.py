@@ -11,10 +11,10 @@ import time
 
 from trafmetuxd.api import local_answer
 from trafmetuxd.audit import Audit, capture_status
-from trafmetuxd.daemon import Daemon, tune_switch_interval
 from trafmetuxd.handlers import Handlers
 from trafmetuxd.kernel import KernelError, QueueRules, queue_table
 from trafmetuxd.link import Front
+from trafmetuxd.metering import Metering, tune_switch_interval
 from trafmetuxd.notify import Notifier
 from trafmetuxd.quota import QuotaWatcher
 from trafmetuxd.reports import Reports
@@ -34,10 +34,10 @@ MAIN_NICE = 5
 
 
 class Service:
-    """Runs a Daemon under asyncio until SIGTERM/SIGINT; SIGHUP reloads."""
+    """The running daemon: its metering core under asyncio until SIGTERM/SIGINT; SIGHUP reloads."""
 
-    def __init__(self, daemon: Daemon, notifier: Notifier, live: bool = True) -> None:
-        self.daemon = daemon
+    def __init__(self, metering: Metering, notifier: Notifier, live: bool = True) -> None:
+        self.metering = metering
         self.notifier = notifier
         self.live = live
         self.workers: Workers | None = None
@@ -46,7 +46,7 @@ class Service:
         self.hup = asyncio.Event()
         self.flush_tick = time.monotonic()  # when the flush timer last came round
         self.flush_busy_since: float | None = None  # a flush running since then
-        self.reports = Reports(daemon)
+        self.reports = Reports(metering)
         self.handlers = Handlers(self.reports, status=self.status)
         self.quotas = QuotaWatcher()
         self.front: Front | None = None
@@ -62,38 +62,38 @@ class Service:
         try:
             if self.live:
                 await self._start_capture()
-            cfg = self.daemon.config
+            cfg = self.metering.config
             cfg.socket.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
             self.front = Front(cfg.socket, cfg.socket_group, local_answer(self.handlers.table()))
             self.front.bind()  # clients may connect from here on: they queue until it runs
             self.front.start()
             self.notifier.ready()
             self._set_status()
-            log.info("metering %d monitors", len(self.daemon.meter.monitors))
+            log.info("metering %d monitors", len(self.metering.meter.monitors))
             await self._main_loop()
         finally:
             self.notifier.stopping()
             await self._stop_capture()
             if self.front is not None:
                 await self.front.stop()
-            ok = await self.daemon.flush()
+            ok = await self.metering.flush()
             self.reports.close()  # the report reader first: the store's close is then the last
-            self.daemon.close()  # and checkpoints the WAL
+            self.metering.close()  # and checkpoints the WAL
         return 0 if ok["flushed"] else 1
 
     async def _start_capture(self) -> None:
-        daemon = self.daemon
-        spec = daemon.config.capture
+        metering = self.metering
+        spec = metering.config.capture
         nice = lower_priority()
         self.workers = Workers(
-            spec, daemon.config.monitors, daemon.stage, nice, daemon.config.local_networks
+            spec, metering.config.monitors, metering.stage, nice, metering.config.local_networks
         )
-        daemon.refresher = self.workers.refresh
-        daemon.reconfigure_workers = self._reconfigure_workers
+        metering.refresher = self.workers.refresh
+        metering.reconfigure_workers = self._reconfigure_workers
         await self.workers.start()  # every queue bound, fail-open set: before any rule
         if spec.manage_rules:
             self.rules = QueueRules(spec)
-            self.audit = Audit(self.rules, daemon.meter_stats)
+            self.audit = Audit(self.rules, metering.meter_stats)
             await asyncio.to_thread(self.rules.install)
 
     async def _reconfigure_workers(self, cfg: Config) -> None:
@@ -109,7 +109,7 @@ class Service:
             await self.workers.stop()
 
     async def _main_loop(self) -> None:
-        interval = self.daemon.config.flush_interval
+        interval = self.metering.config.flush_interval
         loop = asyncio.get_running_loop()
         next_flush = loop.time() + interval
         tasks = [asyncio.create_task(self._watchdog()), asyncio.create_task(self._sample())]
@@ -122,7 +122,7 @@ class Service:
                     await self._reload()
                 if loop.time() >= next_flush and not self.stop.is_set():
                     self.flush_busy_since = time.monotonic()
-                    await self.daemon.flush()
+                    await self.metering.flush()
                     self.flush_busy_since = None
                     next_flush = max(next_flush + interval, loop.time() + 1.0)
                     self._set_status()
@@ -138,7 +138,7 @@ class Service:
 
     async def _reload(self) -> None:
         self.notifier.reloading()
-        result = await self.daemon.reload()
+        result = await self.metering.reload()
         self.notifier.ready()
         self._set_status(None if result["reloaded"] else "reload rejected: see the log")
 
@@ -148,7 +148,7 @@ class Service:
         busy = self.flush_busy_since
         if busy is not None and now - busy > FLUSH_PATIENCE:
             return False  # a flush stuck in the store
-        if now - self.flush_tick > self.daemon.config.flush_interval + FLUSH_PATIENCE:
+        if now - self.flush_tick > self.metering.config.flush_interval + FLUSH_PATIENCE:
             return False  # the flush timer no longer comes round
         return self.workers is None or self.workers.progressing(now, PROGRESS_LIMIT)
 
@@ -163,15 +163,15 @@ class Service:
 
     async def _sample(self) -> None:
         while True:
-            await self.daemon.refresh()  # the workers' counts up to now, for one-second rates
-            self.daemon.rates_sampler.sample(time.time(), self.daemon.cumulative_bytes())
+            await self.metering.refresh()  # the workers' counts up to now, for one-second rates
+            self.metering.rates_sampler.sample(time.time(), self.metering.cumulative_bytes())
             await asyncio.sleep(RATE_SAMPLE_EVERY)
 
     def _set_status(self, note: str | None = None) -> None:
-        stats = self.daemon.meter_stats()
-        state = self.daemon.flusher.state
+        stats = self.metering.meter_stats()
+        state = self.metering.flusher.state
         text = (
-            f"{len(self.daemon.meter.monitors)} monitors, "
+            f"{len(self.metering.meter.monitors)} monitors, "
             f"{stats['in_packets'] + stats['out_packets']} packets, "
             f"last flush {'failed' if state.failures else 'ok'}"
         )
@@ -179,7 +179,7 @@ class Service:
 
     async def status(self) -> dict[str, object]:
         """The daemon's status: the metering core's, the front's and the capture side's."""
-        out = await self.daemon.status()
+        out = await self.metering.status()
         # "socket" (connections, evictions) is added by the front, which alone knows them
         out["front"] = self.front.info() if self.front else None
         if self.workers is None:
@@ -187,7 +187,7 @@ class Service:
             return out
         table = await asyncio.to_thread(queue_table)
         workers = self.workers.status(table)
-        out |= capture_status(self.daemon.config.capture, self.daemon.shipped, table, workers)
+        out |= capture_status(self.metering.config.capture, self.metering.shipped, table, workers)
         if self.audit is not None:
             out["audit"] = await self.audit.read()
         return out

@@ -20,8 +20,8 @@ import pytest
 
 from trafmetuxd import config
 from trafmetuxd.api import start_server
-from trafmetuxd.daemon import Daemon
 from trafmetuxd.handlers import Handlers
+from trafmetuxd.metering import Metering
 from trafmetuxd.reports import Reports
 from trafmetuxd.spec import DIR_IN, DIR_OUT
 
@@ -74,7 +74,7 @@ async def scenario(tmp: Path, seed: int, total: bool = False) -> None:
     rng = random.Random(seed)
     clock = Clock(float(T0))
     cfg = write_config(tmp)
-    daemon = Daemon(cfg, clock=clock)
+    daemon = Metering(cfg, clock=clock)
     server = await start_server(
         cfg.socket, cfg.socket_group, Handlers(Reports(daemon, clock)).table()
     )
@@ -107,7 +107,7 @@ async def scenario(tmp: Path, seed: int, total: bool = False) -> None:
         daemon.close()
 
 
-async def check_reports(sock: Path, daemon: Daemon, fed: Counter[tuple[int, int]]) -> None:
+async def check_reports(sock: Path, daemon: Metering, fed: Counter[tuple[int, int]]) -> None:
     """Stored minutes equal what was fed minute by minute; reports over the socket agree."""
     want_in = sum(v for (_, d), v in fed.items() if d == DIR_IN)
     want_out = sum(v for (_, d), v in fed.items() if d == DIR_OUT)
@@ -156,7 +156,7 @@ def test_uptime_stays_positive_when_the_clock_steps_back_after_start(tmp_path: P
     async def run() -> None:
         clock = Clock(float(T0))
         cfg = write_config(tmp_path)
-        daemon = Daemon(cfg, clock=clock)
+        daemon = Metering(cfg, clock=clock)
         server = await start_server(
             cfg.socket, cfg.socket_group, Handlers(Reports(daemon, clock)).table()
         )

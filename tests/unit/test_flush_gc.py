@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from trafmetuxd.collector import Snapshot
-from trafmetuxd.daemon import Daemon
 from trafmetuxd.flush import GC_SWEEP_EVERY, PRUNE_EVERY, Flusher
+from trafmetuxd.metering import Metering
 from trafmetuxd.periods import resolve_zone
 from trafmetuxd.spec import Config, MonitorSpec, RetentionSpec
 from trafmetuxd.store import Store
@@ -36,10 +36,10 @@ class Clock:
 
 
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[tuple[Daemon, Clock]]:
+def daemon(tmp_path: Path) -> Iterator[tuple[Metering, Clock]]:
     clock = Clock()
     cfg = Config(path=tmp_path / "t.toml", state_dir=tmp_path, monitors=(MonitorSpec("all"),))
-    d = Daemon(cfg, clock=clock)
+    d = Metering(cfg, clock=clock)
     try:
         yield d, clock
     finally:
@@ -54,7 +54,7 @@ def cyclic_garbage() -> weakref.ref[Node]:
     return weakref.ref(a)
 
 
-def test_the_gc_is_on_again_after_a_flush_that_failed(daemon: tuple[Daemon, Clock]) -> None:
+def test_the_gc_is_on_again_after_a_flush_that_failed(daemon: tuple[Metering, Clock]) -> None:
     d, clock = daemon
     d.store.close()  # every write now fails (a programming error, not a store fault)
     assert not d.flush_now(clock())
@@ -63,7 +63,7 @@ def test_the_gc_is_on_again_after_a_flush_that_failed(daemon: tuple[Daemon, Cloc
 
 
 def test_cycles_frozen_by_flushes_are_collected_by_the_hourly_sweep(
-    daemon: tuple[Daemon, Clock],
+    daemon: tuple[Metering, Clock],
 ) -> None:
     d, clock = daemon
     gc.disable()  # the cycle must still be there when the flush freezes what is alive

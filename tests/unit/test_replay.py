@@ -12,7 +12,7 @@ import pytest
 from scapy.all import ICMP, IP, TCP, UDP, Ether, IPv6, Raw, wrpcap, wrpcapng
 from scapy.layers.l2 import CookedLinux
 
-from trafmetuxd.daemon import Daemon
+from trafmetuxd.metering import Metering
 from trafmetuxd.replay import replay, replay_file
 from trafmetuxd.spec import DIR_IN, DIR_OUT, Config, MonitorSpec, RuleSpec
 
@@ -116,7 +116,7 @@ def write_capture(path: Path, sent: list[Sent], kind: str) -> None:
 def run_replay(tmp: Path, capture: Path, interval: float = 60.0) -> Config:
     cfg = make_config(tmp, interval)
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
-    daemon = Daemon(cfg)
+    daemon = Metering(cfg)
     try:
         assert replay(daemon, capture, iface="")
     finally:
@@ -206,7 +206,7 @@ def test_non_ip_frames_are_skipped_by_reason_not_called_malformed(tmp_path: Path
     wrpcap(str(tmp_path / "m.pcap"), [arp, ping, lcp])
     cfg = make_config(tmp_path)
     cfg.state_dir.mkdir(parents=True)
-    daemon = Daemon(cfg)
+    daemon = Metering(cfg)
     try:
         summary = replay_file(daemon, tmp_path / "m.pcap", iface="")
         assert daemon.meter.stats.malformed == 0
@@ -241,7 +241,7 @@ def test_pppoe_session_frames_of_a_dsl_gateway_are_metered(tmp_path: Path) -> No
     wrpcap(str(tmp_path / "dsl.pcap"), frames)
     cfg = make_config(tmp_path)
     cfg.state_dir.mkdir(parents=True)
-    daemon = Daemon(cfg)
+    daemon = Metering(cfg)
     try:
         summary = replay_file(daemon, tmp_path / "dsl.pcap", iface="")
     finally:

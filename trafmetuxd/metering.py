@@ -64,7 +64,7 @@ async def _no_workers(cfg: Config) -> None:
     return None
 
 
-class Daemon:
+class Metering:
     """The metering core and its persistence, shared by live capture and replay."""
 
     def __init__(self, cfg: Config, clock: Callable[[], float] = time.time) -> None:
