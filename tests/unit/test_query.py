@@ -93,15 +93,9 @@ def test_minute_grain_reads_minute_rows(traffic: tuple[Path, dict[int, list[int]
 def test_unknown_monitors_and_a_missing_database_read_as_zero(tmp_path: Path) -> None:
     missing = tmp_path / "none.sqlite3"
     assert query.bucket_sums(missing, ["input"], [0, 900], "quarter") == {"input": [[0, 0]]}
-    assert query.first_instant(missing, ["input"]) is None
+    assert query.stored_span(missing, ["input"]) is None
     assert query.flows(missing, "input", 0, 10) == {}
     assert not missing.exists()  # reading never creates the store
-
-
-def test_first_instant_is_the_earliest_quarter(traffic: tuple[Path, dict[int, list[int]]]) -> None:
-    db, totals = traffic
-    assert query.first_instant(db, ["input"]) == min(totals) * 60 // 900 * 900
-    assert query.first_instant(db, ["ghost"]) is None
 
 
 def test_stored_span_runs_from_the_first_to_the_last_stored_quarter(
