@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from harness.stored import Stored
 
 from trafmetuxd import config
 from trafmetuxd.api import start_server
@@ -112,14 +113,14 @@ async def check_reports(sock: Path, daemon: Metering, fed: Counter[tuple[int, in
     want_in = sum(v for (_, d), v in fed.items() if d == DIR_IN)
     want_out = sum(v for (_, d), v in fed.items() if d == DIR_OUT)
     for monitor in ("all", "udp"):
-        minutes = daemon.store.minute_totals(monitor)
+        minutes = Stored(daemon.config.database).minute_totals(monitor)
         got = Counter()
         for minute, (in_b, in_p, out_b, out_p) in minutes.items():
             assert min(in_b, in_p, out_b, out_p) >= 0
             got[minute, DIR_IN] += in_b
             got[minute, DIR_OUT] += out_b
         assert +got == +fed, monitor  # every minute exact: nothing lost, nothing twice
-        quarters = daemon.store.quarter_totals(monitor).values()
+        quarters = Stored(daemon.config.database).quarter_totals(monitor).values()
         assert sum(q[0] for q in quarters) == want_in
         assert sum(q[2] for q in quarters) == want_out
     first = min(m for m, _ in fed) * 60
