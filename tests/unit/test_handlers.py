@@ -6,6 +6,11 @@ import ast
 from pathlib import Path
 
 import trafmetuxd
+from trafmetuxd import protocol
+from trafmetuxd.handlers import Handlers
+from trafmetuxd.metering import Metering
+from trafmetuxd.reports import Reports
+from trafmetuxd.spec import Config, MonitorSpec
 
 PACKAGE = Path(trafmetuxd.__file__).parent
 
@@ -27,3 +32,15 @@ def imported_modules(module: str) -> set[str]:
 def test_reports_do_not_import_the_handlers_no_import_cycle() -> None:
     assert "trafmetuxd.reports" in imported_modules("handlers")
     assert "trafmetuxd.handlers" not in imported_modules("reports")
+
+
+def test_the_handler_table_answers_exactly_the_protocol_commands(tmp_path: Path) -> None:
+    cfg = Config(path=tmp_path / "t.toml", state_dir=tmp_path, monitors=(MonitorSpec("all"),))
+    metering = Metering(cfg)
+    reports = Reports(metering)
+    try:
+        table = Handlers(reports).table()
+    finally:
+        reports.close()
+        metering.close()
+    assert set(table) == set(protocol.COMMANDS)
