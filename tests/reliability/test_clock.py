@@ -17,8 +17,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from harness.stored import Stored
 
+from harness.stored import Stored
 from trafmetuxd import config
 from trafmetuxd.api import start_server
 from trafmetuxd.handlers import Handlers

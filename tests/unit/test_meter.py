@@ -8,7 +8,8 @@ from collections.abc import Callable
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from packets import (
+
+from harness.packets import (
     ACK,
     FRAGMENT,
     HOP_BY_HOP,
@@ -28,7 +29,6 @@ from packets import (
     tcp,
     udp,
 )
-
 from trafmetuxd import rules
 from trafmetuxd.collector import RealtimeCollector, Snapshot
 from trafmetuxd.meter import CACHE_LIMIT, LocalNetworks, Meter
