@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -10,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness.stored import FlowRow, Stored
 
+from harness.packets import addr as ip
+from harness.stored import FlowRow, Stored
 from trafmetuxd.collector import (
     COMPRESSED_PORT,
     OTHER,
@@ -34,11 +34,6 @@ T0 = 1_000_000_800.0  # a minute and quarter-hour boundary
 M0 = minute_of(T0)
 CLIENT, SERVER = "192.168.190.62", "192.168.190.11"
 V6_CLIENT, V6_SERVER = "2001:db8::62", "2001:db8::11"
-
-
-def ip(text: str) -> int:
-    """An address as the int the collectors carry."""
-    return int(ipaddress.ip_address(text))
 
 
 IMAP = (4, 6, ip(CLIENT), COMPRESSED_PORT, ip(SERVER), 143)
