@@ -8,31 +8,44 @@ DEB_PACKAGES := python3 python3-venv python3-dev gcc make libnetfilter-queue-dev
 	libnfnetlink-dev iptables nftables iproute2 ethtool socat procps systemd netsniff-ng \
 	debootstrap systemd-container
 PYTEST_ARGS ?=
+APT_GET ?= apt-get
 
 .PHONY: install deps venv lint test test-long run bench install-systemd check-service-python \
 	clean
 
 install: deps venv
 
-# Debian packages: installed only when one is missing, so a second run changes nothing.
+# Debian packages: installed only when one is missing, so a second run changes nothing and
+# needs neither apt nor the network. A package counts as present when dpkg says it is installed
+# (held packages too). Without dpkg (not Debian) nothing is installed: the list is printed.
 deps:
-	@missing=$$(for p in $(DEB_PACKAGES); do \
-		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
+	@if ! command -v dpkg-query >/dev/null; then \
+		echo "deps: no dpkg-query (not Debian): make sure the equivalents of these are installed:"; \
+		echo "  $(DEB_PACKAGES)"; exit 0; \
+	fi; \
+	missing=$$(for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q ' ok installed$$' || echo $$p; \
 	done); \
 	if [ -n "$$missing" ]; then \
 		echo "apt-get install:" $$missing; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		if [ "$$(id -u)" != 0 ]; then \
+			echo "deps: installing packages needs root: sudo make deps (or install them yourself)"; \
+			exit 1; \
+		fi; \
+		$(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq $$missing; \
 	fi
 
 venv: $(VENV)/.installed
 
 # The editable install compiles these with mypyc (setup.py) next to their sources: rebuild when
 # they change, or the stale compiled modules would run. TRAFMETUX_PURE=1 installs plain Python.
-COMPILED := $(addprefix trafmetuxd/,packet.py rules.py collector.py meter.py nfbatch.py)
+# The list is pyproject.toml's [tool.trafmetux] compiled, as for setup.py and the tests.
+COMPILED := $(addprefix trafmetuxd/,$(addsuffix .py,$(shell $(PYTHON) -c 'import tomllib; \
+	print(*tomllib.load(open("pyproject.toml", "rb"))["tool"]["trafmetux"]["compiled"])')))
 
 $(VENV)/.installed: pyproject.toml setup.py $(COMPILED)
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	@test -x $(BIN)/python || { $(PYTHON) -m venv $(VENV) && \
+		$(BIN)/python -m pip install -q --upgrade pip; }
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $@
 

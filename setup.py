@@ -8,12 +8,22 @@ files; so a pure build also removes compiled modules an earlier build left there
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 
 from setuptools import setup
 
-COMPILED = ("packet", "rules", "collector", "meter", "nfbatch")
-PACKAGE = Path(__file__).resolve().parent / "trafmetuxd"
+ROOT = Path(__file__).resolve().parent
+PACKAGE = ROOT / "trafmetuxd"
+
+
+def compiled_modules() -> tuple[str, ...]:
+    """The modules to compile: pyproject.toml's [tool.trafmetux] compiled, the only list."""
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        return tuple(tomllib.load(f)["tool"]["trafmetux"]["compiled"])
+
+
+COMPILED = compiled_modules()
 
 
 def _remove_compiled() -> None:
@@ -32,4 +42,5 @@ def _ext_modules() -> list[object]:
     return list(mypycify(sources, opt_level="3", group_name="trafmetuxd._native"))
 
 
-setup(ext_modules=_ext_modules())
+if __name__ == "__main__":  # how setuptools runs it; importing it (a test) builds nothing
+    setup(ext_modules=_ext_modules())

@@ -183,6 +183,18 @@ def one_monitor(collector_size: int = 1000) -> tuple[MonitorSpec, ...]:
     return tuple(_sized(m, collector_size) for m in twenty_monitors() if m.name == "web")
 
 
+def one_hosts_monitor(collector_size: int = 1000) -> tuple[MonitorSpec, ...]:
+    """The single monitor again, with per-host totals for the LAN side (10/8, fd00::/8 by /64)."""
+    (web,) = one_monitor(collector_size)
+    hosts = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))
+    return (
+        MonitorSpec(
+            web.name, web.rules, collector_size=web.collector_size,
+            flush_collector_size=web.flush_collector_size, hosts=hosts, host_prefix_v6=64,
+        ),
+    )  # fmt: skip
+
+
 def _sized(spec: MonitorSpec, size: int) -> MonitorSpec:
     return MonitorSpec(
         spec.name, spec.rules, collector_size=size, flush_collector_size=max(size, 2000)

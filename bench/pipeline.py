@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bench.common import Result, target
-from bench.mix import Item, one_monitor, packets, twenty_monitors
+from bench.mix import Item, one_hosts_monitor, one_monitor, packets, twenty_monitors
 from trafmetuxd import pcap, rules
 from trafmetuxd.meter import LocalNetworks, Meter
 from trafmetuxd.nfbatch import BatchStats, feed_batch
@@ -186,6 +186,7 @@ def _stages(items: Sequence[Item], repeats: int) -> dict[str, dict[str, float]]:
         "parse": measure(time_parse, items, repeats),
         "parse_classify_20": measure(classify_timer(twenty), items, repeats),
         "feed_1_monitor": measure(feed_timer(Meter(one)), items, repeats),
+        "feed_1_monitor_hosts": measure(feed_timer(Meter(one_hosts_monitor())), items, repeats),
         "feed_20_monitors": measure(feed_timer(Meter(twenty)), items, repeats),
         "batch_20_monitors": measure(batch_timer(Meter(twenty), items), items, repeats),
     }

@@ -158,6 +158,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("monitor", metavar="MONITOR")
     _range_args(s, 20, MAX_FLOWS, "flows")
+    s = add(
+        "show-hosts", help="a monitor's hosts, largest first", description=_HOSTS_TEXT, epilog=TIMES
+    )
+    s.add_argument("monitor", metavar="MONITOR")
+    s.add_argument("-b", "--begin", type=begin_time, metavar="TIME",
+                   help="start of the range (default: 24 hours before -e)")  # fmt: skip
+    s.add_argument("-e", "--end", type=end_time, metavar="TIME",
+                   help="end of the range (default: now); a date includes its day")  # fmt: skip
+    s.add_argument("-n", type=counted(MAX_FLOWS), default=20,
+                   help=f"how many hosts (default: %(default)s, at most {MAX_FLOWS})")  # fmt: skip
+    s.add_argument("--sort", choices=("total", "in", "out"), default="total",
+                   help="what to rank by (default: %(default)s)")  # fmt: skip
+    _unit_arg(s)
     s = add("top", help="top clients, servers or ports", description=_TOP_TEXT, epilog=TIMES)
     s.add_argument("--by", choices=("client", "server", "port"), default="client",
                    help="what to rank (default: %(default)s)")  # fmt: skip
@@ -186,6 +199,10 @@ _SHOW_TEXT = {
 }
 _SHOW_TEXT["total"] = "Bytes per monitor since the first data (-t, -b and -e do not apply)."
 _FLOWS_TEXT = "A monitor's flows, largest (sent + received) first, over the last 24 hours."
+_HOSTS_TEXT = (
+    "The hosts of a monitor with `hosts`, largest first, over the last 24 hours (widened to "
+    "whole quarter hours): in = bytes to the host, out = bytes from it."
+)
 _TOP_TEXT = (
     "Top clients, servers or server ports by bytes, over the last 24 hours. Over several "
     "monitors a flow counts once (the largest figure any of them has), never once per monitor."
@@ -265,6 +282,12 @@ def _show(c: Client, a: argparse.Namespace) -> int:
 def _flows(c: Client, a: argparse.Namespace) -> int:
     result = c.call("flows", monitor=a.monitor, begin=a.since, end=a.until, limit=a.n)
     _dump(result) if a.json else _print(report.flow_lines(result, a.unit))
+    return EXIT_OK
+
+
+def _hosts(c: Client, a: argparse.Namespace) -> int:
+    result = c.call("hosts", monitor=a.monitor, begin=a.begin, end=a.end, limit=a.n, sort=a.sort)
+    _dump(result) if a.json else _print(report.host_lines(result, a.unit))
     return EXIT_OK
 
 
@@ -354,6 +377,7 @@ def _fail(as_json: bool, code: str, message: str, status: int, text: str) -> int
 COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     **dict.fromkeys(SHOW, _show),
     "show-flows": _flows,
+    "show-hosts": _hosts,
     "top": _top,
     "live": _live,
     "status": _plain("status"),

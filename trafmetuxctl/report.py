@@ -72,6 +72,15 @@ def top_lines(result: Mapping[str, Any], unit: str = "auto") -> list[str]:
     return [f"{format_bytes(e['bytes'], unit):>14}  {e['key']}" for e in result["entries"]]
 
 
+def host_lines(result: Mapping[str, Any], unit: str = "auto") -> list[str]:
+    """'192.168.1.23: [in= 1.21 GiB] [out= 83.10 MiB] [total= 1.29 GiB]', in the daemon's order."""
+    return [
+        f"{h['host']}: [in= {format_bytes(h['in'], unit)}] [out= {format_bytes(h['out'], unit)}] "
+        f"[total= {format_bytes(h['in'] + h['out'], unit)}]"
+        for h in result["hosts"]
+    ]
+
+
 def live_lines(result: Mapping[str, Any], unit: str = "auto") -> list[str]:
     """'input: in= 1.00 KiB/s out= 0 B/s' per monitor."""
     return [

@@ -29,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--serve", action="store_true", help="after --replay, serve the socket until SIGTERM"
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="with --replay: meter the capture even if it was replayed into the store before",
+    )
     parser.add_argument("--check", action="store_true", help="validate the configuration only")
     parser.add_argument("--version", action="version", version=f"trafmetuxd {__version__}")
     return parser
@@ -37,9 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the daemon; exit 2 on a bad configuration, 1 on another start-up failure."""
     args = build_parser().parse_args(argv)
-    if args.serve and not args.replay:
-        print("trafmetuxd: --serve goes with --replay", file=sys.stderr)
-        return EXIT_CONFIG
+    for flag in ("serve", "force"):
+        if getattr(args, flag) and not args.replay:
+            print(f"trafmetuxd: --{flag} goes with --replay", file=sys.stderr)
+            return EXIT_CONFIG
     from trafmetuxd import config, logs
 
     logs.setup()
@@ -60,7 +66,7 @@ def _start(cfg: Config, args: argparse.Namespace) -> int:
     from trafmetuxd.metering import Metering
     from trafmetuxd.notify import Notifier
     from trafmetuxd.pcap import CaptureFileError
-    from trafmetuxd.replay import replay_file
+    from trafmetuxd.replay import AlreadyReplayedError, replay_file, report_clock
     from trafmetuxd.service import Service
     from trafmetuxd.statedir import check
     from trafmetuxd.store import StoreError
@@ -69,14 +75,20 @@ def _start(cfg: Config, args: argparse.Namespace) -> int:
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         check(cfg)  # nobody else may write where the daemon writes (symlinks: issue 11)
         metering = Metering(cfg)
-        if args.replay:
-            summary = replay_file(metering, Path(args.replay), args.interface)
-            print(summary.line(), flush=True)
-            ok = summary.flushed
-            if not args.serve:
-                metering.close()
-                return 0 if ok else EXIT_FAILURE
-        service = Service(metering, Notifier(), live=not args.replay)
+        if not args.replay:
+            return asyncio.run(Service(metering, Notifier()).run())
+        try:
+            summary = replay_file(metering, Path(args.replay), args.interface, args.force)
+        except AlreadyReplayedError as exc:
+            metering.close()
+            print(f"trafmetuxd: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        print(summary.line(), flush=True)
+        if not args.serve:
+            metering.close()
+            return 0 if summary.flushed else EXIT_FAILURE
+        # Reports answer as of the newest stored data, not the wall clock (docs/config.md).
+        service = Service(metering, Notifier(), live=False, clock=report_clock(metering, summary))
         return asyncio.run(service.run())
     except (StoreError, CaptureError, KernelError, CaptureFileError, OSError) as exc:
         print(f"trafmetuxd: {exc}", file=sys.stderr)

@@ -25,3 +25,12 @@ def address_text(family: int, value: int) -> str:
         return socket.inet_ntop(_V6, value.to_bytes(16, "big"))
     except OverflowError:
         raise ValueError(f"{value} is not an IPv{family} address") from None
+
+
+def host_text(host: tuple[int, ...]) -> str:
+    """A host key's text: "192.168.1.23", an IPv6 group as "fd00:1::/64", family 0 "other"."""
+    family, addr, prefix = host
+    if family == 0:
+        return "other"
+    text = address_text(family, addr)
+    return text if prefix in (32, 128) else f"{text}/{prefix}"

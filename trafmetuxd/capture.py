@@ -137,6 +137,12 @@ class Capture:
         """Bytes per received message at most: the copied payload and its attributes."""
         return self._spec.copy_range + SLOT_SPARE
 
+    def portid(self) -> int:
+        """The queue socket's netlink port id (how /proc/net/netlink names it)."""
+        if self._sock is None:
+            raise CaptureError("portid() before open()")
+        return int(self._sock.getsockname()[0])
+
     def fileno(self) -> int:
         """The queue socket's descriptor (poll it for readability)."""
         if self._sock is None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from trafmetuxd.packet import PacketInfo
-from trafmetuxd.spec import DIR_OUT
+from trafmetuxd.spec import DIR_OUT, MonitorSpec
 
 # (family, protocol, client address, client port, server address, server port); ports are
 # packet.NO_PORT (-1) for protocols without ports. OTHER collects flows that found no free position.
@@ -33,6 +33,13 @@ COMPRESSED_PORT = 65535
 Totals = dict[int, list[int]]
 # flow key -> [bytes sent by the client, bytes received by the client, packets]
 Flows = dict[FlowKey, list[int]]
+
+# A host of a monitor with `hosts`: (family, address, prefix length); an IPv6 address is masked
+# to host_prefix_v6. OTHER_HOST collects the hosts beyond max_hosts.
+HostKey = tuple[int, ...]
+OTHER_HOST: HostKey = (0, 0, 0)
+# host -> UTC minute -> [in_bytes, in_packets, out_bytes, out_packets]; in = to the host
+Hosts = dict[HostKey, Totals]
 
 _PRIVILEGED = 1024
 _EPHEMERAL_LOW = 32768
@@ -51,6 +58,35 @@ class Snapshot(NamedTuple):
     totals: Totals
     flows: Flows
     overflow: int  # packets that went to OTHER because the positions were full
+    # Per-host totals (monitors with `hosts`); the defaults are shared: never mutate them.
+    hosts: Hosts = {}  # noqa: RUF012  (a snapshot is read-only)
+    host_overflow: int = 0  # host attributions (a packet's sender, receiver) that went to other
+
+
+class HostMatcher:
+    """Which host of a monitor's `hosts` prefixes an address counts for, if any."""
+
+    __slots__ = ("_nets", "_v6_mask", "_v6_prefix", "limit")
+
+    def __init__(self, spec: MonitorSpec) -> None:
+        self._nets = [(n.version, int(n.network_address), int(n.netmask)) for n in spec.hosts]
+        self._v6_prefix = spec.host_prefix_v6
+        self._v6_mask = ((1 << spec.host_prefix_v6) - 1) << (128 - spec.host_prefix_v6)
+        self.limit = spec.max_hosts
+
+    def key(self, family: int, addr: int) -> HostKey | None:
+        """The host addr counts for, or None when it lies in none of the prefixes."""
+        for version, net, mask in self._nets:
+            if version == family and addr & mask == net:
+                if family == 4:
+                    return (4, addr, 32)
+                return (6, addr & self._v6_mask, self._v6_prefix)
+        return None
+
+
+def host_matcher(spec: MonitorSpec) -> HostMatcher | None:
+    """The monitor's host matcher, None when it has no `hosts`."""
+    return HostMatcher(spec) if spec.hosts else None
 
 
 # How the packets of one flow find their position, decided once per flow (collector state aside)
@@ -164,17 +200,60 @@ class Slot:
     found under the reverse key keeps it only while no new position is made (a new one at its
     key would be found first). A flow sent to OTHER (the collector was full) is looked up for
     every packet, as add() does: which side of OTHER a packet counts in depends on the packet.
+
+    The flow's hosts (monitors with `hosts`) are found once here; their rows are looked up
+    again only when the minute or the generation changes: a host's row of a minute, like its
+    being in OTHER_HOST, lasts until the swap.
     """
 
-    __slots__ = ("coll", "entry", "gen", "made", "other", "side")
+    __slots__ = (
+        "coll", "dst_host", "dst_other", "dst_row", "entry", "gen", "hgen", "hminute", "hosted",
+        "made", "other", "side", "src_host", "src_other", "src_row",
+    )  # fmt: skip
 
-    def __init__(self, coll: RealtimeCollector) -> None:
+    def __init__(self, coll: RealtimeCollector, pkt: PacketInfo | None = None) -> None:
         self.coll = coll
         self.gen = -1  # no generation: resolved on the first packet
         self.made = -1  # positions made when resolved under the reverse key; -1: key or OTHER
         self.entry: list[int] = []
         self.side = 0
         self.other = False
+        matcher = coll._hosts_of
+        self.src_host: HostKey | None = None
+        self.dst_host: HostKey | None = None
+        if matcher is not None and pkt is not None:
+            self.src_host = matcher.key(pkt.family, pkt.src)
+            self.dst_host = matcher.key(pkt.family, pkt.dst)
+        self.hosted = self.src_host is not None or self.dst_host is not None
+        self.hgen = -1
+        self.hminute = -1
+        self.src_row: list[int] | None = None
+        self.dst_row: list[int] | None = None
+        self.src_other = False
+        self.dst_other = False
+
+    def count_hosts(self, minute: int, length: int) -> None:
+        """Count one packet for the flow's sending (out) and receiving (in) hosts."""
+        coll = self.coll
+        if self.hminute != minute or self.hgen != coll._gen:
+            self.hminute = minute
+            self.hgen = coll._gen
+            if self.src_host is not None:
+                self.src_row, self.src_other = coll._host_row(self.src_host, minute)
+            if self.dst_host is not None:
+                self.dst_row, self.dst_other = coll._host_row(self.dst_host, minute)
+        row = self.src_row
+        if row is not None:
+            row[2] += length
+            row[3] += 1
+            if self.src_other:
+                coll._host_overflow += 1
+        row = self.dst_row
+        if row is not None:
+            row[0] += length
+            row[1] += 1
+            if self.dst_other:
+                coll._host_overflow += 1
 
 
 def count_slots(
@@ -202,19 +281,27 @@ def count_slots(
         entry = slot.entry
         entry[slot.side] += length
         entry[2] += 1
+        if slot.hosted:
+            slot.count_hosts(minute, length)
 
 
 class RealtimeCollector:
     """Counts packets as they arrive; swap() hands the contents over in O(1)."""
 
     __slots__ = (
-        "_compress", "_flows", "_free", "_gen", "_made", "_minute", "_overflow", "_row", "_size",
-        "_totals",
+        "_compress", "_flows", "_free", "_gen", "_host_free", "_host_overflow", "_hosts",
+        "_hosts_of", "_made", "_minute", "_overflow", "_row", "_size", "_totals",
     )  # fmt: skip
 
-    def __init__(self, size: int, compress_ports: bool = True) -> None:
+    def __init__(
+        self, size: int, compress_ports: bool = True, hosts: HostMatcher | None = None
+    ) -> None:
         self._size = size
         self._compress = compress_ports
+        self._hosts_of = hosts
+        self._hosts: Hosts = {}
+        self._host_free = hosts.limit if hosts is not None else 0
+        self._host_overflow = 0
         self._totals: Totals = {}
         self._flows: Flows = {}
         self._free = size  # positions still free; OTHER does not take one
@@ -235,6 +322,11 @@ class RealtimeCollector:
         return self._flows
 
     @property
+    def hosts(self) -> Hosts:
+        """The per-host totals counted since the last swap (live; do not mutate)."""
+        return self._hosts
+
+    @property
     def compress_ports(self) -> bool:
         """Whether client ports are compressed in this collector's flow keys."""
         return self._compress
@@ -252,6 +344,8 @@ class RealtimeCollector:
         """
         family, proto, src, sport, dst, dport, length, _flags = pkt
         _add_total(self._totals, minute, direction == DIR_OUT, length)
+        if self._hosts_of is not None:
+            self._add_hosts(minute, pkt)
         flows = self._flows
         key: FlowKey
         if sport >= _PRIVILEGED:
@@ -277,6 +371,44 @@ class RealtimeCollector:
             entry = self._new_position(key)
         entry[side] += length  # 0: sent by the client, 1: received by it
         entry[2] += 1
+
+    def _add_hosts(self, minute: int, pkt: PacketInfo) -> None:
+        """Count one packet for its sending (out) and receiving (in) hosts, if any."""
+        matcher = self._hosts_of
+        assert matcher is not None
+        host = matcher.key(pkt.family, pkt.src)
+        if host is not None:
+            row, other = self._host_row(host, minute)
+            row[2] += pkt.length
+            row[3] += 1
+            if other:
+                self._host_overflow += 1
+        host = matcher.key(pkt.family, pkt.dst)
+        if host is not None:
+            row, other = self._host_row(host, minute)
+            row[0] += pkt.length
+            row[1] += 1
+            if other:
+                self._host_overflow += 1
+
+    def _host_row(self, host: HostKey, minute: int) -> tuple[list[int], bool]:
+        """The host's row of the minute, and whether it is OTHER_HOST's (max_hosts taken)."""
+        hosts = self._hosts
+        per = hosts.get(host)
+        other = False
+        if per is None:
+            if self._host_free > 0:
+                self._host_free -= 1
+                per = hosts[host] = {}
+            else:
+                other = True
+                per = hosts.get(OTHER_HOST)
+                if per is None:
+                    per = hosts[OTHER_HOST] = {}
+        row = per.get(minute)
+        if row is None:
+            row = per[minute] = [0, 0, 0, 0]
+        return row, other
 
     def _unprivileged(self, pkt: PacketInfo, local: int) -> tuple[FlowKey, int]:
         """Key and sender side (0 client, 1 server) when both ports are unprivileged."""
@@ -314,15 +446,31 @@ class RealtimeCollector:
 
     def swap(self) -> Snapshot:
         """Hand over everything counted so far and start empty."""
-        snap = Snapshot(self._totals, self._flows, self._overflow)
+        snap = Snapshot(self._totals, self._flows, self._overflow, self._hosts, self._host_overflow)
         self._totals = {}
         self._flows = {}
         self._free = self._size
         self._overflow = 0
+        self._hosts = {}
+        self._host_free = self._hosts_of.limit if self._hosts_of is not None else 0
+        self._host_overflow = 0
         self._gen += 1
         self._minute = -1
         self._row = []
         return snap
+
+
+def _merge_totals(into: Totals, totals: Totals) -> None:
+    """Add minute totals into others."""
+    for minute, (in_b, in_p, out_b, out_p) in totals.items():
+        row = into.get(minute)
+        if row is None:
+            into[minute] = [in_b, in_p, out_b, out_p]
+        else:
+            row[0] += in_b
+            row[1] += in_p
+            row[2] += out_b
+            row[3] += out_p
 
 
 class FlushCollector:
@@ -332,38 +480,60 @@ class FlushCollector:
     between taking pending() for a write and clear() after that write committed.
     """
 
-    __slots__ = ("_flows", "_free", "_overflow", "_size", "_totals")
+    __slots__ = (
+        "_flows", "_free", "_host_free", "_host_overflow", "_hosts", "_max_hosts", "_overflow",
+        "_size", "_totals",
+    )  # fmt: skip
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, max_hosts: int = 4096) -> None:
         self._size = size
         self._totals: Totals = {}
         self._flows: Flows = {}
         self._free = size
         self._overflow = 0
+        self._max_hosts = max_hosts
+        self._hosts: Hosts = {}
+        self._host_free = max_hosts
+        self._host_overflow = 0
 
     @property
     def empty(self) -> bool:
         """True when nothing is waiting to be written."""
-        return not self._totals and not self._flows
+        return not self._totals and not self._flows and not self._hosts
 
     def merge(self, snap: Snapshot) -> None:
-        """Add a snapshot; flows beyond `size` positions go to OTHER."""
-        totals = self._totals
-        for minute, (in_b, in_p, out_b, out_p) in snap.totals.items():
-            row = totals.get(minute)
-            if row is None:
-                totals[minute] = [in_b, in_p, out_b, out_p]
-            else:
-                row[0] += in_b
-                row[1] += in_p
-                row[2] += out_b
-                row[3] += out_p
+        """Add a snapshot; flows beyond `size` positions go to OTHER, hosts beyond
+        max_hosts to OTHER_HOST.
+        """
+        _merge_totals(self._totals, snap.totals)
         for key, (sent, received, packets) in snap.flows.items():
             entry = self._position(key, packets)
             entry[0] += sent
             entry[1] += received
             entry[2] += packets
         self._overflow += snap.overflow
+        for host, minutes in snap.hosts.items():
+            _merge_totals(self._host_totals(host, minutes), minutes)
+        self._host_overflow += snap.host_overflow
+
+    def _host_totals(self, host: HostKey, minutes: Totals) -> Totals:
+        """The totals `host` merges into; folding into OTHER_HOST counts its packets as
+        host overflow (one per attribution, as the realtime collector counts them).
+        """
+        hosts = self._hosts
+        per = hosts.get(host)
+        if per is not None:
+            return per
+        if host != OTHER_HOST and self._host_free > 0:
+            self._host_free -= 1
+            per = hosts[host] = {}
+            return per
+        if host != OTHER_HOST:
+            self._host_overflow += sum(row[1] + row[3] for row in minutes.values())
+        per = hosts.get(OTHER_HOST)
+        if per is None:
+            per = hosts[OTHER_HOST] = {}
+        return per
 
     def _position(self, key: FlowKey, packets: int) -> list[int]:
         """The position `key` merges into; folding into OTHER adds its packets to overflow."""
@@ -384,7 +554,7 @@ class FlushCollector:
 
     def pending(self) -> Snapshot:
         """A read-only view of what has not been written yet."""
-        return Snapshot(self._totals, self._flows, self._overflow)
+        return Snapshot(self._totals, self._flows, self._overflow, self._hosts, self._host_overflow)
 
     def clear(self) -> None:
         """Forget everything: call only after the write committed."""
@@ -392,3 +562,6 @@ class FlushCollector:
         self._flows = {}
         self._free = self._size
         self._overflow = 0
+        self._hosts = {}
+        self._host_free = self._max_hosts
+        self._host_overflow = 0

@@ -68,6 +68,9 @@ class _Monitor(_Model):
     flush_collector_size: _CollectorSize | None = None  # default: max(2000, collector_size)
     compress_ports: bool = True
     flow_log: str = ""
+    hosts: Annotated[tuple[Network, ...], _v(cv.network_list)] = ()
+    host_prefix_v6: Annotated[int, Field(ge=1, le=128)] = 128
+    max_hosts: Annotated[int, Field(ge=1, le=1_000_000)] = 4096
     rules: list[Any] = []  # validated one by one so every rule's problems show
 
 
@@ -279,6 +282,9 @@ def _monitor(raw: dict[str, Any], loc: Loc, state_dir: Path, p: _Problems) -> sp
         flush_collector_size=flush_size,
         compress_ports=model.compress_ports,
         flow_log=_flow_log(model, state_dir, (*loc, "flow_log"), p),
+        hosts=model.hosts,
+        host_prefix_v6=model.host_prefix_v6,
+        max_hosts=model.max_hosts,
     )
 
 

@@ -17,7 +17,7 @@ import gc
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 
 from trafmetuxd.collector import FlushCollector, Snapshot, Totals
@@ -43,6 +43,8 @@ class FlushState:
     flushes: int = 0
     held_bytes: int = 0  # counted but not committed, as of the last failed write
     database_recreated: int = 0  # times the database was found deleted and made again
+    # per monitor: host attributions committed in "other" (beyond max_hosts) since the start
+    host_overflow: dict[str, int] = field(default_factory=dict)
 
 
 class Flusher:
@@ -67,7 +69,7 @@ class Flusher:
 
     def configure(self, monitors: Sequence[MonitorSpec]) -> None:
         """Adopt new monitor settings; collectors holding unwritten data are kept."""
-        self._sizes = {m.name: m.flush_collector_size for m in monitors}
+        self._sizes = {m.name: (m.flush_collector_size, m.max_hosts) for m in monitors}
         self._logs = {m.name: FlowLog(m.flow_log) for m in monitors if m.flow_log}
 
     def absorb(self, batches: Sequence[tuple[str, Snapshot]]) -> None:
@@ -75,7 +77,7 @@ class Flusher:
         for name, snap in batches:
             coll = self.collectors.get(name)
             if coll is None:
-                coll = FlushCollector(self._sizes.get(name, 2000))
+                coll = FlushCollector(*self._sizes.get(name, (2000, 4096)))
                 self.collectors[name] = coll
             coll.merge(snap)
             time.sleep(0)  # in the worker thread: let a waiting packet loop have the GIL
@@ -160,6 +162,10 @@ class Flusher:
     def committed(self, when: float) -> None:
         """Forget what the last write committed (loop thread, after write() returned True)."""
         for name in [n for n, c in self.collectors.items() if not c.empty]:
+            overflow = self.collectors[name].pending().host_overflow
+            if overflow:
+                was = self.state.host_overflow.get(name, 0)
+                self.state.host_overflow[name] = was + overflow
             del self.collectors[name]
         self.state.last_success = when
         self.state.failures = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
 from typing import Any
 
 from trafmetuxd.periods import Calendar, check_instant, parse_local, resolve_zone
@@ -31,6 +32,7 @@ class Handlers:
             "report": self.report,
             "flows": self.flows,
             "top": self.top,
+            "hosts": self.hosts,
             "live": self.live,
             "quota": self.quota,
             "flush": self.flush,
@@ -113,6 +115,19 @@ class Handlers:
         begin, end = self._range(args, cal)
         by, limit = args.get("by", "client"), args.get("limit", 10)
         return await self.reports.top(names, begin, end, by, limit, self.reports.now())
+
+    async def hosts(self, args: Mapping[str, Any]) -> object:
+        """A monitor's hosts over a range (the last day by default), largest first."""
+        (name,) = self.monitor_names([args["monitor"]])
+        cal = self.reports.calendar()
+        begin, end = self._range(args, cal)
+        limit, sort = args.get("limit", 20), args.get("sort", "total")
+        result = await self.reports.hosts(name, begin, end, limit, sort, self.reports.now())
+        for key in ("begin", "end"):  # local ISO 8601 with its offset
+            value = result[key]
+            assert isinstance(value, int)
+            result[key] = datetime.fromtimestamp(value, cal.zone).isoformat()
+        return result
 
     async def quota(self, args: Mapping[str, Any]) -> object:
         """One quota (by name) or all of them."""

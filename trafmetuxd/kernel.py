@@ -18,6 +18,7 @@ CHAINS = (
     (DIR_OUT, "TRAFMETUX-OUT", "POSTROUTING", "-o"),
 )
 PROC_QUEUE = Path("/proc/net/netfilter/nfnetlink_queue")
+PROC_NETLINK = Path("/proc/net/netlink")
 _TIMEOUT = 30.0
 _MAX_JUMPS = 64  # bound on the removal loop; far above any plausible duplicate count
 
@@ -54,6 +55,24 @@ def queue_table(path: Path = PROC_QUEUE) -> dict[int, QueueStats]:
             except ValueError:
                 continue
             out[stats.queue] = stats
+    return out
+
+
+def netlink_backlog(path: Path = PROC_NETLINK) -> dict[int, int]:
+    """Bytes waiting to be read in each netfilter netlink socket, by its port id.
+
+    /proc/net/netlink is readable by every user, unlike the queue table (root only, 0440): an
+    unprivileged daemon still sees whether a worker's socket holds packets it has not read.
+    """
+    try:
+        text = path.read_text()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines()[1:]:
+        fields = line.split()  # sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode
+        if len(fields) >= 5 and fields[1] == "12" and fields[2].isdigit() and fields[4].isdigit():
+            out[int(fields[2])] = int(fields[4])
     return out
 
 

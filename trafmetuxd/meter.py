@@ -6,7 +6,16 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from trafmetuxd import rules
-from trafmetuxd.collector import Plan, RealtimeCollector, Slot, Snapshot, count_slots, is_syn, plan
+from trafmetuxd.collector import (
+    Plan,
+    RealtimeCollector,
+    Slot,
+    Snapshot,
+    count_slots,
+    host_matcher,
+    is_syn,
+    plan,
+)  # fmt: skip
 from trafmetuxd.packet import EXTENSIONS, PORTED, TCP, PacketInfo, parse
 from trafmetuxd.spec import DIR_ANY, DIR_IN, DIR_OUT, MonitorSpec, Network
 
@@ -96,7 +105,11 @@ class LocalNetworks:
 
 
 def _same_collector(a: MonitorSpec, b: MonitorSpec) -> bool:
-    return a.collector_size == b.collector_size and a.compress_ports == b.compress_ports
+    return (
+        a.collector_size == b.collector_size
+        and a.compress_ports == b.compress_ports
+        and (a.hosts, a.host_prefix_v6, a.max_hosts) == (b.hosts, b.host_prefix_v6, b.max_hosts)
+    )
 
 
 class Meter:
@@ -145,7 +158,9 @@ class Meter:
                 collectors.append(kept[1])
                 del old[spec.name]
             else:
-                collectors.append(RealtimeCollector(spec.collector_size, spec.compress_ports))
+                collectors.append(
+                    RealtimeCollector(spec.collector_size, spec.compress_ports, host_matcher(spec))
+                )
         retired = [(name, coll.swap()) for name, (_, coll) in old.items()]
         self.monitors = tuple(monitors)
         self.collectors = collectors
@@ -218,7 +233,8 @@ class Meter:
         )
         flags_at = (33 if pkt.family == 4 else 53) if needs_flags else 0
         hit = Verdict(
-            [Slot(c) for c in plain], [Slot(c) for c in compressed], plain_plan, compressed_plan,
+            [Slot(c, pkt) for c in plain], [Slot(c, pkt) for c in compressed], plain_plan,
+            compressed_plan,
             flags_at,
         )  # fmt: skip
         cache = self._cache

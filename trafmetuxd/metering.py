@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import TypeVar
 
 from trafmetuxd import __version__, config, periods
-from trafmetuxd.collector import Flows, Snapshot, Totals
+from trafmetuxd.collector import Flows, Hosts, Snapshot, Totals
 from trafmetuxd.flush import Flusher
 from trafmetuxd.meter import Meter
 from trafmetuxd.rates import RateSampler
@@ -179,6 +179,19 @@ class Metering:
                 merge_counts(out, coll.flows)
         return out
 
+    def unflushed_hosts(self, monitor: str) -> Hosts:
+        """A monitor's per-host totals counted but not committed yet."""
+        out: Hosts = {}
+        held = self.flusher.collectors.get(monitor)
+        pieces = [held.pending().hosts] if held is not None else []
+        pieces += [snap.hosts for name, snap in self.staged if name == monitor]
+        pieces += [c.hosts for m, c in zip(self.meter.monitors, self.meter.collectors,
+                                           strict=True) if m.name == monitor]  # fmt: skip
+        for hosts in pieces:
+            for host, totals in hosts.items():
+                merge_counts(out.setdefault(host, {}), totals)
+        return out
+
     def cumulative_bytes(self) -> dict[str, tuple[int, int]]:
         """Per monitor, (in, out) bytes counted since start (for live rates)."""
         out: dict[str, tuple[int, int]] = {}
@@ -214,6 +227,7 @@ class Metering:
                 "error": state.last_error or None,
                 "held_bytes": state.held_bytes,
                 "database_recreated": state.database_recreated,
+                "host_overflow": dict(state.host_overflow),
             },
             "reload_error": self.reload_error or None,
         }

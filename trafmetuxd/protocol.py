@@ -120,6 +120,7 @@ _is_bool = Check(lambda v: type(v) is bool, "true or false")
 
 
 _RANGE = {"begin": _is_time, "end": _is_time}
+HOST_SORTS = ("total", "in", "out")  # what the hosts command ranks by, largest first
 COMMANDS: Mapping[str, Command] = {
     "status": Command(READ),
     "monitors": Command(READ),
@@ -141,6 +142,16 @@ COMMANDS: Mapping[str, Command] = {
     "top": Command(
         READ,
         {"by": _one_of(*TOP_KEYS), "monitors": _is_names, "limit": _is_int(1, 10_000), **_RANGE},
+    ),
+    "hosts": Command(
+        READ,
+        {
+            "monitor": _is_str,
+            "limit": _is_int(1, 100_000),
+            "sort": _one_of(*HOST_SORTS),
+            **_RANGE,
+        },
+        ("monitor",),
     ),
     "live": Command(READ, {"monitors": _is_names}),
     "quota": Command(READ, {"name": _is_str}),

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 from trafmetuxd.schema import (
     DAY_TOTALS,
+    HOSTS_VERSION,
     HOUR_TOTALS,
     MINUTE_TOTALS,
     QUARTER_TOTALS,
@@ -290,4 +291,33 @@ def flows(db: Path, monitor: str, begin: float, end: float) -> TextFlows:
             sql, (monitor, begin, end)
         ):
             out[(fam, proto, cli, cport, srv, sport)] = [sent, recv, pkts]
+    return out
+
+
+# host text -> [in_bytes, in_packets, out_bytes, out_packets]
+HostSums = dict[str, list[int]]
+_HOST_TABLES = {"quarter_totals": "host_quarter_totals", "hour_totals": "host_hour_totals",
+                "day_totals": "host_day_totals"}  # fmt: skip
+
+
+def host_sums(db: Path, monitor: str, first: int, end: int) -> HostSums:
+    """A monitor's per-host totals over the UTC quarters [first, end): days, hours, quarters."""
+    out: HostSums = {}
+    con = open_readonly(db)
+    if con is None:
+        return out
+    with closing(con):
+        if con.execute("PRAGMA user_version").fetchone()[0] < HOSTS_VERSION:
+            return out
+        for table, lo, hi in split_quarters(first, end):
+            unit = TOTALS_UNITS[table]
+            sql = (
+                "SELECT host, SUM(in_bytes), SUM(in_packets), SUM(out_bytes), SUM(out_packets) "
+                f"FROM {_HOST_TABLES[table]} t JOIN monitor m ON m.id = t.monitor "
+                f"WHERE m.name = ? AND t.{unit} >= ? AND t.{unit} < ? GROUP BY host"
+            )
+            for host, *row in con.execute(sql, (monitor, lo, hi)):
+                acc = out.setdefault(host, [0, 0, 0, 0])
+                for i in range(4):
+                    acc[i] += int(row[i])
     return out

@@ -1,4 +1,4 @@
-"""Report, flow, top and quota figures: stored rows plus the counts not yet flushed."""
+"""Report, flow, top, host and quota figures: stored rows plus the counts not yet flushed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from trafmetuxd import ipproto, query
-from trafmetuxd.collector import OTHER, FlowKey, Flows, Totals
+from trafmetuxd.addresses import host_text
+from trafmetuxd.collector import OTHER, FlowKey, Flows, Hosts, Totals
 from trafmetuxd.periods import Calendar, Period, resolve_zone
 from trafmetuxd.protocol import BAD_ARGUMENT, ProtocolError
 from trafmetuxd.quota import QuotaStatus, evaluate, quota_period
@@ -30,6 +31,9 @@ class Backend(Protocol):
 
     def unflushed_flows(self, monitor: str) -> Flows:
         """A monitor's flow positions not committed yet."""
+
+    def unflushed_hosts(self, monitor: str) -> Hosts:
+        """A monitor's per-host totals not committed yet."""
 
     async def status(self) -> dict[str, object]:
         """JSON-able daemon status (may read kernel counters: awaited, off the loop)."""
@@ -122,6 +126,16 @@ def _top_key(by: str, key: tuple[int, int, str, int, str, int]) -> str:
         return srv
     name = ipproto.name(proto) if fam else "other"
     return f"{name}/{sport}" if sport >= 0 else name
+
+
+def _host_dict(host: str, row: list[int]) -> dict[str, object]:
+    return {"host": host, "in": row[0], "out": row[2], "in_packets": row[1],
+            "out_packets": row[3]}  # fmt: skip
+
+
+def _host_rank(sort: str, row: list[int]) -> int:
+    """The figure hosts are ranked by: in, out or total bytes."""
+    return row[0] if sort == "in" else row[2] if sort == "out" else row[0] + row[2]
 
 
 class Reports:
@@ -291,3 +305,34 @@ class Reports:
             used = sum(rx + tx for per in figures.values() for rx, tx in per)
             out.append(evaluate(spec, used, now, period))
         return out
+
+    async def hosts(
+        self, name: str, begin: int, end: int, limit: int, sort: str, now: int
+    ) -> dict[str, object]:
+        """A monitor's hosts over [begin, end) widened to whole quarter hours, largest first.
+
+        Stored rows plus the unflushed minutes in the same quarters, under the flush lock.
+        """
+        backend = self.backend
+        first, stop = begin // 900, -(-end // 900)
+        db = backend.config.database
+        if stop * 900 > now:
+            await backend.refresh()  # the capture workers' counts up to this request
+        async with backend.flush_lock:
+            out = await asyncio.to_thread(query.host_sums, db, name, first, stop)
+            pending = backend.unflushed_hosts(name) if stop * 900 > now else {}
+        for key, minutes in pending.items():
+            rows = [r for m, r in minutes.items() if first * 15 <= m < stop * 15]
+            if rows:
+                acc = out.setdefault(host_text(key), [0, 0, 0, 0])
+                for row in rows:
+                    for i in range(4):
+                        acc[i] += row[i]
+        ranked = sorted(out.items(), key=lambda kv: (-_host_rank(sort, kv[1]), kv[0]))
+        return {
+            "monitor": name,
+            "begin": first * 900,
+            "end": stop * 900,
+            "count": len(ranked),
+            "hosts": [_host_dict(h, row) for h, row in ranked[:limit]],
+        }

@@ -77,10 +77,53 @@ def rebuild_rollups(conn: sqlite3.Connection) -> None:
         conn.execute(_ROLLUP_FILL.format(table=table, n=per))
 
 
+# What each replay metered, so that a capture is not counted twice and retention spares what
+# a replay wrote (times in unix seconds: started/finished by the wall clock, the others by the
+# capture's own timestamps; finished and the columns after it stay NULL until it completes).
+_REPLAY_TABLE = """CREATE TABLE replay (id INTEGER PRIMARY KEY, sha256 TEXT NOT NULL,
+    path TEXT NOT NULL, size INTEGER NOT NULL, started REAL NOT NULL, first_packet REAL NOT NULL,
+    finished REAL, last_packet REAL, last_flush REAL,
+    frames INTEGER, packets INTEGER, bytes INTEGER)"""
+
+
+def _migrate_to_3(conn: sqlite3.Connection) -> None:
+    """Version 2 -> 3: the record of replayed captures."""
+    conn.execute(_REPLAY_TABLE)
+    conn.execute("CREATE INDEX replay_sha256 ON replay(sha256)")
+
+
+_HOST_TABLE = """CREATE TABLE {table} (monitor INTEGER NOT NULL REFERENCES monitor(id),
+    host TEXT NOT NULL, {unit} INTEGER NOT NULL,
+    in_bytes INTEGER NOT NULL, in_packets INTEGER NOT NULL,
+    out_bytes INTEGER NOT NULL, out_packets INTEGER NOT NULL,
+    PRIMARY KEY (monitor, host, {unit})) WITHOUT ROWID"""
+# Per-host totals (monitors with `hosts`): host is the address text, an IPv6 group as
+# "fd00:1::/64", or "other" for the hosts beyond max_hosts. Same units as the monitor totals.
+HOST_TABLES = (
+    ("host_minute_totals", "minute", 1),
+    ("host_quarter_totals", "quarter", MINUTES_PER_QUARTER),
+    ("host_hour_totals", "hour", MINUTES_PER_HOUR),
+    ("host_day_totals", "day", MINUTES_PER_DAY),
+)
+
+
+def _migrate_to_4(conn: sqlite3.Connection) -> None:
+    """Version 3 -> 4: per-host totals and each flush's host overflow."""
+    for table, unit, _ in HOST_TABLES:
+        conn.execute(_HOST_TABLE.format(table=table, unit=unit))
+    conn.execute("ALTER TABLE flush ADD COLUMN host_overflow INTEGER NOT NULL DEFAULT 0")
+
+
 # MIGRATIONS[n] takes a database from user_version n to n + 1; append to add a version.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_to_1, _migrate_to_2)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _migrate_to_1,
+    _migrate_to_2,
+    _migrate_to_3,
+    _migrate_to_4,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 ROLLUP_VERSION = MIGRATIONS.index(_migrate_to_2) + 1  # the version that added the rollups
+HOSTS_VERSION = MIGRATIONS.index(_migrate_to_4) + 1  # the version that added the host tables
 
 
 def rollup(totals: dict[int, list[int]], minutes: int) -> dict[int, list[int]]:

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 
 from trafmetuxd.api import local_answer
 from trafmetuxd.audit import Audit, capture_status
@@ -36,7 +37,13 @@ MAIN_NICE = 5
 class Service:
     """The running daemon: its metering core under asyncio until SIGTERM/SIGINT; SIGHUP reloads."""
 
-    def __init__(self, metering: Metering, notifier: Notifier, live: bool = True) -> None:
+    def __init__(
+        self,
+        metering: Metering,
+        notifier: Notifier,
+        live: bool = True,
+        clock: Callable[[], float] = time.time,  # what reports take as now (replay: its end)
+    ) -> None:
         self.metering = metering
         self.notifier = notifier
         self.live = live
@@ -46,7 +53,7 @@ class Service:
         self.hup = asyncio.Event()
         self.flush_tick = time.monotonic()  # when the flush timer last came round
         self.flush_busy_since: float | None = None  # a flush running since then
-        self.reports = Reports(metering)
+        self.reports = Reports(metering, clock)
         self.handlers = Handlers(self.reports, status=self.status)
         self.quotas = QuotaWatcher()
         self.front: Front | None = None

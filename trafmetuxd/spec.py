@@ -42,6 +42,9 @@ class MonitorSpec:
     flush_collector_size: int = 2000
     compress_ports: bool = True
     flow_log: str = ""  # strftime pattern with {monitor} already replaced; "" = no text log
+    hosts: tuple[Network, ...] = ()  # per-host totals for addresses inside these prefixes
+    host_prefix_v6: int = 128  # IPv6 hosts are grouped by this prefix length
+    max_hosts: int = 4096  # distinct hosts per collector; beyond it packets count in "other"
 
 
 @dataclass(frozen=True, slots=True)

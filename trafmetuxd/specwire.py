@@ -52,6 +52,7 @@ def monitor_to_wire(monitor: MonitorSpec) -> dict[str, Any]:
     """One monitor as JSON-able values."""
     out = asdict(monitor)
     out["rules"] = [rule_to_wire(rule) for rule in monitor.rules]
+    out["hosts"] = [str(net) for net in monitor.hosts]
     return out
 
 
@@ -59,6 +60,7 @@ def monitor_from_wire(data: dict[str, Any]) -> MonitorSpec:
     """A monitor back from monitor_to_wire's values."""
     values = dict(data)
     values["rules"] = tuple(rule_from_wire(rule) for rule in data["rules"])
+    values["hosts"] = tuple(_network(text) for text in data.get("hosts", ()))
     return MonitorSpec(**values)
 
 

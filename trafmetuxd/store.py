@@ -14,9 +14,11 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import NamedTuple
 
-from trafmetuxd.addresses import address_text
-from trafmetuxd.collector import OTHER, Flows, Snapshot
+from trafmetuxd.addresses import address_text, host_text
+from trafmetuxd.collector import OTHER, Flows, Hosts, Snapshot
+from trafmetuxd.schema import HOST_TABLES as HOST_TABLES
 from trafmetuxd.schema import MIGRATIONS as MIGRATIONS
 from trafmetuxd.schema import MINUTES_PER_DAY as MINUTES_PER_DAY
 from trafmetuxd.schema import MINUTES_PER_HOUR as MINUTES_PER_HOUR
@@ -36,7 +38,24 @@ _UPSERT_MINUTE = _UPSERT.format(table="minute_totals", unit="minute")
 _UPSERT_QUARTER = _UPSERT.format(table="quarter_totals", unit="quarter")
 _UPSERT_HOUR = _UPSERT.format(table="hour_totals", unit="hour")
 _UPSERT_DAY = _UPSERT.format(table="day_totals", unit="day")
+_UPSERT_HOST = """INSERT INTO {table} (monitor, host, {unit}, in_bytes, in_packets, out_bytes,
+out_packets) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (monitor, host, {unit}) DO UPDATE SET
+in_bytes = in_bytes + excluded.in_bytes, in_packets = in_packets + excluded.in_packets,
+out_bytes = out_bytes + excluded.out_bytes, out_packets = out_packets + excluded.out_packets"""
 _INSERT_FLOW = "INSERT INTO flow VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# Retention spares the time range of every replay run since the bound (:since): a replay's
+# detail is kept as long as if it had been written when the replay ran. A replay still running
+# (or one that never finished) has no end yet: it spares everything after its first packet.
+_SPARED_MINUTE = """NOT EXISTS (SELECT 1 FROM replay r WHERE r.started >= :since
+    AND {table}.minute * 60 + 60 > r.first_packet
+    AND {table}.minute * 60 <= coalesce(r.last_packet, 1e18))"""
+_SPARED_FLUSH = """NOT EXISTS (SELECT 1 FROM replay r WHERE r.started >= :since
+    AND flush.time >= r.first_packet AND flush.time <= coalesce(r.last_flush, 1e18))"""
+# Rollup rows are spared by whole UTC days ({per_day} units a day), so that every hour and day
+# kept stays the exact sum of the quarters kept.
+_SPARED_DAY = """NOT EXISTS (SELECT 1 FROM replay r WHERE r.started >= :since
+    AND {table}.{unit} / {per_day} >= CAST(r.first_packet AS INTEGER) / 86400
+    AND {table}.{unit} / {per_day} <= coalesce(CAST(r.last_packet AS INTEGER) / 86400, 1e18))"""
 
 log = logging.getLogger("trafmetuxd.store")
 FILE_MODE = 0o640  # the database; SQLite gives its -wal and -shm files the same mode
@@ -79,6 +98,26 @@ def create_file(path: Path) -> None:
     finally:
         os.close(fd)
     log.info("created a new database %s", path)
+
+
+class ReplayRow(NamedTuple):
+    """An earlier replay of a capture: where it was read and when (unix seconds)."""
+
+    path: str
+    started: float
+    finished: float | None  # None: it never completed (interrupted, or a flush failed)
+
+
+class ReplayEnd(NamedTuple):
+    """What a completed replay read and wrote (packet and flush times are the capture's)."""
+
+    finished: float
+    first_packet: float
+    last_packet: float
+    last_flush: float
+    frames: int
+    packets: int
+    bytes: int
 
 
 def prune_bounds(now: float, retention: RetentionSpec) -> tuple[int, int]:
@@ -242,7 +281,7 @@ class Store:
         with self._transaction("cannot write flush"):
             rows = _FlowRows()
             for name, snap in batches:
-                if snap.totals or snap.flows:
+                if snap.totals or snap.flows or snap.hosts:
                     self._write_one(self._monitor_id(name), flush_time, snap, rows)
             if prune_before is not None:
                 self._prune(*prune_before)
@@ -267,20 +306,40 @@ class Store:
             units = rollup(snap.totals, minutes).items()
             conn.executemany(sql, ((monitor, u, *r) for u, r in units))
         cur = conn.execute(
-            "INSERT INTO flush (monitor, time, overflow) VALUES (?, ?, ?)",
-            (monitor, flush_time, snap.overflow),
+            "INSERT INTO flush (monitor, time, overflow, host_overflow) VALUES (?, ?, ?, ?)",
+            (monitor, flush_time, snap.overflow, snap.host_overflow),
         )
         conn.executemany(_INSERT_FLOW, rows.rows(cur.lastrowid, snap.flows))
+        if snap.hosts:
+            self._write_hosts(monitor, snap.hosts)
+
+    def _write_hosts(self, monitor: int, hosts: Hosts) -> None:
+        """Upsert-add the per-host minutes and their quarter, hour and day rollups."""
+        conn = self._conn
+        texts = {host: host_text(host) for host in hosts}
+        for table, unit, minutes in HOST_TABLES:
+            sql = _UPSERT_HOST.format(table=table, unit=unit)
+            for host, totals in hosts.items():
+                text = texts[host]
+                units = totals if minutes == 1 else rollup(totals, minutes)
+                conn.executemany(sql, ((monitor, text, u, *r) for u, r in units.items()))
 
     def _prune(self, first_minute: int, first_flush_time: int) -> None:
-        """Delete minutes and flushes before the bounds (a bound <= 0 keeps everything)."""
+        """Delete minutes and flushes before the bounds (a bound <= 0 keeps everything).
+
+        What lies in the time range of a replay run since the bound is kept (_SPARED_*).
+        """
         conn = self._conn
         if first_minute > 0:
-            conn.execute("DELETE FROM minute_totals WHERE minute < ?", (first_minute,))
+            minutes = {"first": first_minute, "since": first_minute * 60}
+            for table in ("minute_totals", "host_minute_totals"):
+                spared = _SPARED_MINUTE.format(table=table)
+                conn.execute(f"DELETE FROM {table} WHERE minute < :first AND {spared}", minutes)
         if first_flush_time > 0:
-            old = "SELECT id FROM flush WHERE time < ?"
-            conn.execute(f"DELETE FROM flow WHERE flush IN ({old})", (first_flush_time,))
-            conn.execute("DELETE FROM flush WHERE time < ?", (first_flush_time,))
+            flushes = {"first": first_flush_time, "since": first_flush_time}
+            old = f"SELECT id FROM flush WHERE time < :first AND {_SPARED_FLUSH}"
+            conn.execute(f"DELETE FROM flow WHERE flush IN ({old})", flushes)
+            conn.execute(f"DELETE FROM flush WHERE id IN ({old})", flushes)
 
     def prune(self, now: float, retention: RetentionSpec) -> None:
         """Delete detail older than the retention allows (quarters only when quarters > 0)."""
@@ -296,11 +355,57 @@ class Store:
         exact sum of the quarters kept: reports may read either.
         """
         day = first // QUARTERS_PER_DAY
-        conn = self._conn
-        conn.execute("DELETE FROM quarter_totals WHERE quarter < ?", (day * QUARTERS_PER_DAY,))
-        for table, unit, per in ROLLUPS:
-            first_unit = day * QUARTERS_PER_DAY // per
-            conn.execute(f"DELETE FROM {table} WHERE {unit} < ?", (first_unit,))
+        since = {"since": first * 900}
+        for table, unit, per in (("quarter_totals", "quarter", 1), *ROLLUPS):
+            spared = _SPARED_DAY.format(table=table, unit=unit, per_day=QUARTERS_PER_DAY // per)
+            sql = f"DELETE FROM {table} WHERE {unit} < :first AND {spared}"
+            self._conn.execute(sql, {"first": day * QUARTERS_PER_DAY // per, **since})
+        for table, unit, minutes in HOST_TABLES[1:]:
+            per_day = MINUTES_PER_DAY // minutes
+            spared = _SPARED_DAY.format(table=table, unit=unit, per_day=per_day)
+            sql = f"DELETE FROM {table} WHERE {unit} < :first AND {spared}"
+            self._conn.execute(sql, {"first": day * per_day, **since})
+
+    # -- the record of replayed captures ---------------------------------------------------
+    def replays_of(self, sha256: str) -> list[ReplayRow]:
+        """Earlier replays of the capture with this SHA-256, oldest first."""
+        sql = "SELECT path, started, finished FROM replay WHERE sha256 = ? ORDER BY started"
+        with self._errors("cannot read the record of replays"):
+            return [ReplayRow(*r) for r in self._conn.execute(sql, (sha256,)).fetchall()]
+
+    def begin_replay(
+        self, sha256: str, path: str, size: int, started: float, first_packet: float
+    ) -> int:
+        """Record a replay before its first flush; its row id."""
+        self.ensure_file()
+        sql = (
+            "INSERT INTO replay (sha256, path, size, started, first_packet) VALUES (?, ?, ?, ?, ?)"
+        )
+        with self._transaction("cannot record the replay"):
+            cur = self._conn.execute(sql, (sha256, path, size, started, first_packet))
+        return int(cur.lastrowid or 0)
+
+    def finish_replay(self, replay_id: int, end: ReplayEnd) -> None:
+        """Complete the record of a replay whose last flush committed."""
+        self.ensure_file()
+        sql = (
+            "UPDATE replay SET finished = ?, first_packet = ?, last_packet = ?, last_flush = ?, "
+            "frames = ?, "
+            "packets = ?, bytes = ? WHERE id = ?"
+        )
+        with self._transaction("cannot record the replay"):
+            self._conn.execute(sql, (*end, replay_id))
+
+    def newest_time(self) -> float | None:
+        """The end of the newest stored detail (minute or flush), or None when there is none."""
+        sql = (
+            "SELECT (SELECT (max(minute) + 1) * 60 FROM minute_totals), "
+            "(SELECT max(time) FROM flush)"
+        )
+        with self._errors("cannot read the newest data"):
+            row = self._conn.execute(sql).fetchone()
+        times = [float(t) for t in row if t is not None]
+        return max(times) if times else None
 
     def close(self) -> None:
         """Close the connection (WAL is checkpointed by SQLite on the last close)."""

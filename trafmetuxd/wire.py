@@ -31,7 +31,8 @@ STOP = ord("Q")  # take what is queued, ship it, exit
 # worker -> main
 READY = ord("R")  # JSON {"queue", "pid", "unmetered"}: bound, metering
 FAILED = ord("F")  # UTF-8 text: could not bind or configure; the worker exits
-PART = ord("P")  # marshal (monitor, totals, flows, overflow): a piece of a shipment
+# marshal (monitor, totals, flows, overflow, hosts, host overflow): a piece of a shipment
+PART = ord("P")
 DONE = ord("D")  # marshal (request id, stats): the shipment is complete
 
 _ID = struct.Struct("!Q")
@@ -87,27 +88,34 @@ class Frames:
 def shipment(
     batches: Sequence[tuple[str, Snapshot]], request: int, stats: dict[str, int]
 ) -> Iterator[bytes]:
-    """The frames of one shipment: pieces of every non-empty snapshot, then DONE."""
+    """The frames of one shipment: pieces of every non-empty snapshot, then DONE.
+
+    A piece holds at most SHIP_CHUNK flow positions and SHIP_CHUNK hosts.
+    """
     for name, snap in batches:
-        if not snap.totals and not snap.flows and not snap.overflow:
+        if not snap.totals and not snap.flows and not snap.overflow and not snap.hosts:
             continue
         items = iter(snap.flows.items())
+        hosts = iter(snap.hosts.items())
         first = True
         while True:
             chunk = dict(itertools.islice(items, SHIP_CHUNK))
-            if not chunk and not first:
+            host_chunk = dict(itertools.islice(hosts, SHIP_CHUNK))
+            if not chunk and not host_chunk and not first:
                 break
             totals = snap.totals if first else {}
             overflow = snap.overflow if first else 0
-            yield frame(PART, marshal.dumps((name, totals, chunk, overflow)))
+            host_overflow = snap.host_overflow if first else 0
+            body = (name, totals, chunk, overflow, host_chunk, host_overflow)
+            yield frame(PART, marshal.dumps(body))
             first = False
     yield frame(DONE, marshal.dumps((request, stats)))
 
 
 def read_part(body: bytes) -> tuple[str, Snapshot]:
     """A PART frame's monitor name and counts."""
-    name, totals, flows, overflow = marshal.loads(body)
-    return str(name), Snapshot(totals, flows, int(overflow))
+    name, totals, flows, overflow, hosts, host_overflow = marshal.loads(body)
+    return str(name), Snapshot(totals, flows, int(overflow), hosts, int(host_overflow))
 
 
 def read_done(body: bytes) -> tuple[int, dict[str, int]]:

@@ -236,7 +236,8 @@ def serve(worker: Worker, link: socket.socket, queue: int) -> int:
     except CaptureError as exc:
         link.sendall(wire.frame(wire.FAILED, str(exc).encode()))
         return 1
-    ready = {"queue": queue, "pid": os.getpid(), "started": time.time()}
+    ready = {"queue": queue, "pid": os.getpid(), "portid": worker.capture.portid(),
+             "started": time.time()}  # fmt: skip
     link.sendall(wire.json_frame(wire.READY, ready))
     return worker.run()
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from trafmetuxd import specwire, wire
 from trafmetuxd.capture import CaptureError
 from trafmetuxd.collector import Snapshot
-from trafmetuxd.kernel import QueueStats, queue_table
+from trafmetuxd.kernel import QueueStats, netlink_backlog, queue_table
 from trafmetuxd.link import interpreter
 from trafmetuxd.spec import CaptureSpec, MonitorSpec, Network
 
@@ -57,6 +57,7 @@ class Life:
     writer: asyncio.StreamWriter
     progress: wire.Progress
     started: float  # monotonic
+    portid: int = 0  # its queue socket's netlink port id (READY says it)
     batches: int = 0  # verdict batches, as last read from the progress page
     loops: int = 0
     verdict_at: float = 0.0  # monotonic time the batches last moved
@@ -175,6 +176,7 @@ class Workers:
                         if kind == wire.FAILED:
                             raise CaptureError(body.decode(errors="replace"))
                         if kind == wire.READY:
+                            life.portid = int(wire.json_body(body).get("portid", 0))
                             return
         except (CaptureError, TimeoutError) as exc:
             qw.last_error = str(exc) or "no READY in time"
@@ -304,18 +306,24 @@ class Workers:
             await asyncio.sleep(GUARD_EVERY)
             self.guard_at = time.monotonic()
             table = queue_table()
+            backlog = {} if table else netlink_backlog()
             for qw in self.queues:
-                if qw.life is not None and not qw.life.killed:
-                    self._look(qw, qw.life, table.get(qw.queue), self.guard_at)
+                life = qw.life
+                if life is None or life.killed:
+                    continue
+                kernel = table.get(qw.queue)
+                # The queue table is root's only: unprivileged, a socket holding unread
+                # messages says the same of a worker that stopped (one packet or more waits).
+                waiting = kernel.waiting if kernel else min(1, backlog.get(life.portid, 0))
+                self._look(qw, life, waiting, kernel is not None, self.guard_at)
 
-    def _look(self, qw: QueueWorker, life: Life, kernel: QueueStats | None, now: float) -> None:
+    def _look(self, qw: QueueWorker, life: Life, waiting: int, exact: bool, now: float) -> None:
         """One look at a worker: note its progress; kill it if it holds packets or froze."""
         batches, loops = life.progress.read()
         if batches != life.batches:
             life.batches, life.verdict_at = batches, now
         if loops != life.loops:
             life.loops, life.loop_at = loops, now
-        waiting = kernel.waiting if kernel is not None else 0
         if waiting == 0 or life.verdict_at == now:
             life.waiting_since = None
         elif life.waiting_since is None:
@@ -323,7 +331,7 @@ class Workers:
         timeout = self.spec.stall_timeout
         if life.waiting_since is not None and now - life.waiting_since >= timeout:
             qw.outage_seconds += now - life.waiting_since
-            qw.dropped_at_unbind += waiting
+            qw.dropped_at_unbind += waiting if exact else 0  # the count is root's to read
             self._kill(qw, life, f"held {waiting} packets without a verdict for {timeout:g} s")
         elif now - life.loop_at >= 2 * timeout + HEARTBEAT_GRACE:
             self._kill(qw, life, f"stopped turning its loop for {now - life.loop_at:.1f} s")

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import pytest
 
 from trafmetuxd.api import Server, start_server
-from trafmetuxd.collector import Flows, Snapshot, Totals
+from trafmetuxd.collector import Flows, Hosts, Snapshot, Totals
 from trafmetuxd.handlers import Handlers
 from trafmetuxd.reports import Reports
 from trafmetuxd.spec import Config, MonitorSpec, QuotaSpec
@@ -34,6 +34,7 @@ class FakeBackend:
     flush_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pending: dict[str, Totals] = field(default_factory=dict)
     pending_flows: dict[str, Flows] = field(default_factory=dict)
+    pending_hosts: dict[str, Hosts] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
     refreshes: int = 0
 
@@ -46,6 +47,9 @@ class FakeBackend:
 
     def unflushed_flows(self, monitor: str) -> Flows:
         return self.pending_flows.get(monitor, {})
+
+    def unflushed_hosts(self, monitor: str) -> Hosts:
+        return self.pending_hosts.get(monitor, {})
 
     async def status(self) -> dict[str, object]:
         return {"state": "running", "monitors": len(self.config.monitors)}

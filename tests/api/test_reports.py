@@ -322,3 +322,39 @@ def test_yearly_report_back_to_1970_leaves_out_older_years(running: Running) -> 
 def test_bad_value_message_says_what_is_expected(running: Running) -> None:
     error = call_error(running.path, cmd="flows", monitor="input", limit=200_000)
     assert error["message"] == "flows: bad value for 'limit': expected an integer 1..100000"
+
+
+def test_hosts_sum_stored_and_unflushed_largest_first(running: Running) -> None:
+    db = running.path.parent / "state" / "trafmetux.sqlite3"
+    minute = NOW // 60 - 90  # an hour and a half ago
+    a, b, six = (4, A, 32), (4, B, 32), (6, 0xFD00_0001 << 96, 64)
+    write_store(db, NOW - 600, [("input", Snapshot(
+        {minute: [3000, 3, 100, 1]}, {}, 0,
+        {a: {minute: [1000, 1, 100, 1]}, b: {minute: [2000, 2, 0, 0]}},
+    ))])  # fmt: skip
+    running.backend.pending_hosts = {"input": {a: {NOW // 60: [5000, 5, 7, 1]},
+                                               six: {NOW // 60: [0, 0, 900, 2]}}}  # fmt: skip
+    result = call(running.path, cmd="hosts", monitor="input")
+    assert result["hosts"] == [
+        {"host": "10.0.0.2", "in": 6000, "out": 107, "in_packets": 6, "out_packets": 2},
+        {"host": "10.0.0.3", "in": 2000, "out": 0, "in_packets": 2, "out_packets": 0},
+        {"host": "fd00:1::/64", "in": 0, "out": 900, "in_packets": 0, "out_packets": 2},
+    ]
+    assert result["monitor"] == "input" and result["count"] == 3
+    assert datetime.fromisoformat(str(result["end"])).timestamp() >= NOW
+    by_out = call(running.path, cmd="hosts", monitor="input", sort="out", limit=1)
+    assert [h["host"] for h in by_out["hosts"]] == ["fd00:1::/64"]
+    before = call(running.path, cmd="hosts", monitor="input", end=NOW - 3600)
+    assert [h["host"] for h in before["hosts"]] == ["10.0.0.3", "10.0.0.2"]
+    assert before["hosts"][1]["in"] == 1000  # the unflushed minute lies after the range
+
+
+def test_hosts_of_an_unknown_monitor_or_sort_are_refused(running: Running) -> None:
+    for request, code in (({"monitor": "nope"}, "not_found"),
+                          ({"monitor": "input", "sort": "size"}, "bad_argument")):  # fmt: skip
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(str(running.path))
+            s.sendall(json.dumps({"v": 1, "cmd": "hosts", **request}).encode() + b"\n")
+            reply = json.loads(s.makefile("rb").readline())
+        assert reply["ok"] is False and reply["error"]["code"] == code, reply

@@ -98,6 +98,7 @@ def test_a_frozen_worker_is_replaced_within_the_stall_timeout(pair: Pair, tmp_pa
     finally:
         with contextlib.suppress(ProcessLookupError):  # gone already if the guard did its job
             os.kill(frozen, signal.SIGCONT)
+    print("frozen worker:", {k: v for k, v in result.items() if k != "rtt_ms"})
     # The outage of a frozen consumer is at most stall_timeout + 0.5 s: 15 pings of 100 ms.
     assert result["longest_gap"] <= 15, result
     assert result["answered"] >= 50 - 15

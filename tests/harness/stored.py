@@ -12,6 +12,7 @@ Row = tuple[int, int, int, int]  # in_bytes, in_packets, out_bytes, out_packets
 # totals table -> its unit column (fixed names, never input)
 UNITS = {"minute_totals": "minute", "quarter_totals": "quarter", "hour_totals": "hour",
          "day_totals": "day"}  # fmt: skip
+HOST_TABLES = {unit: f"host_{table}" for table, unit in UNITS.items()}  # unit -> host table
 
 
 class FlowRow(NamedTuple):
@@ -64,6 +65,18 @@ class Stored:
     def day_totals(self, monitor: str) -> dict[int, Row]:
         """Every stored UTC day of a monitor."""
         return self.totals("day_totals", monitor)
+
+    def host_totals(self, monitor: str, unit: str = "minute") -> dict[str, dict[int, Row]]:
+        """Every stored row of a monitor's hosts in one unit: host -> unit -> totals."""
+        table = HOST_TABLES[unit]
+        sql = (
+            f"SELECT host, t.{unit}, in_bytes, in_packets, out_bytes, out_packets FROM {table} t "
+            "JOIN monitor m ON m.id = t.monitor WHERE m.name = ?"
+        )
+        out: dict[str, dict[int, Row]] = {}
+        for r in self._rows(sql, (monitor,)):
+            out.setdefault(r[0], {})[r[1]] = (r[2], r[3], r[4], r[5])
+        return out
 
     def flows(self, monitor: str, since: float, until: float) -> list[FlowRow]:
         """Flow rows of flushes with since <= time < until, in flush then insertion order."""

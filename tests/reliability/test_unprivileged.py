@@ -8,9 +8,12 @@ queue, install its rules and meter exactly.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import pwd
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,9 +42,10 @@ def public_dir() -> Iterator[Path]:
         shutil.rmtree(made, ignore_errors=True)
 
 
-def test_daemon_as_nobody_with_net_admin_only_meters_exactly(pair: Pair, public_dir: Path) -> None:
+def start_as_nobody(pair: Pair, public_dir: Path, capture: dict[str, str] | None = None) -> Live:
+    """The daemon as nobody with CAP_NET_ADMIN and CAP_NET_RAW only, as the unit runs it."""
     if shutil.which("setpriv") is None:
-        pytest.skip("setpriv (util-linux) is not installed")
+        pytest.fail("setpriv (util-linux) is not installed")
     state = public_dir / "state"
     state.mkdir(mode=0o750)
     os.chown(state, NOBODY.pw_uid, NOBODY.pw_gid)
@@ -49,10 +53,16 @@ def test_daemon_as_nobody_with_net_admin_only_meters_exactly(pair: Pair, public_
     run.mkdir(mode=0o750)
     os.chown(run, NOBODY.pw_uid, NOBODY.pw_gid)
     fresh_counters(pair)
-    live = Live(pair, public_dir, state_dir=state, socket_group="nogroup")
+    live = Live(pair, public_dir, state_dir=state, socket_group="nogroup", capture=capture)
     live.sock_path = run / "trafmetuxd.sock"
     live.write_config(MONITORS)
     live.start(argv_prefix=SETPRIV)
+    assert live.proc is not None
+    return live
+
+
+def test_daemon_as_nobody_with_net_admin_only_meters_exactly(pair: Pair, public_dir: Path) -> None:
+    live = start_as_nobody(pair, public_dir)
     assert live.proc is not None
     status = Path(f"/proc/{live.proc.pid}/status").read_text()
     assert f"Uid:\t{NOBODY.pw_uid}" in status
@@ -74,3 +84,23 @@ def test_daemon_as_nobody_with_net_admin_only_meters_exactly(pair: Pair, public_
     assert stored["icmp"] == expected("icmp", a, b)
     assert stored["all"] == expected("all", a, b)
     assert live.database.stat().st_uid == NOBODY.pw_uid
+
+
+def test_unprivileged_stall_guard_sees_a_frozen_worker_without_the_root_only_queue_table(
+    pair: Pair, public_dir: Path
+) -> None:
+    # /proc/net/netfilter/nfnetlink_queue is 0440 root: as nobody the guard reads the worker
+    # socket's unread bytes in /proc/net/netlink instead, and must still act within the bound.
+    live = start_as_nobody(pair, public_dir, capture={"stall_timeout": '"1s"'})
+    (frozen,) = live.worker_pids()
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        result = json.loads(traffic(pair.b, "ping-every", pair.a4, "50", "0.1", timeout=60))
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(frozen, signal.SIGCONT)
+    assert result["longest_gap"] <= 15, result  # stall_timeout + 0.5 s at 100 ms a ping
+    (entry,) = live.status()["capture"]["workers"]  # type: ignore[index]
+    assert entry["stalls"] == 1 and entry["pid"] != frozen, entry
+    assert "held 1 packets without a verdict" in live.log()
+    assert live.terminate() == 0, live.log()

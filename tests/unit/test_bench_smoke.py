@@ -38,6 +38,7 @@ def test_pipeline_times_every_stage_over_the_same_packets() -> None:
         "parse",
         "parse_classify_20",
         "feed_1_monitor",
+        "feed_1_monitor_hosts",
         "feed_20_monitors",
         "batch_20_monitors",
     }

@@ -178,7 +178,7 @@ def test_check_quota_json_error_is_json(tmp_path: Path, capsys: pytest.CaptureFi
     assert json.loads(capsys.readouterr().out)["error"]["code"] == "unreachable"
 
 
-@pytest.mark.parametrize("command", ["show-daily", "show-flows", "top"])
+@pytest.mark.parametrize("command", ["show-daily", "show-flows", "show-hosts", "top"])
 def test_subcommand_help_gives_description_defaults_and_time_format(command: str) -> None:
     (sub,) = [p for p in subparsers(build_parser()) if p.prog.endswith(" " + command)]
     text = " ".join(sub.format_help().split())
@@ -324,7 +324,29 @@ def test_help_and_usage_read_as_argparse_formats_them(
     ours, plain = subparsers(build_parser()), subparsers(build_parser())
     for parser in plain:
         parser.formatter_class = argparse.HelpFormatter  # argparse's own sizing (shutil)
-    assert len(ours) == 16
+    assert len(ours) == 17
     for a, b in zip(ours, plain, strict=True):
         assert a.format_help() == b.format_help()
         assert a.format_usage() == b.format_usage()
+
+
+def test_show_hosts_prints_one_classic_line_per_host_and_sends_the_range(
+    fake: Fake, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hosts = {"monitor": "lan", "begin": "2026-10-25T00:00:00+02:00", "count": 2,
+             "end": "2026-10-26T00:00:00+01:00", "hosts": [
+                 {"host": "192.168.1.23", "in": 1_299_227_607, "out": 87_136_256,
+                  "in_packets": 900_000, "out_packets": 400_000},
+                 {"host": "fd00:1::/64", "in": 2048, "out": 0, "in_packets": 2,
+                  "out_packets": 0}]}  # fmt: skip
+    fake.replies["hosts"] = {"ok": True, "result": hosts}
+    argv = ("show-hosts", "lan", "-b", "2026-10-25", "-e", "2026-10-25", "-n", "5")
+    assert run(fake, *argv, "--sort", "in") == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "192.168.1.23: [in= 1.21 GiB] [out= 83.10 MiB] [total= 1.29 GiB]",
+        "fd00:1::/64: [in= 2.00 KiB] [out= 0 B] [total= 2.00 KiB]",
+    ]
+    assert fake.seen[0] == {"v": 1, "cmd": "hosts", "monitor": "lan", "begin": "2026-10-25",
+                            "end": "2026-10-26", "limit": 5, "sort": "in"}  # fmt: skip
+    assert run(fake, "--json", "show-hosts", "lan") == 0
+    assert json.loads(capsys.readouterr().out) == hosts

@@ -4,6 +4,7 @@ message naming the file, the key path, the bad value and what is expected."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 from pathlib import Path
 
@@ -126,6 +127,17 @@ def test_flow_log_stays_inside_state_dir_absolute_path_refused():
 def test_flush_collector_size_defaults_to_at_least_collector_size():
     cfg = parse(monitor("collector_size = 5000") + monitor(name="n"))
     assert [m.flush_collector_size for m in cfg.monitors] == [5000, 2000]
+
+
+def test_monitor_hosts_reach_the_workers_unchanged():
+    from trafmetuxd.specwire import monitor_from_wire, monitor_to_wire
+
+    cfg = parse(monitor('hosts = ["192.168.1.0/24", "fd00:1::/64"]\nhost_prefix_v6 = 64'))
+    (spec,) = cfg.monitors
+    assert [str(n) for n in spec.hosts] == ["192.168.1.0/24", "fd00:1::/64"]
+    assert (spec.host_prefix_v6, spec.max_hosts) == (64, 4096)
+    assert monitor_from_wire(json.loads(json.dumps(monitor_to_wire(spec)))) == spec
+    assert parse(monitor()).monitors[0].hosts == ()
 
 
 def test_retention_durations_and_forever():
@@ -295,6 +307,14 @@ INVALID = [
      "quota[0].monitors", "[]", "at least 1"),
     ("duplicate quota", quota("limit = 1") + quota("limit = 2", name="q").replace(monitor(), ""),
      "quota[1].name", "'q'", "quota[0] has it too"),
+    ("hosts with host bits", monitor('hosts = ["192.168.1.1/24"]'),
+     "monitor[0].hosts[0]", "'192.168.1.1/24'", "did you mean '192.168.1.0/24'"),
+    ("hosts not a list", monitor('hosts = "192.168.1.0/24"'),
+     "monitor[0].hosts", "'192.168.1.0/24'", "expected a list"),
+    ("host_prefix_v6 above 128", monitor("host_prefix_v6 = 129"),
+     "monitor[0].host_prefix_v6", "129", "less than or equal to 128"),
+    ("max_hosts zero", monitor("max_hosts = 0"),
+     "monitor[0].max_hosts", "0", "greater than or equal to 1"),
 ]  # fmt: skip
 
 

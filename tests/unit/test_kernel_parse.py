@@ -10,6 +10,7 @@ from trafmetuxd.kernel import (
     KernelError,
     QueueStats,
     interface_matches,
+    netlink_backlog,
     parse_listing,
     queue_stats,
 )
@@ -70,3 +71,18 @@ def test_star_interface_never_queues_loopback():
 def test_glob_matching_loopback_is_refused_not_queued():
     with pytest.raises(KernelError, match="'l\\*' matches lo"):
         interface_matches(CaptureSpec(interfaces=("eth0", "l*")), "-o")
+
+
+def test_netlink_backlog_reads_unread_bytes_of_netfilter_sockets_by_port_id(
+    tmp_path: Path,
+) -> None:
+    proc = tmp_path / "netlink"
+    proc.write_text(
+        "sk               Eth Pid        Groups   Rmem     Wmem     Dump  Locks    Drops    Inode\n"
+        "00000000e9991f50 0   0          00000000 0        0        0     2        0        4\n"
+        "00000000b5544703 12  4123       00000000 2304     0        0     2        0        1435\n"
+        "00000000b5544704 12  77         00000000 0        0        0     2        0        1436\n"
+        "00000000b5544705 16  4123       00000000 999      0        0     2        0        1437\n"
+    )
+    assert netlink_backlog(proc) == {4123: 2304, 77: 0}  # protocol 12 (netfilter) only
+    assert netlink_backlog(tmp_path / "missing") == {}

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from trafmetuxd import query
 from trafmetuxd.collector import Snapshot
 from trafmetuxd.periods import Calendar
+from trafmetuxd.schema import MIGRATIONS
 from trafmetuxd.store import Store
 
 START = int(datetime(2026, 3, 1, tzinfo=ZoneInfo("UTC")).timestamp())
@@ -285,3 +286,17 @@ def test_arbitrary_second_bounds_sum_like_plain_quarters(
     bounds = sorted(DENSE_START * 60 + o for o in offsets)
     got = query.bucket_sums(db, ["input"], bounds, "quarter")["input"]
     assert got == plain_quarter_sums(totals, bounds)
+
+
+def test_host_sums_of_a_database_from_before_the_host_tables_read_as_none(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "v3.sqlite3"
+    with closing(sqlite3.connect(db)) as conn:
+        for migrate in MIGRATIONS[:3]:  # version 3: the replay record, before the host tables
+            migrate(conn)
+        conn.execute("PRAGMA user_version = 3")
+        conn.commit()
+    assert query.host_sums(db, "lan", 0, 96) == {}
+    Store(db).close()  # migrated to the current version: the host tables exist, still empty
+    assert query.host_sums(db, "lan", 0, 96) == {}

@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import sqlite3
+import struct
+import subprocess
+import sys
+import time
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from scapy.all import ICMP, IP, TCP, UDP, Ether, IPv6, Raw, wrpcap, wrpcapng
 from scapy.layers.l2 import CookedLinux
 
+from trafmetuxd.collector import Snapshot
 from trafmetuxd.metering import Metering
-from trafmetuxd.replay import replay, replay_file
-from trafmetuxd.spec import DIR_IN, DIR_OUT, Config, MonitorSpec, RuleSpec
+from trafmetuxd.notify import Notifier
+from trafmetuxd.pcap import CaptureFileError
+from trafmetuxd.replay import (
+    AlreadyReplayedError,
+    fingerprint,
+    replay,
+    replay_file,
+    report_clock,
+)
+from trafmetuxd.service import Service
+from trafmetuxd.spec import DIR_IN, DIR_OUT, Config, MonitorSpec, RetentionSpec, RuleSpec
 
 LOCAL = ipaddress.ip_network("192.168.190.0/24")
 LOCAL6 = ipaddress.ip_network("fd00:190::/64")
@@ -248,3 +264,196 @@ def test_pppoe_session_frames_of_a_dsl_gateway_are_metered(tmp_path: Path) -> No
         daemon.close()
     assert (summary.frames, summary.packets, summary.skipped) == (4, 4, {})
     assert summary.bytes == 2 * (20 + 8 + 100) + 2 * (40 + 8 + 100)
+
+
+def daemon_for(tmp: Path) -> Metering:
+    cfg = make_config(tmp)
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    return Metering(cfg)
+
+
+def all_bytes(db: Path) -> int:
+    return sum(r[0] + r[2] for r in stored(db)["all"].values())
+
+
+def test_replaying_the_same_capture_twice_is_refused_without_force(tmp_path: Path) -> None:
+    sent = traffic()
+    write_capture(tmp_path / "a.pcap", sent, "ether")
+    copy = tmp_path / "renamed.pcap"
+    copy.write_bytes((tmp_path / "a.pcap").read_bytes())
+    total = sum(len(bytes(s.ip)) for s in sent)
+    daemon = daemon_for(tmp_path)
+    try:
+        replay_file(daemon, tmp_path / "a.pcap", iface="")
+        assert all_bytes(daemon.config.database) == total
+        for again in (tmp_path / "a.pcap", copy):  # the same bytes under another name too
+            with pytest.raises(AlreadyReplayedError) as refused:
+                replay_file(daemon, again, iface="")
+            message = str(refused.value)
+            assert message.startswith(f"{again}: it was already replayed into ")
+            assert "replaying it again would count its traffic twice. --force" in message
+            assert all_bytes(daemon.config.database) == total  # nothing counted
+        assert f"(as {tmp_path / 'a.pcap'})" in message  # the copy names the original
+        started = daemon.store.replays_of(fingerprint(copy))[0].started
+        assert f"{datetime.fromtimestamp(started, UTC):%Y-%m-%d %H:%M:%S} UTC" in message
+        replay_file(daemon, copy, iface="", force=True)
+        assert all_bytes(daemon.config.database) == 2 * total
+        assert len(daemon.store.replays_of(fingerprint(copy))) == 2
+    finally:
+        daemon.close()
+
+
+def test_a_replay_record_holds_what_the_capture_held(tmp_path: Path) -> None:
+    sent = traffic()
+    write_capture(tmp_path / "a.pcap", sent, "ether")
+    daemon = daemon_for(tmp_path)
+    try:
+        summary = replay_file(daemon, tmp_path / "a.pcap", iface="")
+    finally:
+        daemon.close()
+    with sqlite3.connect(daemon.config.database) as conn:
+        row = conn.execute(
+            "SELECT sha256, path, size, first_packet, last_packet, last_flush, frames, packets, "
+            "bytes, started <= finished FROM replay"
+        ).fetchall()
+    capture = tmp_path / "a.pcap"
+    first, last = min(s.ts for s in sent), max(s.ts for s in sent)
+    assert row == [
+        (fingerprint(capture), str(capture), capture.stat().st_size, pytest.approx(first),
+         pytest.approx(last), summary.end, len(sent), len(sent), summary.bytes, 1),
+    ]  # fmt: skip
+    assert summary.end is not None and summary.end > last
+
+
+def raw_ip_capture(path: Path, count: int, cut: int = 0) -> int:
+    """`count` 128-byte UDP packets a second apart (raw IP link type), the file cut short by
+    `cut` bytes; the IP bytes it holds in full."""
+    packet = bytes(IP(src=REMOTE, dst=CLIENT) / UDP() / Raw(b"z" * 100))
+    header = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 101)
+    records = b"".join(
+        struct.pack("<IIII", int(T0) + i, 0, len(packet), len(packet)) + packet
+        for i in range(count)
+    )
+    path.write_bytes((header + records)[: len(header) + len(records) - cut])
+    return count * len(packet)
+
+
+def test_a_repeat_of_an_interrupted_replay_says_it_did_not_finish(tmp_path: Path) -> None:
+    capture = tmp_path / "cut.pcap"
+    total = raw_ip_capture(capture, 5000, cut=20)  # more than a batch: some flushes commit
+    daemon = daemon_for(tmp_path)
+    try:
+        with pytest.raises(CaptureFileError, match="truncated record"):
+            replay_file(daemon, capture, iface="")
+        assert 0 < all_bytes(daemon.config.database) < total
+        with pytest.raises(AlreadyReplayedError, match=r"started .* and did not finish"):
+            replay_file(daemon, capture, iface="")
+    finally:
+        daemon.close()
+
+
+def test_the_command_line_refuses_a_repeat_with_exit_status_2(tmp_path: Path) -> None:
+    sent = traffic()
+    write_capture(tmp_path / "a.pcap", sent, "ether")
+    state = tmp_path / "state"
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(f'state_dir = "{state}"\nsocket = "{tmp_path}/s.sock"\n'
+                   '[[monitor]]\nname = "all"\n')  # fmt: skip
+    argv = [sys.executable, "-m", "trafmetuxd", "--config", str(cfg), "--replay"]
+    first = subprocess.run([*argv, str(tmp_path / "a.pcap")], capture_output=True, text=True,
+                           timeout=60)  # fmt: skip
+    assert first.returncode == 0, first
+    again = subprocess.run([*argv, str(tmp_path / "a.pcap")], capture_output=True, text=True,
+                           timeout=60)  # fmt: skip
+    assert again.returncode == 2, again
+    assert again.stderr.startswith(f"trafmetuxd: {tmp_path / 'a.pcap'}: it was already replayed")
+    assert again.stdout == ""
+    forced = subprocess.run([*argv, str(tmp_path / "a.pcap"), "--force"], capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert forced.returncode == 0, forced
+    assert forced.stdout.startswith(f"replayed {tmp_path / 'a.pcap'}: {len(sent)} frames")
+
+
+def minute_count(db: Path) -> int:
+    return sum(len(v) for v in stored(db).values())
+
+
+def flow_count(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT count(*) FROM flow").fetchone()[0])
+
+
+def test_retention_never_deletes_what_a_replay_wrote(tmp_path: Path) -> None:
+    sent = traffic()  # from T0, months before the wall clock: far beyond 7 and 30 days
+    write_capture(tmp_path / "a.pcap", sent, "ether")
+    daemon = daemon_for(tmp_path)
+    db = daemon.config.database
+    assert daemon.config.retention == RetentionSpec()  # the defaults: 7 days, 30 days
+    try:
+        # detail written live two days before the capture: not a replay's, so retention applies
+        live = Snapshot({int(T0) // 60 - 2880: [5, 1, 0, 0]}, {}, 0)
+        daemon.store.write(T0 - 2 * 86400, [("all", live)])
+        summary = replay_file(daemon, tmp_path / "a.pcap", iface="")
+        minutes, flows = minute_count(db), flow_count(db)
+        # what --serve does a flush interval later: a flush by the wall clock, with its prune
+        assert daemon.flush_now(time.time())
+        assert minute_count(db) == minutes - 1  # only the live minute went
+        assert flow_count(db) == flows > 0
+        assert all_bytes(db) == sum(len(bytes(s.ip)) for s in sent)
+        # retention counts from when the replay ran: 8 days later its minutes go, flows stay
+        daemon.store.prune(time.time() + 8 * 86400, daemon.config.retention)
+        assert minute_count(db) == 0 and flow_count(db) == flows
+        daemon.store.prune(time.time() + 31 * 86400, daemon.config.retention)
+        assert flow_count(db) == 0
+        assert summary.bytes + 5 == sum(  # totals stay, the live day's included
+            r[0] + r[2] for r in stored(db, "day_totals", "day")["all"].values()
+        )
+    finally:
+        daemon.close()
+
+
+def test_quarter_retention_spares_the_utc_days_a_replay_wrote(tmp_path: Path) -> None:
+    write_capture(tmp_path / "a.pcap", traffic(), "ether")
+    daemon = daemon_for(tmp_path)
+    db = daemon.config.database
+    try:
+        old = Snapshot({int(T0) // 60 - 3 * 1440: [5, 1, 0, 0]}, {}, 0)
+        daemon.store.write(T0 - 3 * 86400, [("all", old)])
+        replay_file(daemon, tmp_path / "a.pcap", iface="")
+        before = {t: stored(db, f"{t}_totals", t)["all"] for t in ("quarter", "hour", "day")}
+        daemon.store.prune(time.time(), RetentionSpec(minutes=0, flows=0, quarters=86400))
+        after = {t: stored(db, f"{t}_totals", t)["all"] for t in ("quarter", "hour", "day")}
+    finally:
+        daemon.close()
+    old_day = (int(T0) - 3 * 86400) // 86400
+    assert old_day in before["day"] and old_day not in after["day"]  # the live day went
+    assert {t: {k: v for k, v in rows.items() if k not in (old_day, old_day * 24, old_day * 96)}
+            for t, rows in before.items() if t == "day"} == {"day": after["day"]}  # fmt: skip
+    assert len(after["quarter"]) == len(before["quarter"]) - 1
+    assert len(after["hour"]) == len(before["hour"]) - 1
+
+
+def test_default_windows_after_a_replay_end_at_its_newest_data(tmp_path: Path) -> None:
+    sent = traffic()
+    write_capture(tmp_path / "a.pcap", sent, "ether")
+    daemon = daemon_for(tmp_path)
+    try:
+        summary = replay_file(daemon, tmp_path / "a.pcap", iface="")
+        clock = report_clock(daemon, summary)
+        assert clock() == summary.end  # the end of its last flush, not the wall clock
+        service = Service(daemon, Notifier(), live=False, clock=clock)  # as --serve builds it
+        handlers = service.handlers
+        try:
+            day = asyncio.run(handlers.report({"period": "day", "monitors": ["all"]}))
+            flows = asyncio.run(handlers.flows({"monitor": "imap-raw"}))
+            top = asyncio.run(handlers.top({"monitors": ["all"], "by": "server", "limit": 1}))
+        finally:
+            service.reports.close()
+    finally:
+        daemon.close()
+    total = sum(len(bytes(s.ip)) for s in sent)
+    rows = day["rows"]  # type: ignore[index]
+    assert rows[-1]["label"] == f"{datetime.fromtimestamp(T0, UTC):%Y-%m-%d}"
+    assert sum(rows[-1]["values"]["all"]) == total
+    assert sorted(f["client_port"] for f in flows["flows"]) == [2532, 2533, 2534, 2535]  # type: ignore[index]
+    assert top["entries"][0]["bytes"] > 0  # type: ignore[index]
