@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,12 +23,10 @@ from bench.common import PYTHON, ROOT, VENV_BIN, Result, target, tree_cpu_second
 from bench.e2e_traffic import monitors_toml, trafgen_config
 from bench.mix import twenty_monitors
 from bench.served import wait_ready
+from tests.harness import prereq
+from tests.harness.netns import Namespace, Pair, veth_pair
 from trafmetuxctl.client import Client
 from trafmetuxd.kernel import parse_listing
-
-sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-import prereq
-from netns import Namespace, Pair, veth_pair
 
 FULL = {"warmup": 1.0, "window": 8.0, "low_pps": 5000, "low_window": 4.0}
 SMOKE = {"warmup": 0.3, "window": 1.0, "low_pps": 500, "low_window": 1.0}

@@ -34,7 +34,7 @@ from bench.served import build_store, wait_ready
 from trafmetuxctl.client import Client
 from trafmetuxd.reports import MAX_ROWS
 
-HERE = ROOT / "tests" / "e2e"
+HERE = ROOT / "tests" / "harness"
 
 FULL = {"pings": 1000, "interval": 0.01, "clients": 4, "load_pps": 20000}
 SMOKE = {"pings": 100, "interval": 0.01, "clients": 2, "load_pps": 2000}

@@ -87,8 +87,8 @@ def _hash_password() -> int:
 
 def _start(cfg: Config, args: argparse.Namespace) -> int:
     from trafmetuxd.capture import CaptureError
-    from trafmetuxd.daemon import Daemon
     from trafmetuxd.kernel import KernelError
+    from trafmetuxd.metering import Metering
     from trafmetuxd.notify import Notifier
     from trafmetuxd.pcap import CaptureFileError
     from trafmetuxd.replay import AlreadyReplayedError, replay_file, report_clock
@@ -99,21 +99,21 @@ def _start(cfg: Config, args: argparse.Namespace) -> int:
     try:
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         check(cfg)  # nobody else may write where the daemon writes (symlinks: issue 11)
-        daemon = Daemon(cfg)
+        metering = Metering(cfg)
         if not args.replay:
-            return asyncio.run(Service(daemon, Notifier()).run())
+            return asyncio.run(Service(metering, Notifier()).run())
         try:
-            summary = replay_file(daemon, Path(args.replay), args.interface, args.force)
+            summary = replay_file(metering, Path(args.replay), args.interface, args.force)
         except AlreadyReplayedError as exc:
-            daemon.close()
+            metering.close()
             print(f"trafmetuxd: {exc}", file=sys.stderr)
             return EXIT_CONFIG
         print(summary.line(), flush=True)
         if not args.serve:
-            daemon.close()
+            metering.close()
             return 0 if summary.flushed else EXIT_FAILURE
         # Reports answer as of the newest stored data, not the wall clock (docs/config.md).
-        service = Service(daemon, Notifier(), live=False, clock=report_clock(daemon, summary))
+        service = Service(metering, Notifier(), live=False, clock=report_clock(metering, summary))
         return asyncio.run(service.run())
     except (StoreError, CaptureError, KernelError, CaptureFileError, OSError) as exc:
         print(f"trafmetuxd: {exc}", file=sys.stderr)

@@ -4,7 +4,8 @@ The write runs in a worker thread; everything else runs on the event loop thread
 collector is cleared only after its data committed, so a failed write keeps every byte for the
 next flush and a successful one is never written twice.
 
-Concurrency invariant: absorb(), write() and committed() of one flush never overlap with another
+Concurrency invariant: absorb(), write() and committed() of one flush (flush() runs all three,
+with the retention pass when due and the GC kept off) never overlap with another
 flush's or a reload's absorb(): the daemon runs them all under its flush lock (replay runs them
 sequentially). pending() hands out the live dicts, so that lock is what keeps a write from
 seeing a merge half done and committed() from clearing data that arrived during the write.
@@ -12,6 +13,7 @@ seeing a merge half done and committed() from clearing data that arrived during 
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Sequence
@@ -26,6 +28,8 @@ from trafmetuxd.store import Store, StoreError
 log = logging.getLogger("trafmetuxd.flush")
 
 FLOW_LOG_BACKLOG_LIMIT = 16 * 1024 * 1024  # characters held per log while it cannot be written
+PRUNE_EVERY = 3600.0  # seconds between retention passes
+GC_SWEEP_EVERY = 3600.0  # seconds between full cyclic collections (see flush)
 
 
 @dataclass(slots=True)
@@ -46,10 +50,18 @@ class FlushState:
 class Flusher:
     """Owns the flush collectors and writes them to the store."""
 
-    def __init__(self, store: Store, monitors: Sequence[MonitorSpec], zone: tzinfo) -> None:
+    def __init__(
+        self,
+        store: Store,
+        monitors: Sequence[MonitorSpec],
+        zone: tzinfo,
+        started: float | None = None,
+    ) -> None:
         self.store = store
         self.zone = zone
         self.state = FlushState()
+        self._last_prune = 0.0
+        self._last_sweep = time.time() if started is None else started
         self.collectors: dict[str, FlushCollector] = {}
         self._logs: dict[str, FlowLog] = {}
         self._backlog: dict[str, list[str]] = {}
@@ -69,6 +81,51 @@ class Flusher:
                 self.collectors[name] = coll
             coll.merge(snap)
             time.sleep(0)  # in the worker thread: let a waiting packet loop have the GIL
+
+    def flush(
+        self, batches: list[tuple[str, Snapshot]], when: float, retention: RetentionSpec
+    ) -> bool:
+        """Merge into the flush collectors, write them, forget what committed (worker thread).
+
+        It also drops the last references to the snapshots and to the committed collectors,
+        so freeing tens of thousands of positions happens here and not on the packet loop.
+        """
+        # Flow positions are tens of thousands of GC-tracked lists without reference cycles;
+        # a cyclic collection set off by the merge's allocations would walk them all holding
+        # the GIL and stall the packet loop for tens of ms. So no collection runs during the
+        # flush, and what is alive afterwards is moved out of the collector's sight (it is
+        # still freed by reference counting): later collections walk only newer objects.
+        gc.disable()
+        try:
+            self.absorb(batches)
+            batches.clear()
+            ok = self._write_pruning(when, retention)
+            if ok:
+                self.committed(when)
+        finally:
+            self._sweep(when)
+            gc.freeze()
+            gc.enable()
+        return ok
+
+    def _write_pruning(self, when: float, retention: RetentionSpec) -> bool:
+        """Write; apply the retention too when the last pass is PRUNE_EVERY ago."""
+        due = when - self._last_prune >= PRUNE_EVERY
+        ok = self.write(when, retention if due else None)
+        if ok and due:
+            self._last_prune = when
+        return ok
+
+    def _sweep(self, when: float) -> None:
+        """Once an hour, a full collection over everything, frozen objects included.
+
+        Freezing keeps any cyclic garbage alive at that moment; this bounds what could pile
+        up, at the price of one longer pause an hour (CPython's own schedule pauses more often).
+        """
+        if when - self._last_sweep >= GC_SWEEP_EVERY:
+            self._last_sweep = when
+            gc.unfreeze()
+            gc.collect()
 
     def pending(self) -> list[tuple[str, Snapshot]]:
         """Every non-empty flush collector's contents."""

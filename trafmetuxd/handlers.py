@@ -1,67 +1,29 @@
-"""Command handlers behind the dispatch table; the daemon is reached only through Backend."""
+"""Command handlers behind the dispatch table: requests checked, answered through Reports."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
-from trafmetuxd import metrics, query, reports
-from trafmetuxd.collector import Flows, Hosts, Totals
+from trafmetuxd import metrics
 from trafmetuxd.periods import Calendar, check_instant, parse_local, resolve_zone
 from trafmetuxd.protocol import BAD_ARGUMENT, NOT_FOUND, VERSION, ProtocolError
-from trafmetuxd.quota import QuotaStatus
-from trafmetuxd.spec import Config
+from trafmetuxd.reports import Reports
 
 Handler = Callable[[Mapping[str, Any]], Awaitable[object]]
+Status = Callable[[], Awaitable[dict[str, object]]]
 DAY = 86400
-
-
-class Backend(Protocol):
-    """What the handlers need from the running daemon."""
-
-    config: Config
-    flush_lock: asyncio.Lock
-
-    async def refresh(self) -> object:
-        """Have the capture workers ship what they counted so far (bounded wait)."""
-
-    def unflushed(self) -> dict[str, Totals]:
-        """Per monitor: minute totals counted but not committed yet."""
-
-    def unflushed_flows(self, monitor: str) -> Flows:
-        """A monitor's flow positions not committed yet."""
-
-    def unflushed_hosts(self, monitor: str) -> Hosts:
-        """A monitor's per-host totals not committed yet."""
-
-    async def status(self) -> dict[str, object]:
-        """JSON-able daemon status (may read kernel counters: awaited, off the loop)."""
-
-    def rates(self) -> dict[str, tuple[float, float]]:
-        """Monitor -> (in B/s, out B/s)."""
-
-    async def flush(self) -> dict[str, object]:
-        """Flush now; returns what was written."""
-
-    async def reload(self) -> dict[str, object]:
-        """Reload the configuration; returns what changed."""
 
 
 class Handlers:
     """The commands of the control socket, as an explicit name -> coroutine table."""
 
-    def __init__(self, backend: Backend, clock: Callable[[], float] = time.time) -> None:
-        self.backend = backend
-        self.clock = clock
-        # one store connection and its cache of period sums, shared by every request
-        self.reader = query.Reader()
-
-    def close(self) -> None:
-        """Close the store connection the reports read through."""
-        self.reader.close()
+    def __init__(self, reports: Reports, status: Status | None = None) -> None:
+        self.reports = reports
+        self.backend = reports.backend
+        # the running daemon's status: the service's, composed around its metering core
+        self.daemon_status = self.backend.status if status is None else status
 
     def table(self) -> dict[str, Handler]:
         """Command name -> handler; api.py dispatches through this dict only."""
@@ -78,12 +40,6 @@ class Handlers:
             "flush": self.flush,
             "reload": self.reload,
         }
-
-    def calendar(self, week_start: int | None = None) -> Calendar:
-        """The configured zone and week start (overridable per request)."""
-        cfg = self.backend.config
-        ws = cfg.week_start if week_start is None else week_start
-        return Calendar(resolve_zone(cfg.timezone), ws)
 
     def monitor_names(self, wanted: list[str] | None) -> list[str]:
         """The requested monitors (all configured ones by default); unknown -> not_found."""
@@ -113,10 +69,10 @@ class Handlers:
         """Daemon status plus the protocol version and zone."""
         cfg = self.backend.config
         return {
-            **(await self.backend.status()),
+            **(await self.daemon_status()),
             "protocol": VERSION,
             "timezone": resolve_zone(cfg.timezone).key,
-            "time": self.clock(),
+            "time": self.reports.clock(),
         }
 
     async def monitors(self, args: Mapping[str, Any]) -> object:
@@ -136,48 +92,39 @@ class Handlers:
 
     async def report(self, args: Mapping[str, Any]) -> object:
         """Per-period in/out bytes per monitor, stored plus unflushed."""
-        cal = self.calendar(args.get("week_start"))
+        cal = self.reports.calendar(args.get("week_start"))
         names = self.monitor_names(args.get("monitors"))
         begin = self.instant(args, "begin", cal)
         end = self.instant(args, "end", cal)
         if begin is not None and args.get("last") is not None:
             message = "'last' counts back from 'end' (or now): give begin and end, or last"
             raise ProtocolError(BAD_ARGUMENT, f"report: {message}, not begin and last")
-        return await reports.report(
-            self.backend,
-            self.reader,
-            cal,
-            names,
-            args["period"],
-            args.get("last"),
-            begin,
-            end,
-            self.now(),
-        )
+        kind, last = args["period"], args.get("last")
+        return await self.reports.report(cal, names, kind, last, begin, end, self.reports.now())
 
     async def flows(self, args: Mapping[str, Any]) -> object:
         """A monitor's flow positions over a range, largest first."""
-        cal = self.calendar()
+        cal = self.reports.calendar()
         (name,) = self.monitor_names([args["monitor"]])
         begin, end = self._range(args, cal)
         limit = args.get("limit", 20)
-        return await reports.flows(self.backend, name, begin, end, limit, self.now())
+        return await self.reports.flows(name, begin, end, limit, self.reports.now())
 
     async def top(self, args: Mapping[str, Any]) -> object:
         """Top clients, servers or ports by bytes over a range."""
-        cal = self.calendar()
+        cal = self.reports.calendar()
         names = self.monitor_names(args.get("monitors"))
         begin, end = self._range(args, cal)
         by, limit = args.get("by", "client"), args.get("limit", 10)
-        return await reports.top(self.backend, names, begin, end, by, limit, self.now())
+        return await self.reports.top(names, begin, end, by, limit, self.reports.now())
 
     async def hosts(self, args: Mapping[str, Any]) -> object:
         """A monitor's hosts over a range (the last day by default), largest first."""
         (name,) = self.monitor_names([args["monitor"]])
-        cal = self.calendar()
+        cal = self.reports.calendar()
         begin, end = self._range(args, cal)
         limit, sort = args.get("limit", 20), args.get("sort", "total")
-        result = await reports.hosts(self.backend, name, begin, end, limit, sort, self.now())
+        result = await self.reports.hosts(name, begin, end, limit, sort, self.reports.now())
         for key in ("begin", "end"):  # local ISO 8601 with its offset
             value = result[key]
             assert isinstance(value, int)
@@ -192,21 +139,14 @@ class Handlers:
             specs = tuple(q for q in specs if q.name == name)
             if not specs:
                 raise ProtocolError(NOT_FOUND, f"no such quota: {name}")
-        statuses = await reports.quotas(
-            self.backend, self.reader, self.calendar(), specs, self.now()
-        )
+        statuses = await self.reports.quotas(specs)
         return {"quotas": [s.as_dict() for s in statuses]}
 
     async def metrics(self, args: Mapping[str, Any]) -> object:
         """Every figure of one /metrics scrape: all-time totals, quotas, health."""
         names = [m.name for m in self.backend.config.monitors]
-        return await metrics.gather(self.backend, await self.quota_statuses(), names)
-
-    async def quota_statuses(self) -> list[QuotaStatus]:
-        """Every quota now: what the daemon feeds its QuotaWatcher after each flush."""
-        return await reports.quotas(
-            self.backend, self.reader, self.calendar(), self.backend.config.quotas, self.now()
-        )
+        statuses = await self.reports.quotas(self.backend.config.quotas)
+        return await metrics.gather(self.backend, statuses, names, self.daemon_status)
 
     async def flush(self, args: Mapping[str, Any]) -> object:
         """Flush the collectors now (admin)."""
@@ -216,12 +156,8 @@ class Handlers:
         """Reload the configuration (admin)."""
         return await self.backend.reload()
 
-    def now(self) -> int:
-        """The clock, in whole UTC seconds."""
-        return int(self.clock())
-
     def _range(self, args: Mapping[str, Any], cal: Calendar) -> tuple[int, int]:
-        now = self.now()
+        now = self.reports.now()
         end = self.instant(args, "end", cal)
         end = now + 1 if end is None else end
         begin = self.instant(args, "begin", cal)

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trafmetuxd import query
 from trafmetuxd.quota import QuotaStatus
+from trafmetuxd.schema import ROLLUP_VERSION
 
 if TYPE_CHECKING:
-    from trafmetuxd.handlers import Backend
+    from trafmetuxd.reports import Backend
 
 # [in_bytes, in_packets, out_bytes, out_packets]
 Counts = list[int]
@@ -35,7 +36,7 @@ def stored_totals(db: Path, names: Sequence[str]) -> tuple[dict[str, Counts], di
         return out, folded
     with closing(con):
         version = con.execute("PRAGMA user_version").fetchone()[0]
-        table = "day_totals" if version >= query.ROLLUP_VERSION else "quarter_totals"
+        table = "day_totals" if version >= ROLLUP_VERSION else "quarter_totals"
         rows = con.execute(
             "SELECT m.name, SUM(t.in_bytes), SUM(t.in_packets), SUM(t.out_bytes), "
             f"SUM(t.out_packets) FROM {table} t JOIN monitor m ON m.id = t.monitor "
@@ -112,10 +113,17 @@ def health(status: Mapping[str, Any]) -> dict[str, object]:
 
 
 async def gather(
-    backend: Backend, reader_quotas: Sequence[QuotaStatus], names: Sequence[str]
+    backend: Backend,
+    reader_quotas: Sequence[QuotaStatus],
+    names: Sequence[str],
+    status_of: Callable[[], Awaitable[dict[str, object]]] | None = None,
 ) -> dict[str, object]:
-    """Every figure of one scrape (the status first: it has the workers ship)."""
-    status = await backend.status()  # refreshes: the workers' counts up to now are staged
+    """Every figure of one scrape (the status first: it has the workers ship).
+
+    status_of: the running daemon's whole status (capture and audit included); by default
+    the metering core's own.
+    """
+    status = await (status_of or backend.status)()  # the workers' counts up to now are staged
     async with backend.flush_lock:
         totals, folded = await asyncio.to_thread(stored_totals, backend.config.database, names)
         add_unflushed(totals, backend.unflushed())

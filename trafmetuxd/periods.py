@@ -23,7 +23,6 @@ STEP = 900  # seconds; the grain every boundary falls on
 MIN_TIME = -2 * 86400
 MAX_TIME = 253339315200  # 9998-01-02 00:00 UTC
 TIME_RANGE = "1970-01-01 .. 9997-12-31"
-KINDS = ("minute", "hour", "day", "week", "month", "year", "billing")
 _DATE_RE = re.compile(r"^(\d{4})-(\d{2})(?:-(\d{2})(?:[ T](\d{2}):(\d{2})(?::(\d{2}))?)?)?$")
 TIME_FORMATS = "YYYY-MM, YYYY-MM-DD, 'YYYY-MM-DD HH:MM' or 'YYYY-MM-DD HH:MM:SS'"
 

@@ -34,17 +34,6 @@ FORBIDDEN = "forbidden"
 NOT_FOUND = "not_found"
 UNAVAILABLE = "unavailable"
 INTERNAL = "internal"
-ERROR_CODES = (
-    BAD_JSON,
-    BAD_REQUEST,
-    UNKNOWN_COMMAND,
-    BAD_ARGUMENT,
-    TOO_LARGE,
-    FORBIDDEN,
-    NOT_FOUND,
-    UNAVAILABLE,
-    INTERNAL,
-)
 
 READ = "read"
 ADMIN = "admin"
@@ -170,7 +159,6 @@ COMMANDS: Mapping[str, Command] = {
     "flush": Command(ADMIN),
     "reload": Command(ADMIN),
 }
-COMMAND_NAMES = tuple(COMMANDS)
 
 
 class Request(_RequestFields):

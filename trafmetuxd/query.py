@@ -12,16 +12,25 @@ from itertools import pairwise
 from pathlib import Path
 from urllib.parse import quote
 
+from trafmetuxd.schema import (
+    DAY_TOTALS,
+    HOSTS_VERSION,
+    HOUR_TOTALS,
+    MINUTE_TOTALS,
+    QUARTER_TOTALS,
+    QUARTERS_PER_DAY,
+    QUARTERS_PER_HOUR,
+    ROLLUP_VERSION,
+    SECONDS_PER_QUARTER,
+    TOTALS_UNITS,
+)
+
 # per monitor name: one [in_bytes, out_bytes] per bucket
 Sums = dict[str, list[list[int]]]
 # (family, protocol, client, client_port, server, server_port) -> [sent, received, packets]
 TextFlows = dict[tuple[int, int, str, int, str, int], list[int]]
 
-_GRAIN = {"minute": ("minute_totals", 60), "quarter": ("quarter_totals", 900)}
-_UNIT = {"minute_totals": "minute", "quarter_totals": "quarter", "hour_totals": "hour",
-         "day_totals": "day"}  # fmt: skip
-QUARTERS_PER_HOUR, QUARTERS_PER_DAY = 4, 96
-ROLLUP_VERSION = 2  # the schema version that added hour_totals and day_totals
+_GRAIN = {"minute": (MINUTE_TOTALS, 60), "quarter": (QUARTER_TOTALS, SECONDS_PER_QUARTER)}
 BATCH = 200  # ranges per statement: 4 parameters each, under SQLite's oldest limit of 999
 # (table, first unit, end unit): the rows lo <= unit < hi of one totals table
 Segment = tuple[str, int, int]
@@ -56,7 +65,7 @@ def split_quarters(lo: int, hi: int) -> list[Segment]:
         return _split_hours(lo, hi)
     return [
         *_split_hours(lo, first * QUARTERS_PER_DAY),
-        ("day_totals", first, end),
+        (DAY_TOTALS, first, end),
         *_split_hours(end * QUARTERS_PER_DAY, hi),
     ]
 
@@ -65,12 +74,12 @@ def _split_hours(lo: int, hi: int) -> list[Segment]:
     """The quarters [lo, hi) as whole UTC hours in the middle and quarters at the edges."""
     first, end = -(-lo // QUARTERS_PER_HOUR), hi // QUARTERS_PER_HOUR
     if first >= end:
-        pieces = [("quarter_totals", lo, hi)]
+        pieces = [(QUARTER_TOTALS, lo, hi)]
     else:
         pieces = [
-            ("quarter_totals", lo, first * QUARTERS_PER_HOUR),
-            ("hour_totals", first, end),
-            ("quarter_totals", end * QUARTERS_PER_HOUR, hi),
+            (QUARTER_TOTALS, lo, first * QUARTERS_PER_HOUR),
+            (HOUR_TOTALS, first, end),
+            (QUARTER_TOTALS, end * QUARTERS_PER_HOUR, hi),
         ]
     return [p for p in pieces if p[1] < p[2]]
 
@@ -201,7 +210,7 @@ def _read_sums(
     """In/out bytes of each key's rows, quarter keys split into days, hours and quarters."""
     per_table: dict[str, list[tuple[int, int, int, int]]] = {}
     for index, (table, mid, lo, hi) in enumerate(keys):
-        pieces = split_quarters(lo, hi) if rollups and table == "quarter_totals" else None
+        pieces = split_quarters(lo, hi) if rollups and table == QUARTER_TOTALS else None
         for piece, first, end in pieces or [(table, lo, hi)]:
             per_table.setdefault(piece, []).append((index, mid, first, end))
     sums = [[0, 0] for _ in keys]
@@ -220,7 +229,7 @@ def _range_sums(
 
     CROSS JOIN keeps the ranges as the outer loop: one primary-key range scan per range.
     """
-    unit = _UNIT[table]
+    unit = TOTALS_UNITS[table]
     marks = ",".join(["(?, ?, ?, ?)"] * len(ranges))
     sql = (
         f"WITH r(i, m, lo, hi) AS (VALUES {marks}) "
@@ -241,12 +250,6 @@ def add_to_bucket(
         buckets[i][1] += tx
 
 
-def first_instant(db: Path, names: Sequence[str]) -> int | None:
-    """UTC seconds of the earliest stored quarter of these monitors, None when nothing is stored."""
-    span = stored_span(db, names)
-    return None if span is None else span[0]
-
-
 def stored_span(db: Path, names: Sequence[str]) -> tuple[int, int] | None:
     """(start of the first, start of the last) stored quarter of these monitors, UTC seconds."""
     con = open_readonly(db)
@@ -259,7 +262,7 @@ def stored_span(db: Path, names: Sequence[str]) -> tuple[int, int] | None:
             # one primary-key seek at each end per monitor, never a scan
             for order, out in (("ASC", first), ("DESC", last)):
                 row = con.execute(
-                    "SELECT quarter FROM quarter_totals WHERE monitor = ? "
+                    f"SELECT quarter FROM {QUARTER_TOTALS} WHERE monitor = ? "
                     f"ORDER BY quarter {order} LIMIT 1",
                     (mid,),
                 ).fetchone()
@@ -267,7 +270,7 @@ def stored_span(db: Path, names: Sequence[str]) -> tuple[int, int] | None:
                     out.append(int(row[0]))
     if not first:
         return None
-    return min(first) * 900, max(last) * 900
+    return min(first) * SECONDS_PER_QUARTER, max(last) * SECONDS_PER_QUARTER
 
 
 def flows(db: Path, monitor: str, begin: float, end: float) -> TextFlows:
@@ -291,23 +294,8 @@ def flows(db: Path, monitor: str, begin: float, end: float) -> TextFlows:
     return out
 
 
-def overflow(db: Path, monitor: str, begin: float, end: float) -> int:
-    """Packets folded into the 'other' position over the flushes in [begin, end)."""
-    con = open_readonly(db)
-    if con is None:
-        return 0
-    with closing(con):
-        row = con.execute(
-            "SELECT SUM(overflow) FROM flush JOIN monitor m ON m.id = flush.monitor "
-            "WHERE m.name = ? AND flush.time >= ? AND flush.time < ?",
-            (monitor, begin, end),
-        ).fetchone()
-    return int(row[0] or 0)
-
-
 # host text -> [in_bytes, in_packets, out_bytes, out_packets]
 HostSums = dict[str, list[int]]
-HOSTS_VERSION = 3  # the schema version that added the per-host tables
 _HOST_TABLES = {"quarter_totals": "host_quarter_totals", "hour_totals": "host_hour_totals",
                 "day_totals": "host_day_totals"}  # fmt: skip
 
@@ -322,7 +310,7 @@ def host_sums(db: Path, monitor: str, first: int, end: int) -> HostSums:
         if con.execute("PRAGMA user_version").fetchone()[0] < HOSTS_VERSION:
             return out
         for table, lo, hi in split_quarters(first, end):
-            unit = _UNIT[table]
+            unit = TOTALS_UNITS[table]
             sql = (
                 "SELECT host, SUM(in_bytes), SUM(in_packets), SUM(out_bytes), SUM(out_packets) "
                 f"FROM {_HOST_TABLES[table]} t JOIN monitor m ON m.id = t.monitor "

@@ -12,8 +12,8 @@ from operator import itemgetter
 from pathlib import Path
 
 from trafmetuxd import periods
-from trafmetuxd.daemon import Daemon
 from trafmetuxd.meter import LocalNetworks
+from trafmetuxd.metering import Metering
 from trafmetuxd.pcap import CaptureFileError, Frame, read_batches
 from trafmetuxd.store import ReplayEnd, ReplayRow, Store
 
@@ -51,17 +51,17 @@ class Summary:
         return f"{text} ({reasons})" if reasons else text
 
 
-def replay(daemon: Daemon, path: Path, iface: str) -> bool:
+def replay(metering: Metering, path: Path, iface: str) -> bool:
     """Feed every frame through the meter, flushing at capture-time boundaries and at the end.
 
     Returns True when every flush committed.
     """
-    summary = replay_file(daemon, path, iface)
+    summary = replay_file(metering, path, iface)
     log.info("%s", summary.line())
     return summary.flushed
 
 
-def replay_file(daemon: Daemon, path: Path, iface: str, force: bool = False) -> Summary:
+def replay_file(metering: Metering, path: Path, iface: str, force: bool = False) -> Summary:
     """Replay a capture in batches through the compiled core; its summary.
 
     A capture already replayed into this database (same SHA-256, whatever its name) raises
@@ -69,34 +69,34 @@ def replay_file(daemon: Daemon, path: Path, iface: str, force: bool = False) -> 
     """
     digest = fingerprint(path)
     if not force:
-        refuse_repeat(daemon, path, digest)
+        refuse_repeat(metering, path, digest)
     record = 0
     summary = Summary(path)
-    local = LocalNetworks(daemon.config.local_networks)
-    stats = daemon.meter.stats
+    local = LocalNetworks(metering.config.local_networks)
+    stats = metering.meter.stats
     before = (stats.in_packets + stats.out_packets, stats.in_bytes + stats.out_bytes)
     for frames in read_batches(path):
         if not record:  # before the first flush: retention spares what the replay writes
             first = min(frames, key=_TS)[0]
-            record = daemon.store.begin_replay(
-                digest, str(path.absolute()), path.stat().st_size, daemon.clock(), first
+            record = metering.store.begin_replay(
+                digest, str(path.absolute()), path.stat().st_size, metering.clock(), first
             )
-        _feed(daemon, frames, iface, local, summary)
-    summary.end = summary.end if summary.end is not None else daemon.clock()
-    summary.flushed = daemon.flush_now(summary.end) and summary.flushed
+        _feed(metering, frames, iface, local, summary)
+    summary.end = summary.end if summary.end is not None else metering.clock()
+    summary.flushed = metering.flush_now(summary.end) and summary.flushed
     summary.packets = stats.in_packets + stats.out_packets - before[0]
     summary.bytes = stats.in_bytes + stats.out_bytes - before[1]
     if record and summary.flushed:
-        daemon.store.finish_replay(record, _end(daemon, summary))
+        metering.store.finish_replay(record, _end(metering, summary))
     return summary
 
 
 def _feed(
-    daemon: Daemon, frames: list[Frame], iface: str, local: LocalNetworks, summary: Summary
+    metering: Metering, frames: list[Frame], iface: str, local: LocalNetworks, summary: Summary
 ) -> None:
     """Meter one batch, flushing at each flush-interval boundary of capture time it crosses."""
-    interval = daemon.config.flush_interval
-    meter = daemon.meter
+    interval = metering.config.flush_interval
+    meter = metering.meter
     summary.frames += len(frames)
     low, high = min(frames, key=_TS)[0], max(frames, key=_TS)[0]
     summary.first = low if summary.first is None else min(summary.first, low)
@@ -108,15 +108,15 @@ def _feed(
     while at < len(frames):
         at = meter.feed_frames(frames, at, boundary, local, iface, summary.skipped)
         if at < len(frames):  # a frame of the next interval: flush what came before
-            summary.flushed = daemon.flush_now(boundary) and summary.flushed
+            summary.flushed = metering.flush_now(boundary) and summary.flushed
             boundary = _next_boundary(frames[at][0], interval)
     summary.end = boundary
 
 
-def _end(daemon: Daemon, summary: Summary) -> ReplayEnd:
+def _end(metering: Metering, summary: Summary) -> ReplayEnd:
     assert summary.first is not None and summary.last is not None and summary.end is not None
     return ReplayEnd(
-        daemon.clock(),
+        metering.clock(),
         summary.first,
         summary.last,
         summary.end,
@@ -138,12 +138,12 @@ def fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
-def refuse_repeat(daemon: Daemon, path: Path, digest: str) -> None:
+def refuse_repeat(metering: Metering, path: Path, digest: str) -> None:
     """Raise AlreadyReplayedError when this capture was replayed into the store before."""
-    earlier = daemon.store.replays_of(digest)
+    earlier = metering.store.replays_of(digest)
     if earlier:
         raise AlreadyReplayedError(
-            repeat_message(path, daemon.store, earlier[-1], daemon.config.timezone)
+            repeat_message(path, metering.store, earlier[-1], metering.config.timezone)
         )
 
 
@@ -161,13 +161,13 @@ def repeat_message(path: Path, store: Store, earlier: ReplayRow, timezone: str) 
     return f"{path}: {what}; {counted}. --force replays it anyway"
 
 
-def report_clock(daemon: Daemon, summary: Summary) -> Callable[[], float]:
+def report_clock(metering: Metering, summary: Summary) -> Callable[[], float]:
     """The clock reports answer by after a replay: the end of the newest stored data.
 
     Default windows (`-t`, flows and top without begin) then end where the replayed capture
     (or newer data) ends instead of at the wall clock, which may be months later.
     """
-    times = [t for t in (daemon.store.newest_time(), summary.end) if t is not None]
+    times = [t for t in (metering.store.newest_time(), summary.end) if t is not None]
     newest = max(times) if times else time.time()
 
     def clock() -> float:

@@ -11,7 +11,14 @@ from collections.abc import Callable
 MINUTES_PER_QUARTER = 15  # a quarter is unix seconds // 900, so minute // 15
 MINUTES_PER_HOUR = 60  # an hour is unix seconds // 3600 (UTC)
 MINUTES_PER_DAY = 1440  # a day is unix seconds // 86400 (UTC)
+SECONDS_PER_QUARTER = 60 * MINUTES_PER_QUARTER
+QUARTERS_PER_HOUR = 4
 QUARTERS_PER_DAY = 96
+MINUTE_TOTALS, QUARTER_TOTALS = "minute_totals", "quarter_totals"
+HOUR_TOTALS, DAY_TOTALS = "hour_totals", "day_totals"
+# every totals table and its unit column
+TOTALS_UNITS = {MINUTE_TOTALS: "minute", QUARTER_TOTALS: "quarter", HOUR_TOTALS: "hour",
+                DAY_TOTALS: "day"}  # fmt: skip
 
 _SCHEMA_V1 = """
 CREATE TABLE monitor (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
@@ -53,7 +60,7 @@ _ROLLUP_FILL = """INSERT INTO {table}
 SELECT monitor, (quarter - ((quarter % {n}) + {n}) % {n}) / {n} AS unit, SUM(in_bytes),
     SUM(in_packets), SUM(out_bytes), SUM(out_packets)
 FROM quarter_totals GROUP BY monitor, unit"""
-ROLLUPS = (("hour_totals", "hour", 4), ("day_totals", "day", QUARTERS_PER_DAY))
+ROLLUPS = ((HOUR_TOTALS, "hour", QUARTERS_PER_HOUR), (DAY_TOTALS, "day", QUARTERS_PER_DAY))
 
 
 def _migrate_to_2(conn: sqlite3.Connection) -> None:
@@ -115,6 +122,8 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_to_4,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+ROLLUP_VERSION = MIGRATIONS.index(_migrate_to_2) + 1  # the version that added the rollups
+HOSTS_VERSION = MIGRATIONS.index(_migrate_to_4) + 1  # the version that added the host tables
 
 
 def rollup(totals: dict[int, list[int]], minutes: int) -> dict[int, list[int]]:

@@ -11,13 +11,15 @@ import time
 from collections.abc import Callable
 
 from trafmetuxd.api import local_answer
-from trafmetuxd.daemon import Daemon, tune_switch_interval
+from trafmetuxd.audit import Audit, capture_status
 from trafmetuxd.handlers import Handlers
 from trafmetuxd.kernel import KernelError, QueueRules, queue_table
 from trafmetuxd.link import Front
+from trafmetuxd.metering import Metering, tune_switch_interval
 from trafmetuxd.notify import Notifier
 from trafmetuxd.quota import QuotaWatcher
-from trafmetuxd.spec import DIR_IN, DIR_OUT, Config
+from trafmetuxd.reports import Reports
+from trafmetuxd.spec import Config
 from trafmetuxd.workers import Workers
 
 log = logging.getLogger("trafmetuxd")
@@ -30,22 +32,19 @@ PROGRESS_LIMIT = 5.0
 FLUSH_PATIENCE = 30.0
 # The main process (flushes, reports) yields the CPU to its capture workers under contention.
 MAIN_NICE = 5
-# The audit runs iptables on the event loop; a client asking for status in a loop must not
-# turn that into a stall of the meter, so one audit serves every status request for this long.
-AUDIT_TTL = 0.2
 
 
 class Service:
-    """Runs a Daemon under asyncio until SIGTERM/SIGINT; SIGHUP reloads."""
+    """The running daemon: its metering core under asyncio until SIGTERM/SIGINT; SIGHUP reloads."""
 
     def __init__(
         self,
-        daemon: Daemon,
+        metering: Metering,
         notifier: Notifier,
         live: bool = True,
         clock: Callable[[], float] = time.time,  # what reports take as now (replay: its end)
     ) -> None:
-        self.daemon = daemon
+        self.metering = metering
         self.notifier = notifier
         self.live = live
         self.workers: Workers | None = None
@@ -54,12 +53,11 @@ class Service:
         self.hup = asyncio.Event()
         self.flush_tick = time.monotonic()  # when the flush timer last came round
         self.flush_busy_since: float | None = None  # a flush running since then
-        self.handlers = Handlers(daemon, clock)
+        self.reports = Reports(metering, clock)
+        self.handlers = Handlers(self.reports, status=self.status)
         self.quotas = QuotaWatcher()
         self.front: Front | None = None
-        self._audit_cache: tuple[float, dict[str, object]] = (-AUDIT_TTL, {})
-        self._audit_task: asyncio.Future[dict[str, object]] | None = None
-        daemon.extra_status = self._capture_status
+        self.audit: Audit | None = None
 
     async def run(self) -> int:
         """Bind, install, listen, announce READY; meter until told to stop; shut down cleanly."""
@@ -71,7 +69,7 @@ class Service:
         try:
             if self.live:
                 await self._start_capture()
-            cfg = self.daemon.config
+            cfg = self.metering.config
             cfg.socket.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
             answer = local_answer(self.handlers.table())
             self.front = Front(cfg.socket, cfg.socket_group, answer, http=cfg.http)
@@ -79,30 +77,31 @@ class Service:
             self.front.start()
             self.notifier.ready()
             self._set_status()
-            log.info("metering %d monitors", len(self.daemon.meter.monitors))
+            log.info("metering %d monitors", len(self.metering.meter.monitors))
             await self._main_loop()
         finally:
             self.notifier.stopping()
             await self._stop_capture()
             if self.front is not None:
                 await self.front.stop()
-            ok = await self.daemon.flush()
-            self.handlers.close()  # the report reader first: the store's close is then the last
-            self.daemon.close()  # and checkpoints the WAL
+            ok = await self.metering.flush()
+            self.reports.close()  # the report reader first: the store's close is then the last
+            self.metering.close()  # and checkpoints the WAL
         return 0 if ok["flushed"] else 1
 
     async def _start_capture(self) -> None:
-        daemon = self.daemon
-        spec = daemon.config.capture
+        metering = self.metering
+        spec = metering.config.capture
         nice = lower_priority()
         self.workers = Workers(
-            spec, daemon.config.monitors, daemon.stage, nice, daemon.config.local_networks
+            spec, metering.config.monitors, metering.stage, nice, metering.config.local_networks
         )
-        daemon.refresher = self.workers.refresh
-        daemon.reconfigure_workers = self._reconfigure_workers
+        metering.refresher = self.workers.refresh
+        metering.reconfigure_workers = self._reconfigure_workers
         await self.workers.start()  # every queue bound, fail-open set: before any rule
         if spec.manage_rules:
             self.rules = QueueRules(spec)
+            self.audit = Audit(self.rules, metering.meter_stats)
             await asyncio.to_thread(self.rules.install)
 
     async def _reconfigure_workers(self, cfg: Config) -> None:
@@ -118,7 +117,7 @@ class Service:
             await self.workers.stop()
 
     async def _main_loop(self) -> None:
-        interval = self.daemon.config.flush_interval
+        interval = self.metering.config.flush_interval
         loop = asyncio.get_running_loop()
         next_flush = loop.time() + interval
         tasks = [asyncio.create_task(self._watchdog()), asyncio.create_task(self._sample())]
@@ -131,7 +130,7 @@ class Service:
                     await self._reload()
                 if loop.time() >= next_flush and not self.stop.is_set():
                     self.flush_busy_since = time.monotonic()
-                    await self.daemon.flush()
+                    await self.metering.flush()
                     self.flush_busy_since = None
                     next_flush = max(next_flush + interval, loop.time() + 1.0)
                     self._set_status()
@@ -142,12 +141,12 @@ class Service:
 
     async def _check_quotas(self) -> None:
         """Log once per period when a quota crosses its warning level and its limit."""
-        for line in self.quotas.update(await self.handlers.quota_statuses()):
+        for line in self.quotas.update(await self.reports.quotas()):
             log.warning("%s", line)
 
     async def _reload(self) -> None:
         self.notifier.reloading()
-        result = await self.daemon.reload()
+        result = await self.metering.reload()
         self.notifier.ready()
         self._set_status(None if result["reloaded"] else "reload rejected: see the log")
 
@@ -157,7 +156,7 @@ class Service:
         busy = self.flush_busy_since
         if busy is not None and now - busy > FLUSH_PATIENCE:
             return False  # a flush stuck in the store
-        if now - self.flush_tick > self.daemon.config.flush_interval + FLUSH_PATIENCE:
+        if now - self.flush_tick > self.metering.config.flush_interval + FLUSH_PATIENCE:
             return False  # the flush timer no longer comes round
         return self.workers is None or self.workers.progressing(now, PROGRESS_LIMIT)
 
@@ -172,85 +171,33 @@ class Service:
 
     async def _sample(self) -> None:
         while True:
-            await self.daemon.refresh()  # the workers' counts up to now, for one-second rates
-            self.daemon.rates_sampler.sample(time.time(), self.daemon.cumulative_bytes())
+            await self.metering.refresh()  # the workers' counts up to now, for one-second rates
+            self.metering.rates_sampler.sample(time.time(), self.metering.cumulative_bytes())
             await asyncio.sleep(RATE_SAMPLE_EVERY)
 
     def _set_status(self, note: str | None = None) -> None:
-        stats = self.daemon.meter_stats()
-        state = self.daemon.flusher.state
+        stats = self.metering.meter_stats()
+        state = self.metering.flusher.state
         text = (
-            f"{len(self.daemon.meter.monitors)} monitors, "
+            f"{len(self.metering.meter.monitors)} monitors, "
             f"{stats['in_packets'] + stats['out_packets']} packets, "
             f"last flush {'failed' if state.failures else 'ok'}"
         )
         self.notifier.status(f"{text}; {note}" if note else text)
 
-    async def _capture_status(self) -> dict[str, object]:
+    async def status(self) -> dict[str, object]:
+        """The daemon's status: the metering core's, the front's and the capture side's."""
+        out = await self.metering.status()
         # "socket" (connections, evictions) is added by the front, which alone knows them
-        out: dict[str, object] = {"front": self.front.info() if self.front else None}
+        out["front"] = self.front.info() if self.front else None
         if self.workers is None:
-            return {**out, "capture": None}
-        spec = self.daemon.config.capture
-        shipped = self.daemon.shipped
+            out["capture"] = None
+            return out
         table = await asyncio.to_thread(queue_table)
-        out |= {
-            "capture": {
-                "queues": list(range(spec.queue, spec.queue + spec.queues)),
-                "stall_timeout": spec.stall_timeout,
-                "packets": shipped.get("packets", 0),
-                "truncated": shipped.get("truncated", 0),
-                "errors": shipped.get("errors_capture", 0),
-                "workers": self.workers.status(table),
-            }
-        }
-        waiting = [table[q] for q in range(spec.queue, spec.queue + spec.queues) if q in table]
-        out["queue"] = {
-            "queue_dropped": sum(q.queue_dropped for q in waiting),
-            "user_dropped": sum(q.user_dropped for q in waiting),
-        }
-        if self.rules is not None:
-            out["audit"] = await self._cached_audit()
-        return out
-
-    async def _cached_audit(self) -> dict[str, object]:
-        """The audit, recomputed at most once per AUDIT_TTL (kernel and meter read together).
-
-        Reading the rule counters runs iptables: in a worker thread, so a client asking for
-        status in a loop never holds up the packet loop; concurrent requests share one read.
-        """
-        at, audit = self._audit_cache
-        if time.monotonic() - at < AUDIT_TTL:
-            return audit
-        if self._audit_task is None or self._audit_task.done():
-            self._audit_task = asyncio.ensure_future(asyncio.to_thread(self._audit))
-        audit = await asyncio.shield(self._audit_task)
-        self._audit_cache = (time.monotonic(), audit)
-        return audit
-
-    def _audit(self) -> dict[str, object]:
-        """What the kernel's queue rules counted versus what the meter metered."""
-        assert self.rules is not None
-        try:
-            kernel = self.rules.counters()
-        except KernelError as exc:
-            return {"error": str(exc)}
-        stats = self.daemon.meter_stats()
-        metered = {
-            DIR_IN: (stats["in_packets"], stats["in_bytes"]),
-            DIR_OUT: (stats["out_packets"], stats["out_bytes"]),
-        }
-        out: dict[str, object] = {}
-        for direction, label in ((DIR_IN, "in"), (DIR_OUT, "out")):
-            k_packets, k_bytes = kernel.get(direction, (0, 0))
-            m_packets, m_bytes = metered[direction]
-            out[label] = {
-                "kernel_packets": k_packets,
-                "kernel_bytes": k_bytes,
-                "metered_packets": m_packets,
-                "metered_bytes": m_bytes,
-                "unmetered_bytes": max(0, k_bytes - m_bytes),
-            }
+        workers = self.workers.status(table)
+        out |= capture_status(self.metering.config.capture, self.metering.shipped, table, workers)
+        if self.audit is not None:
+            out["audit"] = await self.audit.read()
         return out
 
 

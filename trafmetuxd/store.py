@@ -1,4 +1,4 @@
-"""SQLite store: opening (migrated by schema.py), one-transaction flush writes, retention, reads.
+"""SQLite store: opening (migrated by schema.py), one-transaction flush writes, retention.
 
 A Store holds one connection opened with check_same_thread=False so the daemon can use it from
 its flush worker thread; the caller serializes every call (one thread at a time).
@@ -58,7 +58,6 @@ _SPARED_DAY = """NOT EXISTS (SELECT 1 FROM replay r WHERE r.started >= :since
     AND {table}.{unit} / {per_day} <= coalesce(CAST(r.last_packet AS INTEGER) / 86400, 1e18))"""
 
 log = logging.getLogger("trafmetuxd.store")
-Row = tuple[int, int, int, int]  # in_bytes, in_packets, out_bytes, out_packets
 FILE_MODE = 0o640  # the database; SQLite gives its -wal and -shm files the same mode
 SIDE_FILES = ("-wal", "-shm", "-journal")
 
@@ -99,21 +98,6 @@ def create_file(path: Path) -> None:
     finally:
         os.close(fd)
     log.info("created a new database %s", path)
-
-
-class FlowRow(NamedTuple):
-    """One stored flow position of one flush."""
-
-    time: float
-    family: int
-    protocol: int
-    client: str
-    client_port: int
-    server: str
-    server_port: int
-    sent: int
-    received: int
-    packets: int
 
 
 class ReplayRow(NamedTuple):
@@ -426,67 +410,6 @@ class Store:
     def close(self) -> None:
         """Close the connection (WAL is checkpointed by SQLite on the last close)."""
         self._conn.close()
-
-    def minute_totals(self, monitor: str) -> dict[int, Row]:
-        """Every stored minute of a monitor: minute -> (in_b, in_p, out_b, out_p)."""
-        return self._totals("minute_totals", "minute", monitor)
-
-    def quarter_totals(self, monitor: str) -> dict[int, Row]:
-        """Every stored quarter of a monitor: quarter -> (in_b, in_p, out_b, out_p)."""
-        return self._totals("quarter_totals", "quarter", monitor)
-
-    def hour_totals(self, monitor: str) -> dict[int, Row]:
-        """Every stored UTC hour of a monitor: hour -> (in_b, in_p, out_b, out_p)."""
-        return self._totals("hour_totals", "hour", monitor)
-
-    def day_totals(self, monitor: str) -> dict[int, Row]:
-        """Every stored UTC day of a monitor: day -> (in_b, in_p, out_b, out_p)."""
-        return self._totals("day_totals", "day", monitor)
-
-    def _totals(self, table: str, unit: str, monitor: str) -> dict[int, Row]:
-        """Read one totals table for one monitor (table/unit are fixed names, never input)."""
-        sql = (
-            f"SELECT t.{unit}, in_bytes, in_packets, out_bytes, out_packets FROM {table} t "
-            "JOIN monitor m ON m.id = t.monitor WHERE m.name = ?"
-        )
-        with self._errors("cannot read totals"):
-            rows = self._conn.execute(sql, (monitor,)).fetchall()
-        return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
-
-    def host_totals(self, monitor: str, unit: str = "minute") -> dict[str, dict[int, Row]]:
-        """Every stored row of a monitor's hosts in one unit: host -> unit -> totals."""
-        table = {u: t for t, u, _ in HOST_TABLES}[unit]
-        sql = (
-            f"SELECT host, t.{unit}, in_bytes, in_packets, out_bytes, out_packets FROM {table} t "
-            "JOIN monitor m ON m.id = t.monitor WHERE m.name = ?"
-        )
-        with self._errors("cannot read host totals"):
-            rows = self._conn.execute(sql, (monitor,)).fetchall()
-        out: dict[str, dict[int, Row]] = {}
-        for host, u, *values in rows:
-            out.setdefault(host, {})[u] = (values[0], values[1], values[2], values[3])
-        return out
-
-    def flows(self, monitor: str, since: float, until: float) -> list[FlowRow]:
-        """Flow rows of flushes with since <= time < until, in flush then insertion order."""
-        sql = (
-            "SELECT f.time, w.family, w.protocol, w.client, w.client_port, w.server, "
-            "w.server_port, w.sent, w.received, w.packets FROM flow w "
-            "JOIN flush f ON f.id = w.flush JOIN monitor m ON m.id = f.monitor "
-            "WHERE m.name = ? AND f.time >= ? AND f.time < ? ORDER BY f.time, w.rowid"
-        )
-        with self._errors("cannot read flows"):
-            rows = self._conn.execute(sql, (monitor, since, until)).fetchall()
-        return [FlowRow(*r) for r in rows]
-
-    def overflow(self, monitor: str, since: float, until: float) -> int:
-        """Packets folded into the other position by flushes with since <= time < until."""
-        sql = (
-            "SELECT coalesce(sum(f.overflow), 0) FROM flush f JOIN monitor m ON m.id = f.monitor "
-            "WHERE m.name = ? AND f.time >= ? AND f.time < ?"
-        )
-        with self._errors("cannot read flushes"):
-            return int(self._conn.execute(sql, (monitor, since, until)).fetchone()[0])
 
 
 class _FlowRows:

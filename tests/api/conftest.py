@@ -17,6 +17,7 @@ import pytest
 from trafmetuxd.api import Server, start_server
 from trafmetuxd.collector import Flows, Hosts, Snapshot, Totals
 from trafmetuxd.handlers import Handlers
+from trafmetuxd.reports import Reports
 from trafmetuxd.spec import Config, MonitorSpec, QuotaSpec
 from trafmetuxd.store import Store
 
@@ -131,7 +132,7 @@ def serve(
     backend = FakeBackend(make_config(public_dir / "state", sock, group))
     (public_dir / "state").mkdir()
     loops = LoopThread()
-    handlers = Handlers(backend, clock=lambda: float(NOW)).table()
+    handlers = Handlers(Reports(backend, clock=lambda: float(NOW))).table()
     server = loops.run(start_server(sock, group, handlers, max_clients, idle_timeout))
     try:
         yield Running(sock, server, backend, loops)

@@ -19,6 +19,7 @@ from trafmetuxd import protocol
 from trafmetuxd.api import local_answer
 from trafmetuxd.handlers import Handlers
 from trafmetuxd.link import Front
+from trafmetuxd.reports import Reports
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch uids")
 
@@ -92,7 +93,7 @@ def front(public_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     (public_dir / "state").mkdir()
     backend = FakeBackend(make_config(public_dir / "state", sock))
     loops = LoopThread()
-    running = Front(sock, "daemon", local_answer(Handlers(backend).table()))
+    running = Front(sock, "daemon", local_answer(Handlers(Reports(backend)).table()))
 
     async def start() -> None:
         running.bind()

@@ -23,6 +23,7 @@ from trafmetuxd.front import Forwarder, unprivileged_user
 from trafmetuxd.handlers import Handlers
 from trafmetuxd.link import Front, serve_link
 from trafmetuxd.protocol import Request
+from trafmetuxd.reports import Reports
 from trafmetuxd.store import Store
 
 
@@ -68,7 +69,7 @@ def front(public_dir: Path) -> Iterator[tuple[Front, Path, LoopThread]]:
     (public_dir / "state").mkdir()
     backend = FakeBackend(make_config(public_dir / "state", sock))
     loops = LoopThread()
-    handlers = Handlers(backend, clock=lambda: float(NOW)).table()
+    handlers = Handlers(Reports(backend, clock=lambda: float(NOW))).table()
     running = Front(sock, "daemon", local_answer(handlers), idle_timeout=5.0)
 
     launch(loops, running)
@@ -206,7 +207,7 @@ def test_stopping_ends_the_front_and_removes_the_socket(public_dir: Path) -> Non
     (public_dir / "state").mkdir()
     backend = FakeBackend(make_config(public_dir / "state", sock))
     loops = LoopThread()
-    running = Front(sock, "daemon", local_answer(Handlers(backend).table()))
+    running = Front(sock, "daemon", local_answer(Handlers(Reports(backend)).table()))
 
     try:
         launch(loops, running)
@@ -378,7 +379,7 @@ def test_deep_json_gets_bad_json_reply(public_dir: Path, capfd: pytest.CaptureFi
     (public_dir / "state").mkdir()
     backend = FakeBackend(make_config(public_dir / "state", sock))
     loops = LoopThread()
-    running = Front(sock, "daemon", local_answer(Handlers(backend).table()))
+    running = Front(sock, "daemon", local_answer(Handlers(Reports(backend)).table()))
     try:
         launch(loops, running)  # in the test, so the front's stderr is captured
         for _ in range(20):  # a client repeating it must not fill the log either

@@ -8,9 +8,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import prereq
 import pytest
-from netns import Pair, veth_pair
+
+from harness import prereq
+from harness.netns import Pair, veth_pair
 
 TOOLS = ("ip", "iptables", "ip6tables", "iptables-save", "ip6tables-save", "nft", "ethtool")
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from netns import MB, Pair, Probe, mixed_traffic, sink_result, start_sink, traffic
-
+from harness.netns import HERE, MB, Pair, Probe, mixed_traffic, sink_result, start_sink, traffic
 from trafmetuxd.kernel import queue_stats
 
 # Meter keys ("family/proto") and the nft counter that counts the same packets on the veth.
@@ -135,9 +134,7 @@ def test_kill_9_during_a_transfer_then_restart_without_duplicate_rules(pair: Pai
     rules_before = pair.a.iptables_save()
     sink = start_sink(pair.b, "tcp-sink", "6001", "60")
     sender = pair.a.popen(
-        pair.a.python(
-            str(Path(__file__).parent / "traffic.py"), "tcp-send", pair.b4, "6001", str(40 * MB)
-        )
+        pair.a.python(str(HERE / "traffic.py"), "tcp-send", pair.b4, "6001", str(40 * MB))
     )
     time.sleep(0.3)
     assert sender.poll() is None, "the transfer ended before the crash; make it longer"

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon import MONITORS, NFT_SUMS, Counters, Daemon, expected, fresh_counters
-from netns import HERE, MB, Pair, mixed_traffic, sink_result, start_sink, traffic
+
+from harness.daemon import MONITORS, NFT_SUMS, Counters, Daemon, expected, fresh_counters
+from harness.netns import HERE, MB, Pair, mixed_traffic, sink_result, start_sink, traffic
 
 
 @pytest.fixture

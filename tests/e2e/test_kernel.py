@@ -8,8 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from netns import HERE, Namespace, Pair, Probe, traffic
 
+from harness.netns import HERE, Namespace, Pair, Probe, traffic
 from trafmetuxd.kernel import queue_stats
 
 ICMP_ECHO_V4 = 20 + 8 + 56  # IPv4 header + ICMP header + the default payload

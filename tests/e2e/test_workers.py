@@ -16,8 +16,8 @@ import threading
 import time
 from pathlib import Path
 
-from daemon import NFT_SUMS, Daemon, expected, fresh_counters
-from netns import HERE, MB, Pair, mixed_traffic, sink_result, start_sink, traffic
+from harness.daemon import NFT_SUMS, Daemon, expected, fresh_counters
+from harness.netns import HERE, MB, Pair, mixed_traffic, sink_result, start_sink, traffic
 
 TWO_QUEUES = {"queues": "2", "stall_timeout": '"1s"'}
 

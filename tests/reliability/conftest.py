@@ -1,25 +1,17 @@
 """Reliability tests: faults, bad input and abuse against the real daemon (and the pure core).
 
-Kernel-side tests reuse the e2e harness (tests/e2e/netns.py): everything happens inside network
+Kernel-side tests use the shared harness (tests/harness/netns.py): everything happens inside network
 namespaces created and deleted by each test. They need root; without it they are skipped.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-E2E = Path(__file__).resolve().parents[1] / "e2e"
-HERE = Path(__file__).resolve().parent
-for _dir in (E2E, HERE):
-    if str(_dir) not in sys.path:
-        sys.path.insert(0, str(_dir))
-
-import prereq  # noqa: E402
-from netns import Pair, veth_pair  # noqa: E402
+from harness import prereq
+from harness.netns import Pair, veth_pair
 
 TOOLS = ("ip", "iptables", "ip6tables", "nft", "ethtool")
 

@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import random
 import struct
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-
-import packets as p
+from harness import packets as p
 
 EXT = (p.HOP_BY_HOP, p.ROUTING, p.FRAGMENT, p.DEST_OPTIONS, p.AH)
 

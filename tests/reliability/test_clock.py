@@ -18,10 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from harness.stored import Stored
 from trafmetuxd import config
 from trafmetuxd.api import start_server
-from trafmetuxd.daemon import Daemon
 from trafmetuxd.handlers import Handlers
+from trafmetuxd.metering import Metering
+from trafmetuxd.reports import Reports
 from trafmetuxd.spec import DIR_IN, DIR_OUT
 
 T0 = 1_736_935_200  # 2025-01-15 10:00:00 UTC
@@ -73,8 +75,10 @@ async def scenario(tmp: Path, seed: int, total: bool = False) -> None:
     rng = random.Random(seed)
     clock = Clock(float(T0))
     cfg = write_config(tmp)
-    daemon = Daemon(cfg, clock=clock)
-    server = await start_server(cfg.socket, cfg.socket_group, Handlers(daemon, clock).table())
+    daemon = Metering(cfg, clock=clock)
+    server = await start_server(
+        cfg.socket, cfg.socket_group, Handlers(Reports(daemon, clock)).table()
+    )
     fed: Counter[tuple[int, int]] = Counter()  # (minute, direction) -> bytes, kept independently
     try:
         # 70 minutes of metering, then a day forward, 70 minutes, an hour back (into minutes
@@ -104,19 +108,19 @@ async def scenario(tmp: Path, seed: int, total: bool = False) -> None:
         daemon.close()
 
 
-async def check_reports(sock: Path, daemon: Daemon, fed: Counter[tuple[int, int]]) -> None:
+async def check_reports(sock: Path, daemon: Metering, fed: Counter[tuple[int, int]]) -> None:
     """Stored minutes equal what was fed minute by minute; reports over the socket agree."""
     want_in = sum(v for (_, d), v in fed.items() if d == DIR_IN)
     want_out = sum(v for (_, d), v in fed.items() if d == DIR_OUT)
     for monitor in ("all", "udp"):
-        minutes = daemon.store.minute_totals(monitor)
+        minutes = Stored(daemon.config.database).minute_totals(monitor)
         got = Counter()
         for minute, (in_b, in_p, out_b, out_p) in minutes.items():
             assert min(in_b, in_p, out_b, out_p) >= 0
             got[minute, DIR_IN] += in_b
             got[minute, DIR_OUT] += out_b
         assert +got == +fed, monitor  # every minute exact: nothing lost, nothing twice
-        quarters = daemon.store.quarter_totals(monitor).values()
+        quarters = Stored(daemon.config.database).quarter_totals(monitor).values()
         assert sum(q[0] for q in quarters) == want_in
         assert sum(q[2] for q in quarters) == want_out
     first = min(m for m, _ in fed) * 60
@@ -153,8 +157,10 @@ def test_uptime_stays_positive_when_the_clock_steps_back_after_start(tmp_path: P
     async def run() -> None:
         clock = Clock(float(T0))
         cfg = write_config(tmp_path)
-        daemon = Daemon(cfg, clock=clock)
-        server = await start_server(cfg.socket, cfg.socket_group, Handlers(daemon, clock).table())
+        daemon = Metering(cfg, clock=clock)
+        server = await start_server(
+            cfg.socket, cfg.socket_group, Handlers(Reports(daemon, clock)).table()
+        )
         try:
             clock.now -= HOUR
             status = await ask(cfg.socket, cmd="status")

@@ -10,8 +10,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from netns import PYTHON, Pair
 from test_store_faults import tmpfs
+
+from harness.netns import PYTHON, Pair
 
 GOOD = '[capture]\ninterfaces = ["veth-a"]\n[[monitor]]\nname = "all"\n'
 

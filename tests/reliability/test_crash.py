@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from live import NFT_SUMS, Live, Stream, expected, fresh_counters
-from netns import Pair
+
+from harness.live import NFT_SUMS, Live, Stream, expected, fresh_counters
+from harness.netns import Pair
 
 FLUSH = 1.0  # seconds: many flushes per life, so some kills land on one
 PPS_IN, SIZE_IN = 800, 900

@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-from live import NFT_SUMS, Live, Stream, expected, fresh_counters
-from netns import Pair
+
+from harness.live import NFT_SUMS, Live, Stream, expected, fresh_counters
+from harness.netns import Pair
 
 PPS, SIZE = 800, 600
 

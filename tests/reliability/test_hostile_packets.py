@@ -8,14 +8,11 @@ or a shell.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
-from live import Live, expected, fresh_counters
-from netns import Pair
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-import packets as p
+from harness import packets as p
+from harness.live import Live, expected, fresh_counters
+from harness.netns import Pair
 
 SENDER = """
 import sys

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from live import MONITORS, Live, Stream, expected, fresh_counters
-from netns import Pair, sink_result, start_sink, traffic
+
+from harness.live import MONITORS, Live, Stream, expected, fresh_counters
+from harness.netns import Pair, sink_result, start_sink, traffic
 
 EXTRA = """
 [[monitor]]

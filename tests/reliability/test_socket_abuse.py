@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from live import Live
-from netns import HERE as E2E_HERE
-from netns import Pair
 
+from harness.live import Live
+from harness.netns import HERE as HARNESS
+from harness.netns import Pair
 from trafmetuxd.front import FORWARD_BURST, FORWARD_RATE
 
 HERE = Path(__file__).resolve().parent
@@ -75,7 +75,7 @@ def meter_window(pair: Pair, live: Live, datagrams: int, pps: int = 0) -> Window
     before = live.status()
     cpu = daemon_cpu(live)
     started = time.monotonic()
-    pair.b.run(pair.b.python(str(E2E_HERE / "traffic.py"), "udp-send", pair.a4, "5009",
+    pair.b.run(pair.b.python(str(HARNESS / "traffic.py"), "udp-send", pair.a4, "5009",
                              str(datagrams), "64", str(pps)), timeout=120)  # fmt: skip
     elapsed = time.monotonic() - started
     pair.settle(quiet=0.3)

@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from live import NFT_SUMS, Live, Stream, expected, fresh_counters
-from netns import Pair
+
+from harness.live import NFT_SUMS, Live, Stream, expected, fresh_counters
+from harness.netns import Pair
 
 
 @contextlib.contextmanager

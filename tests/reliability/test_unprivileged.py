@@ -19,8 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from live import MONITORS, Live, expected, fresh_counters
-from netns import Pair, traffic
+
+from harness.live import MONITORS, Live, expected, fresh_counters
+from harness.netns import Pair, traffic
 
 NOBODY = pwd.getpwnam("nobody")
 SETPRIV = (

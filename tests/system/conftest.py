@@ -7,21 +7,14 @@ set) it fails loudly.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from bootroot import TOOLS, cached_root
+from machine import Container
 
-E2E = Path(__file__).resolve().parents[1] / "e2e"
-HERE = Path(__file__).resolve().parent
-for _dir in (E2E, HERE):
-    if str(_dir) not in sys.path:
-        sys.path.insert(0, str(_dir))
-
-import prereq  # noqa: E402
-from bootroot import TOOLS, cached_root  # noqa: E402
-from machine import Container  # noqa: E402
+from harness import prereq
 
 
 def missing_requirements() -> str:

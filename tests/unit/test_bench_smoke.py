@@ -9,13 +9,9 @@ reason, in CI (CI set) a missing requirement fails.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
-
-# The benchmarks live beside the packages, not in them: importable from the repository root.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench import ctl, e2e, memory, pipeline, reports, stall
 from bench.__main__ import main

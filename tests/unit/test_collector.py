@@ -7,6 +7,7 @@ import ipaddress
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from harness.packets import addr as ip
 from trafmetuxd.collector import (
     COMPRESSED_PORT,
     OTHER,
@@ -21,11 +22,6 @@ from trafmetuxd.spec import DIR_ANY, DIR_IN, DIR_OUT
 TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
 SYN, ACK = 0x02, 0x10
 MINUTE = minute_of(1_000_000_000.0)
-
-
-def ip(text: str) -> int:
-    """An address as the int PacketInfo carries."""
-    return int(ipaddress.ip_address(text))
 
 
 def pkt(

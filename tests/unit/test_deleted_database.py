@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from trafmetuxd.collector import Snapshot
-from trafmetuxd.daemon import Daemon
 from trafmetuxd.flush import Flusher
+from trafmetuxd.metering import Metering
 from trafmetuxd.periods import resolve_zone
 from trafmetuxd.spec import Config, MonitorSpec
 from trafmetuxd.store import Store
@@ -84,7 +84,7 @@ def test_a_database_replaced_by_another_file_is_not_written_and_counts_are_held(
 
 def test_status_says_the_database_was_recreated(tmp_path: Path) -> None:
     cfg = Config(path=tmp_path / "t.toml", state_dir=tmp_path, monitors=(MonitorSpec("all"),))
-    daemon = Daemon(cfg, clock=lambda: float(M0 * 60 + 60))
+    daemon = Metering(cfg, clock=lambda: float(M0 * 60 + 60))
     try:
         assert daemon.flush_now(M0 * 60 + 60)
         os.unlink(cfg.database)

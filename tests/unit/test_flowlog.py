@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
 import stat
 from collections.abc import Iterator
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.packets import addr as ip
 from trafmetuxd.collector import OTHER, RealtimeCollector, Snapshot
 from trafmetuxd.flowlog import FlowLog, render
 from trafmetuxd.packet import NO_PORT, PacketInfo
@@ -19,11 +19,6 @@ from trafmetuxd.spec import DIR_IN, DIR_OUT
 
 WHEN = datetime(2001, 9, 12, 11, 32, 54)
 CLIENT, SERVER = "192.168.190.62", "192.168.190.11"
-
-
-def ip(text: str) -> int:
-    """An address as the int the collectors carry."""
-    return int(ipaddress.ip_address(text))
 
 
 def imap_snapshot() -> Snapshot:

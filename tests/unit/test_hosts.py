@@ -8,9 +8,10 @@ from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from packets import TCP, UDP, ipv4, ipv6, tcp, udp
-from test_meter import events
 
+from harness.packets import TCP, UDP, ipv4, ipv6, tcp, udp
+from harness.stored import Stored
+from harness.streams import events
 from trafmetuxd.collector import OTHER_HOST, FlushCollector, Snapshot
 from trafmetuxd.meter import Meter
 from trafmetuxd.packet import parse
@@ -137,17 +138,18 @@ def test_host_totals_are_stored_with_their_rollups_and_pruned_with_the_minutes(
     store = Store(tmp_path / "t.sqlite3")
     store.write(T0 + 60, [("lan", snap)])
     store.write(T0 + 120, [("lan", snap)])
-    assert store.host_totals("lan") == {
+    stored = Stored(store.path)
+    assert stored.host_totals("lan") == {
         "10.0.0.2": {minute: (200, 4, 0, 0)},
         "fd00::/64": {minute: (0, 0, 60, 2)},
         "other": {minute + 1: (10, 2, 0, 0)},
     }
-    assert store.host_totals("lan", "day")["10.0.0.2"] == {minute // 1440: (200, 4, 0, 0)}
+    assert stored.host_totals("lan", "day")["10.0.0.2"] == {minute // 1440: (200, 4, 0, 0)}
     with sqlite3.connect(tmp_path / "t.sqlite3") as conn:
         assert conn.execute("SELECT sum(host_overflow) FROM flush").fetchone()[0] == 2
     store.write(T0 + 8 * 86400, [], prune_before=(minute + 2, 0))
-    assert store.host_totals("lan") == {}
-    assert store.host_totals("lan", "hour")["other"] == {minute // 60: (10, 2, 0, 0)}
+    assert stored.host_totals("lan") == {}
+    assert stored.host_totals("lan", "hour")["other"] == {minute // 60: (10, 2, 0, 0)}
     store.close()
 
 
@@ -174,7 +176,7 @@ def test_ipv6_hosts_are_grouped_by_prefix_through_the_shipment_frames() -> None:
 def test_ipv6_hosts_are_grouped_by_prefix(tmp_path: Path) -> None:
     from scapy.all import IP, UDP, IPv6, Raw, wrpcap
 
-    from trafmetuxd.daemon import Daemon
+    from trafmetuxd.metering import Metering
     from trafmetuxd.replay import replay
     from trafmetuxd.spec import Config
 
@@ -199,18 +201,14 @@ def test_ipv6_hosts_are_grouped_by_prefix(tmp_path: Path) -> None:
         monitors=(MonitorSpec("lan", hosts=lan, host_prefix_v6=64),),
     )
     cfg.state_dir.mkdir()
-    daemon = Daemon(cfg)
+    daemon = Metering(cfg)
     try:
         assert replay(daemon, tmp_path / "v6.pcap", iface="")
     finally:
         daemon.close()
     size = [len(bytes(ip)) for _, ip in sent]
     minute = int(T0) // 60
-    store = Store(cfg.database)
-    try:
-        got = store.host_totals("lan")
-    finally:
-        store.close()
+    got = Stored(cfg.database).host_totals("lan")
     assert got == {
         "fd00:190:0:1::/64": {minute: (size[1], 1, size[0], 1), minute + 1: (0, 0, size[4], 1)},
         "fd00:190:0:2::/64": {minute: (0, 0, size[2], 1), minute + 1: (size[4], 1, 0, 0)},
@@ -234,5 +232,5 @@ def test_host_overflow_is_in_the_flush_status_once_committed(tmp_path: Path) -> 
     assert flusher.write(T0 + 60)
     flusher.committed(T0 + 60)
     assert flusher.state.host_overflow == {"lan": 2}
-    assert store.host_totals("lan")["other"] == {int(T0) // 60: (0, 0, 2 * 29, 2)}
+    assert Stored(store.path).host_totals("lan")["other"] == {int(T0) // 60: (0, 0, 2 * 29, 2)}
     store.close()

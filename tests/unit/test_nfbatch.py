@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from packets import ipv4, udp
-
+from harness.packets import ipv4, udp
 from trafmetuxd import nfqconfig
 from trafmetuxd.meter import Meter
 from trafmetuxd.nfbatch import BatchStats, feed_batch, last_packet_id, packets

@@ -7,7 +7,9 @@ import ipaddress
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from packets import (
+from scapy.layers import inet, inet6
+
+from harness.packets import (
     ACK,
     AH,
     DEST_OPTIONS,
@@ -40,8 +42,6 @@ from packets import (
     tcp,
     udp,
 )
-from scapy.layers import inet, inet6
-
 from trafmetuxd.packet import NO_PORT, PacketInfo, parse
 
 COPY_RANGE = 128  # the daemon's usual NFQUEUE copy range

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from trafmetuxd import query
 from trafmetuxd.collector import Snapshot
 from trafmetuxd.periods import Calendar
+from trafmetuxd.schema import MIGRATIONS
 from trafmetuxd.store import Store
 
 START = int(datetime(2026, 3, 1, tzinfo=ZoneInfo("UTC")).timestamp())
@@ -93,15 +94,9 @@ def test_minute_grain_reads_minute_rows(traffic: tuple[Path, dict[int, list[int]
 def test_unknown_monitors_and_a_missing_database_read_as_zero(tmp_path: Path) -> None:
     missing = tmp_path / "none.sqlite3"
     assert query.bucket_sums(missing, ["input"], [0, 900], "quarter") == {"input": [[0, 0]]}
-    assert query.first_instant(missing, ["input"]) is None
+    assert query.stored_span(missing, ["input"]) is None
     assert query.flows(missing, "input", 0, 10) == {}
     assert not missing.exists()  # reading never creates the store
-
-
-def test_first_instant_is_the_earliest_quarter(traffic: tuple[Path, dict[int, list[int]]]) -> None:
-    db, totals = traffic
-    assert query.first_instant(db, ["input"]) == min(totals) * 60 // 900 * 900
-    assert query.first_instant(db, ["ghost"]) is None
 
 
 def test_stored_span_runs_from_the_first_to_the_last_stored_quarter(
@@ -291,3 +286,17 @@ def test_arbitrary_second_bounds_sum_like_plain_quarters(
     bounds = sorted(DENSE_START * 60 + o for o in offsets)
     got = query.bucket_sums(db, ["input"], bounds, "quarter")["input"]
     assert got == plain_quarter_sums(totals, bounds)
+
+
+def test_host_sums_of_a_database_from_before_the_host_tables_read_as_none(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "v3.sqlite3"
+    with closing(sqlite3.connect(db)) as conn:
+        for migrate in MIGRATIONS[:3]:  # version 3: the replay record, before the host tables
+            migrate(conn)
+        conn.execute("PRAGMA user_version = 3")
+        conn.commit()
+    assert query.host_sums(db, "lan", 0, 96) == {}
+    Store(db).close()  # migrated to the current version: the host tables exist, still empty
+    assert query.host_sums(db, "lan", 0, 96) == {}

@@ -19,7 +19,7 @@ from scapy.all import ICMP, IP, TCP, UDP, Ether, IPv6, Raw, wrpcap, wrpcapng
 from scapy.layers.l2 import CookedLinux
 
 from trafmetuxd.collector import Snapshot
-from trafmetuxd.daemon import Daemon
+from trafmetuxd.metering import Metering
 from trafmetuxd.notify import Notifier
 from trafmetuxd.pcap import CaptureFileError
 from trafmetuxd.replay import (
@@ -132,7 +132,7 @@ def write_capture(path: Path, sent: list[Sent], kind: str) -> None:
 def run_replay(tmp: Path, capture: Path, interval: float = 60.0) -> Config:
     cfg = make_config(tmp, interval)
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
-    daemon = Daemon(cfg)
+    daemon = Metering(cfg)
     try:
         assert replay(daemon, capture, iface="")
     finally:
@@ -222,7 +222,7 @@ def test_non_ip_frames_are_skipped_by_reason_not_called_malformed(tmp_path: Path
     wrpcap(str(tmp_path / "m.pcap"), [arp, ping, lcp])
     cfg = make_config(tmp_path)
     cfg.state_dir.mkdir(parents=True)
-    daemon = Daemon(cfg)
+    daemon = Metering(cfg)
     try:
         summary = replay_file(daemon, tmp_path / "m.pcap", iface="")
         assert daemon.meter.stats.malformed == 0
@@ -257,7 +257,7 @@ def test_pppoe_session_frames_of_a_dsl_gateway_are_metered(tmp_path: Path) -> No
     wrpcap(str(tmp_path / "dsl.pcap"), frames)
     cfg = make_config(tmp_path)
     cfg.state_dir.mkdir(parents=True)
-    daemon = Daemon(cfg)
+    daemon = Metering(cfg)
     try:
         summary = replay_file(daemon, tmp_path / "dsl.pcap", iface="")
     finally:
@@ -266,10 +266,10 @@ def test_pppoe_session_frames_of_a_dsl_gateway_are_metered(tmp_path: Path) -> No
     assert summary.bytes == 2 * (20 + 8 + 100) + 2 * (40 + 8 + 100)
 
 
-def daemon_for(tmp: Path) -> Daemon:
+def daemon_for(tmp: Path) -> Metering:
     cfg = make_config(tmp)
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
-    return Daemon(cfg)
+    return Metering(cfg)
 
 
 def all_bytes(db: Path) -> int:
@@ -448,7 +448,7 @@ def test_default_windows_after_a_replay_end_at_its_newest_data(tmp_path: Path) -
             flows = asyncio.run(handlers.flows({"monitor": "imap-raw"}))
             top = asyncio.run(handlers.top({"monitors": ["all"], "by": "server", "limit": 1}))
         finally:
-            handlers.close()
+            service.reports.close()
     finally:
         daemon.close()
     total = sum(len(bytes(s.ip)) for s in sent)

@@ -9,15 +9,12 @@ import ipaddress
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from harness.packets import addr as ip
 from trafmetuxd import rules
 from trafmetuxd.packet import NO_PORT, PacketInfo
 from trafmetuxd.spec import DIR_ANY, DIR_IN, DIR_OUT, MonitorSpec, RuleSpec
 
 TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
-
-
-def ip(text: str) -> int:
-    return int(ipaddress.ip_address(text))
 
 
 def nets(*texts: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -11,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from harness.packets import addr as ip
+from harness.stored import FlowRow, Stored
 from trafmetuxd.collector import (
     COMPRESSED_PORT,
     OTHER,
@@ -24,7 +25,6 @@ from trafmetuxd.spec import DIR_IN, DIR_OUT, RetentionSpec
 from trafmetuxd.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
-    FlowRow,
     Store,
     StoreError,
     prune_bounds,
@@ -36,13 +36,13 @@ CLIENT, SERVER = "192.168.190.62", "192.168.190.11"
 V6_CLIENT, V6_SERVER = "2001:db8::62", "2001:db8::11"
 
 
-def ip(text: str) -> int:
-    """An address as the int the collectors carry."""
-    return int(ipaddress.ip_address(text))
-
-
 IMAP = (4, 6, ip(CLIENT), COMPRESSED_PORT, ip(SERVER), 143)
 PING6 = (6, 58, ip(V6_CLIENT), NO_PORT, ip(V6_SERVER), NO_PORT)
+
+
+def stored(store: Store) -> Stored:
+    """What the store committed, read through a connection of its own."""
+    return Stored(store.path)
 
 
 @pytest.fixture
@@ -69,39 +69,39 @@ def sample() -> Snapshot:
 def test_write_and_read_back_exact_totals_and_flows(store: Store) -> None:
     snap = sample()
     store.write(T0 + 60, [("input", snap), ("idle", Snapshot({}, {}, 0))])
-    assert store.minute_totals("input") == {m: tuple(r) for m, r in snap.totals.items()}
-    assert store.minute_totals("idle") == {}
-    assert store.flows("input", T0, T0 + 61) == [
+    assert stored(store).minute_totals("input") == {m: tuple(r) for m, r in snap.totals.items()}
+    assert stored(store).minute_totals("idle") == {}
+    assert stored(store).flows("input", T0, T0 + 61) == [
         FlowRow(T0 + 60, 4, 6, CLIENT, COMPRESSED_PORT, SERVER, 143, 250, 1007, 6),
         FlowRow(T0 + 60, 6, 58, V6_CLIENT, NO_PORT, V6_SERVER, NO_PORT, 84, 84, 2),
     ]
-    assert store.flows("input", T0, T0 + 60) == []  # the interval's end is exclusive
+    assert stored(store).flows("input", T0, T0 + 60) == []  # the interval's end is exclusive
 
 
 def test_quarter_rollup_is_the_sum_of_its_minutes(store: Store) -> None:
     store.write(T0 + 60, [("input", sample())])
     store.write(T0 + 120, [("input", Snapshot({M0 + 3: [1, 1, 1, 1]}, {}, 0))])
-    minutes = store.minute_totals("input")
+    minutes = stored(store).minute_totals("input")
     expected: dict[int, list[int]] = {}
     for minute, row in minutes.items():
         acc = expected.setdefault(int(minute * 60 // 900), [0, 0, 0, 0])
         expected[int(minute * 60 // 900)] = [a + b for a, b in zip(acc, row, strict=True)]
-    assert store.quarter_totals("input") == {q: tuple(r) for q, r in expected.items()}
+    assert stored(store).quarter_totals("input") == {q: tuple(r) for q, r in expected.items()}
     assert len(expected) == 2
 
 
 def test_repeated_writes_add_up_per_minute(store: Store) -> None:
     store.write(T0 + 60, [("input", Snapshot({M0: [10, 1, 20, 2]}, {}, 0))])
     store.write(T0 + 120, [("input", Snapshot({M0: [5, 1, 0, 0], M0 + 1: [3, 1, 0, 0]}, {}, 0))])
-    assert store.minute_totals("input") == {M0: (15, 2, 20, 2), M0 + 1: (3, 1, 0, 0)}
+    assert stored(store).minute_totals("input") == {M0: (15, 2, 20, 2), M0 + 1: (3, 1, 0, 0)}
 
 
 def test_other_position_is_stored_with_stars_and_overflow_counted(store: Store) -> None:
     snap = Snapshot({M0: [900, 4, 0, 0]}, {IMAP: [100, 0, 1], OTHER: [700, 100, 3]}, 3)
     store.write(T0 + 60, [("input", snap)])
-    rows = store.flows("input", 0, T0 + 61)
+    rows = stored(store).flows("input", 0, T0 + 61)
     assert rows[-1] == FlowRow(T0 + 60, 0, 0, "*", -1, "*", -1, 700, 100, 3)
-    assert store.overflow("input", 0, T0 + 61) == 3
+    assert stored(store).overflow("input", 0, T0 + 61) == 3
 
 
 def counts(db: Path) -> dict[str, int]:
@@ -119,7 +119,7 @@ def test_write_while_another_connection_holds_the_lock_fails_and_changes_nothing
     db: Path, store: Store
 ) -> None:
     store.write(T0 + 60, [("input", sample())])
-    before = (counts(db), store.minute_totals("input"))
+    before = (counts(db), stored(store).minute_totals("input"))
     holder = sqlite3.connect(db, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     try:
@@ -129,7 +129,7 @@ def test_write_while_another_connection_holds_the_lock_fails_and_changes_nothing
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-    assert (counts(db), store.minute_totals("input")) == before
+    assert (counts(db), stored(store).minute_totals("input")) == before
 
 
 def reopen_with(
@@ -239,16 +239,16 @@ def test_prune_drops_old_minutes_and_flushes_but_keeps_quarters(store: Store) ->
         snap = Snapshot({minute_of(t): [10, 1, 0, 0]}, {IMAP: [10, 0, 1]}, 0)
         store.write(t, [("input", snap)])
     store.prune(T0, retention)
-    assert sorted(store.minute_totals("input")) == [minute_of(T0 - 60)]
-    assert [r.time for r in store.flows("input", 0, T0)] == [T0 - 1.5 * day, T0 - 60]
-    assert sum(r[0] for r in store.quarter_totals("input").values()) == 30
+    assert sorted(stored(store).minute_totals("input")) == [minute_of(T0 - 60)]
+    assert [r.time for r in stored(store).flows("input", 0, T0)] == [T0 - 1.5 * day, T0 - 60]
+    assert sum(r[0] for r in stored(store).quarter_totals("input").values()) == 30
 
 
 def test_prune_with_zero_retention_keeps_everything(store: Store) -> None:
     store.write(T0 - 400 * 86400, [("input", sample())])
     store.prune(T0, RetentionSpec(minutes=0, flows=0, quarters=0))
-    assert store.minute_totals("input") == {m: tuple(r) for m, r in sample().totals.items()}
-    assert len(store.flows("input", 0, T0)) == 2
+    assert stored(store).minute_totals("input") == {m: tuple(r) for m, r in sample().totals.items()}
+    assert len(stored(store).flows("input", 0, T0)) == 2
 
 
 def test_write_can_prune_in_the_same_transaction(store: Store) -> None:
@@ -256,8 +256,8 @@ def test_write_can_prune_in_the_same_transaction(store: Store) -> None:
     store.write(old, [("input", Snapshot({minute_of(old): [1, 1, 0, 0]}, {IMAP: [1, 0, 1]}, 0))])
     bounds = prune_bounds(T0, RetentionSpec(minutes=86400, flows=86400))
     store.write(T0, [("input", Snapshot({M0: [2, 1, 0, 0]}, {IMAP: [2, 0, 1]}, 0))], bounds)
-    assert store.minute_totals("input") == {M0: (2, 1, 0, 0)}
-    assert [r.time for r in store.flows("input", 0, T0 + 1)] == [T0]
+    assert stored(store).minute_totals("input") == {M0: (2, 1, 0, 0)}
+    assert [r.time for r in stored(store).flows("input", 0, T0 + 1)] == [T0]
 
 
 def test_failed_flushes_keep_every_byte_until_a_write_succeeds_once(db: Path) -> None:
@@ -281,7 +281,7 @@ def test_failed_flushes_keep_every_byte_until_a_write_succeeds_once(db: Path) ->
             pending.merge(realtime.swap())
             with pytest.raises(StoreError, match="database is locked"):
                 store.write(T0 + (flush + 1) * 60, [("input", pending.pending())])
-            assert store.minute_totals("input") == {}
+            assert stored(store).minute_totals("input") == {}
     finally:
         holder.execute("ROLLBACK")
         holder.close()
@@ -297,24 +297,26 @@ def test_failed_flushes_keep_every_byte_until_a_write_succeeds_once(db: Path) ->
         col = 2 if direction == DIR_OUT else 0
         row[col] += p.length
         row[col + 1] += 1
-    assert store.minute_totals("input") == {m: tuple(r) for m, r in expected.items()}
-    flows = store.flows("input", 0, T0 + 1000)
+    assert stored(store).minute_totals("input") == {m: tuple(r) for m, r in expected.items()}
+    flows = stored(store).flows("input", 0, T0 + 1000)
     assert sum(r.sent + r.received for r in flows) == sum(p.length for _, p, _ in sent)
     assert sum(r.packets for r in flows) == len(sent)
-    assert store.overflow("input", 0, T0 + 1000) == sum(r.packets for r in flows if r.family == 0)
-    assert store.overflow("input", 0, T0 + 1000) > 0
+    assert stored(store).overflow("input", 0, T0 + 1000) == sum(
+        r.packets for r in flows if r.family == 0
+    )
+    assert stored(store).overflow("input", 0, T0 + 1000) > 0
     store.close()
 
 
 def test_a_write_failing_midway_keeps_no_part_of_the_flush(db: Path, store: Store) -> None:
     store.write(T0 + 60, [("input", sample())])
-    before = (counts(db), store.minute_totals("input"))
+    before = (counts(db), stored(store).minute_totals("input"))
     broken = Snapshot({M0: [1, 1, 0, 0]}, {(4, 6, 2**40, 1, 2, 80): [1, 0, 1]}, 0)
     with pytest.raises(ValueError):  # an IPv4 flow with an address beyond 32 bits
         store.write(T0 + 120, [("input", sample()), ("output", broken)])
-    assert (counts(db), store.minute_totals("input")) == before
+    assert (counts(db), stored(store).minute_totals("input")) == before
     store.write(T0 + 180, [("output", sample())])  # no transaction was left open
-    assert store.minute_totals("output") == store.minute_totals("input")
+    assert stored(store).minute_totals("output") == stored(store).minute_totals("input")
 
 
 def rolled_up(
@@ -334,10 +336,12 @@ def test_hours_and_days_are_the_sums_of_their_minutes_across_boundaries(store: S
     store.write(midnight * 60 + 60, [("input", Snapshot(first, {}, 0))])
     again = {midnight - 1: [5, 1, 0, 0], midnight + 75: [0, 0, 7, 1]}
     store.write(midnight * 60 + 4800, [("input", Snapshot(again, {}, 0))])
-    minutes = store.minute_totals("input")
-    assert store.hour_totals("input") == rolled_up(minutes, 60, 3600)
-    assert store.day_totals("input") == rolled_up(minutes, 60, 86400)
-    assert len(store.hour_totals("input")) == 4 and len(store.day_totals("input")) == 2
+    minutes = stored(store).minute_totals("input")
+    assert stored(store).hour_totals("input") == rolled_up(minutes, 60, 3600)
+    assert stored(store).day_totals("input") == rolled_up(minutes, 60, 86400)
+    assert (
+        len(stored(store).hour_totals("input")) == 4 and len(stored(store).day_totals("input")) == 2
+    )
 
 
 def v1_database(db: Path, quarters: dict[int, list[int]]) -> None:
@@ -362,14 +366,14 @@ def test_migration_to_version_2_fills_hours_and_days_from_the_quarters(db: Path)
     v1_database(db, quarters)
     store = Store(db)
     try:
-        assert store.hour_totals("input") == rolled_up(quarters, 900, 3600)
-        assert store.day_totals("input") == rolled_up(quarters, 900, 86400)
-        assert len(store.day_totals("input")) == 3
+        assert stored(store).hour_totals("input") == rolled_up(quarters, 900, 3600)
+        assert stored(store).day_totals("input") == rolled_up(quarters, 900, 86400)
+        assert len(stored(store).day_totals("input")) == 3
         store.write(q0 * 900 + 60, [("input", Snapshot({q0 * 15: [100, 1, 0, 0]}, {}, 0))])
-        after = store.quarter_totals("input")
+        after = stored(store).quarter_totals("input")
         assert after[q0] == (105, 2, 0, 0)  # the write added onto the migrated rows
-        assert store.hour_totals("input") == rolled_up(after, 900, 3600)
-        assert store.day_totals("input") == rolled_up(after, 900, 86400)
+        assert stored(store).hour_totals("input") == rolled_up(after, 900, 3600)
+        assert stored(store).day_totals("input") == rolled_up(after, 900, 86400)
     finally:
         store.close()
     conn = sqlite3.connect(db)
@@ -388,8 +392,8 @@ def test_prune_of_quarters_keeps_whole_utc_days_whose_hours_and_days_stay_exact(
         store.write(t + 60, [("input", Snapshot({int(t) // 60: [10, 1, 5, 1]}, {}, 0))])
     # keep 2 hours of quarters at 02:00: the whole UTC day is kept, the days before it go
     store.prune(midnight + 7200, RetentionSpec(minutes=0, flows=0, quarters=7200))
-    quarters = store.quarter_totals("input")
+    quarters = stored(store).quarter_totals("input")
     assert sorted(quarters) == [(midnight + 900) // 900, (midnight + 7200) // 900]
-    assert store.hour_totals("input") == rolled_up(quarters, 900, 3600)
-    assert store.day_totals("input") == rolled_up(quarters, 900, 86400)
-    assert len(store.minute_totals("input")) == 4  # minutes follow their own retention
+    assert stored(store).hour_totals("input") == rolled_up(quarters, 900, 3600)
+    assert stored(store).day_totals("input") == rolled_up(quarters, 900, 86400)
+    assert len(stored(store).minute_totals("input")) == 4  # minutes follow their own retention

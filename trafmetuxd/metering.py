@@ -8,7 +8,6 @@ what was staged (and swapped) into the flush collectors and writes them in one t
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import sys
@@ -27,8 +26,6 @@ from trafmetuxd.store import Store
 
 log = logging.getLogger("trafmetuxd")
 
-PRUNE_EVERY = 3600.0  # seconds between retention passes
-GC_SWEEP_EVERY = 3600.0  # seconds between full cyclic collections (see _absorb_and_write)
 GIL_SWITCH_INTERVAL = 0.001  # seconds; CPython's default is 0.005
 
 
@@ -55,10 +52,6 @@ def merge_counts(into: dict[Key, list[int]], add: Mapping[Key, list[int]]) -> No
                 have[i] += value
 
 
-async def _no_extra_status() -> dict[str, object]:
-    return {}
-
-
 async def _nothing_to_refresh() -> None:
     return None
 
@@ -71,7 +64,7 @@ async def _no_workers(cfg: Config) -> None:
     return None
 
 
-class Daemon:
+class Metering:
     """The metering core and its persistence, shared by live capture and replay."""
 
     def __init__(self, cfg: Config, clock: Callable[[], float] = time.time) -> None:
@@ -82,14 +75,12 @@ class Daemon:
         self._started_monotonic = time.monotonic()
         self.meter = Meter(cfg.monitors, cfg.local_networks)
         self.store = Store(cfg.database)
-        self.flusher = Flusher(self.store, cfg.monitors, periods.resolve_zone(cfg.timezone))
+        zone = periods.resolve_zone(cfg.timezone)
+        self.flusher = Flusher(self.store, cfg.monitors, zone, started=self.started)
         self.flush_lock = asyncio.Lock()
         self.rates_sampler = RateSampler()
         self.reload_error = ""
-        self._last_prune = 0.0
-        self._last_sweep = clock()
         self._swapped: dict[str, tuple[int, int]] = {}
-        self.extra_status: Callable[[], Awaitable[dict[str, object]]] = _no_extra_status
         # Live: the capture workers' shipments wait here for the next flush (loop thread only).
         self.staged: list[tuple[str, Snapshot]] = []
         self.shipped: dict[str, int] = {}  # the workers' stats, summed over every shipment
@@ -122,56 +113,11 @@ class Daemon:
         staged, self.staged = self.staged, []
         return staged + batches
 
-    def _absorb_and_write(self, batches: list[tuple[str, Snapshot]], when: float) -> bool:
-        """Merge into the flush collectors, write them, forget what committed.
-
-        The worker thread's whole job. It also drops the last references to the snapshots and
-        to the committed collectors, so freeing tens of thousands of positions happens here
-        and not on the packet loop.
-        """
-        # Flow positions are tens of thousands of GC-tracked lists without reference cycles;
-        # a cyclic collection set off by the merge's allocations would walk them all holding
-        # the GIL and stall the packet loop for tens of ms. So no collection runs during the
-        # flush, and what is alive afterwards is moved out of the collector's sight (it is
-        # still freed by reference counting): later collections walk only newer objects.
-        gc.disable()
-        try:
-            self.flusher.absorb(batches)
-            batches.clear()
-            ok = self._write(when)
-            if ok:
-                self.flusher.committed(when)
-        finally:
-            self._sweep(when)
-            gc.freeze()
-            gc.enable()
-        return ok
-
-    def _sweep(self, when: float) -> None:
-        """Once an hour, a full collection over everything, frozen objects included.
-
-        Freezing keeps any cyclic garbage alive at that moment; this bounds what could pile
-        up, at the price of one longer pause an hour (CPython's own schedule pauses more often).
-        """
-        if when - self._last_sweep >= GC_SWEEP_EVERY:
-            self._last_sweep = when
-            gc.unfreeze()
-            gc.collect()
-
     def _note_swapped(self, batches: list[tuple[str, Snapshot]]) -> None:
         for name, snap in batches:
             was_in, was_out = self._swapped.get(name, (0, 0))
             moved_in, moved_out = _bytes(snap.totals)
             self._swapped[name] = (was_in + moved_in, was_out + moved_out)
-
-    def _write(self, when: float) -> bool:
-        retention = None
-        if when - self._last_prune >= PRUNE_EVERY:
-            retention = self.config.retention
-        ok = self.flusher.write(when, retention)
-        if ok and retention is not None:
-            self._last_prune = when
-        return ok
 
     def _after_write(self, ok: bool) -> None:
         if ok:
@@ -186,7 +132,7 @@ class Daemon:
 
     def flush_now(self, when: float) -> bool:
         """Swap and write synchronously (replay, shutdown without a loop)."""
-        ok = self._absorb_and_write(self._swap(), when)
+        ok = self.flusher.flush(self._swap(), when, self.config.retention)
         self._after_write(ok)
         return ok
 
@@ -201,7 +147,8 @@ class Daemon:
         async with self.flush_lock:
             when = self.clock()
             batches = self._swap()
-            ok = await asyncio.to_thread(self._absorb_and_write, batches, when)
+            retention = self.config.retention
+            ok = await asyncio.to_thread(self.flusher.flush, batches, when, retention)
             self._after_write(ok)
         state = self.flusher.state
         return {"flushed": ok, "time": when, "error": state.last_error or None}
@@ -283,7 +230,6 @@ class Daemon:
                 "host_overflow": dict(state.host_overflow),
             },
             "reload_error": self.reload_error or None,
-            **(await self.extra_status()),
         }
 
     # -- reload ----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The real trafmetuxd in namespace a of a Pair: config, notifications, requests, the store.
 
 One launcher for every kernel-side suite: the e2e tests start it once or twice, the reliability
-tests (tests/reliability/live.py) restart it on the same state directory any number of times.
+tests (harness/live.py) restart it on the same state directory any number of times.
 It logs to a file, so a long run never blocks on a full stderr pipe.
 """
 
@@ -20,9 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Self
 
-from netns import PYTHON, ROOT, Pair
-
 from trafmetuxctl.client import connect_socket
+
+from .netns import PYTHON, ROOT, Pair
 
 MONITORS = """
 [[monitor]]

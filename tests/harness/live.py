@@ -1,4 +1,4 @@
-"""The reliability suites' daemon (tests/e2e/daemon.py) with their monitors, and paced streams.
+"""The reliability suites' daemon (harness/daemon.py) with their monitors, and paced streams.
 
 The launcher is shared with the e2e tests; here it meters four monitors and is restarted on the
 same state directory any number of times.
@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import signal
 
-import daemon
-from daemon import expected, fresh_counters
-from netns import Pair
+from . import daemon
+from .daemon import expected, fresh_counters
+from .netns import Pair
 
 # The e2e monitors without "tcp6": the four these suites meter and check.
 MONITORS = "[[monitor]]".join(
@@ -35,7 +35,7 @@ class Stream:
         sender, receiver = (pair.a, pair.b) if a_to_b else (pair.b, pair.a)
         addr = pair.b4 if a_to_b else pair.a4
         count = int(pps * seconds)
-        from netns import HERE, start_sink
+        from .netns import HERE, start_sink
 
         self.sink = start_sink(receiver, "udp-sink", str(port), str(count), str(seconds + 120))
         self.proc = sender.popen(

@@ -1,0 +1,1 @@
+"""What the test suites and the benchmarks share: namespaces, daemons, traffic, packets, rows."""
