@@ -20,7 +20,6 @@ from typing import Any
 
 from bench.common import ROOT, VENV_BIN, Result, summary, target
 from bench.e2e import (
-    BENCH_NFT,
     Pair,
     _generator,
     _link_macs,
@@ -32,13 +31,13 @@ from bench.e2e_traffic import monitors_toml, trafgen_config
 from bench.mix import twenty_monitors
 from bench.served import build_store, wait_ready
 from trafmetuxctl.client import Client
-from trafmetuxd.reports import MAX_ROWS
+from trafmetuxd.reports import MAX_CELLS
 
 HERE = ROOT / "tests" / "harness"
 
 FULL = {"pings": 1000, "interval": 0.01, "clients": 4, "load_pps": 20000}
 SMOKE = {"pings": 100, "interval": 0.01, "clients": 2, "load_pps": 2000}
-HEAVIEST = {"cmd": "report", "period": "hour", "last": MAX_ROWS}
+HEAVIEST = {"cmd": "report", "period": "hour", "last": MAX_CELLS // 20}  # for 20 monitors
 
 
 def _config(directory: Path, now: int) -> Path:
@@ -106,7 +105,6 @@ def _measure(pair: Pair, directory: Path, size: dict[str, Any]) -> dict[str, Any
     dst_mac, src_mac = _link_macs(pair)
     conf = directory / "imix.trafgen"
     conf.write_text(trafgen_config(dst_mac, src_mac, pair.b4, pair.b6))
-    pair.b.run(["nft", "-f", "-"], input=BENCH_NFT)
     argv = [str(VENV_BIN / "trafmetuxd"), "--config", str(config)]
     proc = pair.b.popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     sock = directory / "tmx.sock"

@@ -41,6 +41,9 @@ class Verdict(NamedTuple):
 
 
 CACHE_LIMIT = 65_536
+# Slots held by the cached flows at most (one per matching collector and flow, ~100 bytes
+# each): with 20 monitors matching every flow a full cache would hold 1.3 million of them.
+SLOT_LIMIT = 1 << 18
 _GROUP_LIMIT = 4096
 # Shortest packets the cache takes (the bytes at hand and the IP length both): the TCP flags
 # byte (IPv4 offset 33, IPv6 53) is then always read, as parse() reads it.
@@ -125,6 +128,7 @@ class Meter:
         self.collectors: list[RealtimeCollector] = []
         self._classifier = rules.compile(())
         self._cache: dict[CacheKey, Verdict] = {}
+        self._slots = 0  # slots held by the cached verdicts
         # match() answer -> the collectors, split by compression: one shared pair per answer.
         self._groups: dict[tuple[int, ...], tuple[Collectors, Collectors]] = {}
         self.reconfigure(monitors)
@@ -143,6 +147,7 @@ class Meter:
         """New local networks: flows seen from now on are planned with them."""
         self.local = LocalNetworks(networks)
         self._cache = {}
+        self._slots = 0
 
     def reconfigure(self, monitors: Sequence[MonitorSpec]) -> list[tuple[str, Snapshot]]:
         """Switch to new monitors; unchanged ones keep their collectors without a gap.
@@ -166,6 +171,7 @@ class Meter:
         self.collectors = collectors
         self._classifier = rules.compile(self.monitors)
         self._cache = {}
+        self._slots = 0
         self._groups = {}
         return retired
 
@@ -238,8 +244,10 @@ class Meter:
             flags_at,
         )  # fmt: skip
         cache = self._cache
-        if len(cache) >= CACHE_LIMIT:
+        self._slots += len(plain) + len(compressed)
+        if len(cache) >= CACHE_LIMIT or self._slots > SLOT_LIMIT:
             cache.clear()
+            self._slots = len(plain) + len(compressed)
         cache[key] = hit
         return hit
 

@@ -50,11 +50,24 @@ class Backend(Protocol):
 
 DEFAULT_LAST = {"minute": 60, "hour": 24, "day": 7, "week": 4, "month": 12, "year": 5}
 MAX_ROWS = 20_000
+# A report's cost grows with its cells (periods x monitors): 20,000 hours of 20 monitors took
+# seconds of the main process, holding the flush lock through its reads. Bounded like the rows.
+MAX_CELLS = 50_000
 
 
 # the shortest a period of each kind can be (a DST day has 23 hours, Lord Howe's hour 30 min)
 _SHORTEST = {"minute": 60, "hour": 1800, "day": 82800, "week": 601200, "month": 28 * 82800}
 _SHORTEST["year"] = 365 * 82800
+
+
+def check_cells(periods: int, monitors: int) -> None:
+    """Refuse a report of more than MAX_CELLS figures, naming the limit."""
+    if periods * monitors > MAX_CELLS:
+        raise ProtocolError(
+            BAD_ARGUMENT,
+            f"{periods} periods x {monitors} monitors: at most {MAX_CELLS} figures per report; "
+            "ask for fewer periods or monitors",
+        )
 
 
 def _too_many(what: str) -> ProtocolError:
@@ -211,6 +224,7 @@ class Reports:
             periods = await self._total_period(cal, names, now)
         else:
             periods = _periods(cal, kind, last, begin, end, now)
+        check_cells(len(periods), len(names))
         bounds = [p.begin for p in periods] + [periods[-1].end]
         grain = "minute" if kind == "minute" else "quarter"
         figures = await self.sums(names, bounds, grain)

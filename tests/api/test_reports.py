@@ -293,6 +293,15 @@ def test_report_last_is_capped_like_a_range(running: Running) -> None:
     assert len(rows) == 20_000  # type: ignore[arg-type]
 
 
+def test_a_report_of_too_many_periods_times_monitors_is_refused_naming_the_limit() -> None:
+    from trafmetuxd.protocol import ProtocolError
+    from trafmetuxd.reports import MAX_CELLS, check_cells
+
+    check_cells(MAX_CELLS // 20, 20)  # 20 monitors: a twentieth of the cells each
+    with pytest.raises(ProtocolError, match=f"20000 periods x 20 monitors: at most {MAX_CELLS}"):
+        check_cells(20_000, 20)
+
+
 def test_report_range_over_the_row_cap_names_the_maximum(running: Running) -> None:
     error = call_error(running.path, cmd="report", period="hour", begin="2020-01-01")
     assert error["code"] == "bad_argument" and "at most 20000 periods" in error["message"]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from harness.daemon import NFT_SUMS, Daemon, expected, fresh_counters
 from harness.netns import HERE, MB, Pair, mixed_traffic, sink_result, start_sink, traffic
+from trafmetuxd.reports import MAX_CELLS
 
 TWO_QUEUES = {"queues": "2", "stall_timeout": '"1s"'}
 
@@ -122,7 +123,9 @@ class ReportLoop:
     def _run(self) -> None:
         while not self.done.is_set():
             try:
-                reply = self.daemon.request("report", timeout=60, period="hour", last=20_000)
+                reply = self.daemon.request(
+                    "report", timeout=60, period="hour", last=MAX_CELLS // 5
+                )
             except (OSError, ValueError):
                 return  # the daemon stopped under the request: what the SIGTERM test does
             if reply.get("ok"):
