@@ -83,6 +83,11 @@ class LocalNetworks:
     def __init__(self, networks: Sequence[Network]) -> None:
         self._nets = [(net.version, int(net.network_address), int(net.netmask)) for net in networks]
 
+    @property
+    def active(self) -> bool:
+        """Whether any local network is configured (else every direction is unknown)."""
+        return bool(self._nets)
+
     def is_local(self, family: int, addr: int) -> bool:
         """True when addr lies in one of the local networks."""
         return any(f == family and addr & mask == net for f, net, mask in self._nets)
@@ -129,6 +134,8 @@ class Meter:
         self._classifier = rules.compile(())
         self._cache: dict[CacheKey, Verdict] = {}
         self._slots = 0  # slots held by the cached verdicts
+        self._directions: dict[bytes, int] = {}  # replay: address pair -> direction
+        self._directions_of: LocalNetworks | None = None  # ... for these local networks
         # match() answer -> the collectors, split by compression: one shared pair per answer.
         self._groups: dict[tuple[int, ...], tuple[Collectors, Collectors]] = {}
         self.reconfigure(monitors)
@@ -298,16 +305,49 @@ class Meter:
         Returns that frame's index, or len(frames) when all were metered. A frame without an
         IP packet is counted in `skipped` under the reason the reader gave.
         """
-        feed = self.feed_local
         for i in range(start, len(frames)):
             ts, ip, why = frames[i]
             if ts >= stop_at:
                 return i
             if ip is None:
                 skipped[why] = skipped.get(why, 0) + 1
+                continue
+            direction = self._direction_of(ip, local)
+            if direction < 0:
+                self.feed_local(ts, ip, local, iface)  # not plain IP: parsed, or malformed
             else:
-                feed(ts, ip, local, iface)
+                self.feed(ts, ip, direction, iface)  # the cached path, as live packets take
         return len(frames)
+
+    def _direction_of(self, ip: bytes, local: LocalNetworks) -> int:
+        """A replayed packet's direction from its addresses, remembered per address pair.
+
+        -1 when the packet is too short to hold both addresses (feed_local then decides).
+        """
+        if not local.active:
+            return DIR_ANY
+        if local is not self._directions_of:
+            self._directions = {}  # remembered for other local networks
+            self._directions_of = local
+        size = len(ip)
+        version = ip[0] >> 4 if size else 0
+        if version == 4 and size >= 20:
+            key = ip[12:20]
+        elif version == 6 and size >= 40:
+            key = ip[8:40]
+        else:
+            return -1
+        known = self._directions.get(key)
+        if known is not None:
+            return known
+        pkt = parse(ip)
+        if pkt is None:
+            return -1
+        direction = local.direction(pkt)
+        if len(self._directions) >= CACHE_LIMIT:
+            self._directions.clear()
+        self._directions[key] = direction
+        return direction
 
     def _count(self, ts: float, pkt: PacketInfo, direction: int, iface: str) -> None:
         stats = self.stats

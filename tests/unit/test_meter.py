@@ -12,10 +12,12 @@ from hypothesis import strategies as st
 from harness.packets import (
     ACK,
     HOP_BY_HOP,
+    ICMP,
     SYN,
     TCP,
     UDP,
     addr,
+    icmp,
     ipv4,
     ipv6,
     options_header,
@@ -238,3 +240,34 @@ def test_with_local_networks_the_local_side_is_the_client_when_the_ports_cannot_
     assert without.collectors[0].flows == {
         (4, 17, addr(remote), 65535, addr(local), 11320): [received, sent, 2]
     }
+
+
+def test_replayed_frames_count_exactly_what_feed_local_counts() -> None:
+    # feed_frames remembers each address pair's direction and takes the cached path.
+    nets = [ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("fd00::/64")]
+    packets = [
+        ipv4(UDP, udp(40000, 53, bytes(30)), src="192.0.2.1", dst="198.51.100.2"),
+        ipv4(UDP, udp(53, 40000, bytes(90)), src="198.51.100.2", dst="192.0.2.1"),
+        ipv4(TCP, tcp(40001, 443, SYN), src="192.0.2.7", dst="192.0.2.9"),  # both local
+        ipv4(TCP, tcp(443, 40001, SYN | ACK), src="203.0.113.5", dst="198.51.100.2"),  # neither
+        ipv6(UDP, udp(5000, 6000, bytes(10)), src="fd00::1", dst="2001:db8::2"),
+        ipv6(UDP, udp(6000, 5000, bytes(20)), src="2001:db8::2", dst="fd00::1"),
+        ipv4(ICMP, icmp(), src="192.0.2.1", dst="198.51.100.2", options=b"\x01\x01\x01\x00"),
+        b"\x45\x00",  # malformed
+    ]
+    frames: list[tuple[float, bytes | None, str]] = [
+        (600.0 + i, pkt, "") for i, pkt in enumerate(packets * 3)
+    ]
+    frames.append((700.0, None, "ARP"))
+    monitors = [ALL, INPUT, MonitorSpec("six", (RuleSpec(family=6),))]
+    replayed, reference = Meter(monitors, nets), Meter(monitors, nets)
+    local = LocalNetworks(nets)
+    skipped: dict[str, int] = {}
+    assert replayed.feed_frames(frames, 0, float("inf"), local, "eth0", skipped) == len(frames)
+    for ts, ip, _why in frames:
+        if ip is not None:
+            reference.feed_local(ts, ip, local, "eth0")
+    assert skipped == {"ARP": 1}
+    assert replayed.swap() == reference.swap()
+    assert replayed.stats.as_dict() == reference.stats.as_dict()
+    assert replayed.stats.malformed == 3
