@@ -10,34 +10,53 @@ from __future__ import annotations
 PIPELINE = """\
 **What was done.** (1) A per-flow verdict cache in `Meter.feed`: for plain IPv4 (IHL 5, not a
 fragment) and IPv6 without extension headers, the key is the raw protocol, address and port
-bytes plus direction and interface; a hit skips parsing and classification and only reads the
-IP length (and the TCP flags where the SYN rule can decide the client). Everything else takes
-the full path. A hypothesis test proves the cached meter equal to the uncached one. (2) The
-flow key and client side are worked out once per flow and the key tuple is shared by every
-monitor's collector. (3) packet, rules, collector and meter are compiled with mypyc at install
-(`TRAFMETUX_PURE=1 make install` keeps plain Python). Together, from 4,986 to about 1,500
-ns/packet with 20 monitors and from 2,081 to about 560 ns with 1 (the table above has this
-run's figures; pure Python after (1) and (2): ~2,000 and ~900).
+bytes plus direction and interface; a hit skips parsing and classification. (2) Each cached
+flow keeps a slot per matching collector: the position its first packet found or made (valid
+until the collector swaps; one found under the reverse key only until a new position is made),
+and each collector remembers its current minute's totals row, so a hit does no dict lookup per
+monitor. (3) packet, rules, collector, meter and nfbatch are compiled with mypyc. A hypothesis
+test proves the cached meter equal to the uncached one (it found both slot edge cases while (2)
+was built). Instruction counts (callgrind, 50,000 packets, 20 monitors, deterministic): 12,788
+instructions per packet before (2), 9,626 after, with per-host counting merged as well.
 
-**Why it still misses.** With 20 monitors a packet matches 3.1 of them on average; each match
-is a dict lookup of the shared key and an update of its counters, ~400 ns each, mostly cache
-misses on the collectors' dicts, which compiling does not remove. With 1 monitor the target is
-~10% away. Next steps, not done: counters in per-collector arrays (fewer objects to touch and
-to free), and batching several packets per call into the compiled core.
+**Why it still misses.** This machine's wall-clock figures move by 30% and more from run to
+run (a shared VM: the same build measured 1.1 to 1.8 us per packet with 20 monitors within
+minutes), so the table is one sample. With 20 monitors a packet matches 3.1 of them; each match
+still updates two Python lists of boxed ints (its totals row and its position), and the cache
+lookup builds a bytes slice and a 4-tuple key per packet. Next steps, not done: counters in
+per-collector arrays, and a cache key without a per-packet tuple.
+
+**The worker's batch entry** (`batch_20_monitors`): the same packets framed as the kernel's
+netlink messages, 64 per call into `nfbatch.feed_batch`; it adds the message walk and a
+payload copy per packet to `feed_20_monitors`.
+
+**Replay.** Replay now reads the capture with its own reader (struct over a memory map, no
+scapy object per frame) and takes the same cached path as live packets (each address pair's
+direction is worked out once). The naive loop it is compared with does one dict update per
+packet and no metering at all; replay classifies every packet into 20 monitors and records its
+flows, which is most of its time (compare `feed_20_monitors`). Before this work a 500,000-packet
+capture replayed at about 40,000 packets/s.
 """
 
-E2E = """**Why c/b misses.** The accept-only consumer (the binding's own loop) is the ceiling;
-trafmetuxd adds the pipeline and the Python callback per packet on top (compare the CPU
-seconds per million packets), so it verdicts about 60% as many packets (28% before the
-pipeline work). Nothing is dropped: with fail-open the kernel accepts what the queue cannot
-hold, so the network never waits, but those packets are not metered (the fail-open column;
-`status` shows the same gap in its audit). Below saturation the meter equals the kernel rule
-counters to the byte.
+E2E = """**What was done.** The packet path is a capture worker process per queue that reads its
+queue with `recvmmsg` (up to 64 messages a call), accepts the whole batch with one
+`NFQNL_MSG_VERDICT_BATCH` before metering it, and meters it in one call into the compiled core.
+The accept-only consumer (b) makes a `recv`, a Python callback and a verdict `sendmsg` per
+packet; trafmetuxd (c) now meters more packets per second than it accepts, with less CPU per
+packet, counting every trafmetuxd process (workers, main process and front). Below saturation
+the meter equals the kernel's rule counters to the byte; nothing is dropped at any rate.
 
-**What is left.** `--queue-balance` over N queues with one daemon process each would scale with
-cores (not measurable on this 2-core machine, where the generator and the kernel's receive
-path take one core): each process keeps its own collectors; minute and quarter totals merge
-exactly because every flush is an upsert-add into the same rows.
+**Several queues.** Run d: two queues, two workers, trafgen sending from both CPUs; the table
+gives each worker's rate and CPU per packet, which stays that of one worker: the workers share
+nothing but the main process, which they reach once a second. On this 2-core machine the
+generator and the kernel's receive path take the cores the workers would need, so the total
+cannot double here. What scaling to 4, 8 or 16 queues needs, reasoned: each queue is served by
+its own process, so metering scales with the cores the kernel spreads packets over
+(`--queue-cpu-fanout` follows the receiving CPU, so the NIC's receive-side scaling decides the
+spread). The main process's cost grows with the number of shipments (one per worker per second
+plus one per report), each merged in a few milliseconds for tens of thousands of positions: 16
+workers at 1 ship/s is far below one core. The flush merges every worker's counts into the
+same flush collectors, so totals stay exact whatever the queue count.
 """
 
 REPORTS = """\
@@ -66,23 +85,33 @@ logs) and report queries run in the main process; the control socket's clients a
 the front process. A worker ships what it counted when the main process asks (every second,
 before a flush, before a report), in pieces of at most 4,096 positions so that encoding one
 costs it a millisecond or two between batches; the main process runs at a lower priority
-(nice +5) than its workers, so under CPU contention the packet path comes first."""
+(nice +10) than its workers, so under CPU contention the packet path comes first. Every
+report is bounded (at most 20,000 periods and 50,000 figures), so the heaviest one accepted
+takes about 2 s of the main process.
+
+**No ping is lost** while the heaviest reports run, in every run. **The RTT target is at the
+mercy of this machine.** The quiet baseline alone has maxima of 35 to 48 ms (a shared VM whose
+two vCPUs are also scheduled for other tenants), and on 2 cores the background load, the
+worker, four report clients, the main process and the front compete for the CPU. Over four
+runs of this benchmark the loaded maximum exceeded the quiet one by 4.1 ms (met, main process
+at nice +5), 39.9 ms (nice +5), and 8.9 ms (nice +10, this page); the loaded p99 went from
+60 ms at nice +5 to 29 ms at nice +10 in back-to-back runs. Giving the workers a realtime
+priority (CAP_SYS_NICE, which the unit does not grant) is the step left.
+"""
 
 MEMORY = """\
-**Why it misses.** After the work above (shared key tuples across monitors) a position costs
-about 134 bytes (its dict slot and a 3-int list), so 20 x 65,536 positions are ~170 MiB on
-their own, plus the interpreter and the verdict cache (about 350 bytes per cached flow; the
-benchmark feeds a new flow with every packet, so the cache is full: ~22 MiB). With the flush
-collectors full as well (a slow or failing write) the positions exist twice.
+**Why it misses.** A flow position costs about 170-190 bytes in the worker (its dict slot,
+a 3-int list, the ints themselves, and its share of the verdict cache's slots) and about 150 in
+the main process's flush collectors; 20 x 65,536 positions are ~230 MiB in either. The packet
+path now has a process of its own, and each of the three processes carries its own interpreter
+(18, 38 and 28 MiB after imports), so the sum over processes is larger than the single process
+of before, even though the worker's realtime collectors are emptied every second (a shipment),
+so they reach 65,536 positions per monitor only under a flood of new flows. The verdict cache's
+slots are bounded (2^18), which keeps a cache of new flows from holding millions of them.
 
-**What is left.** Counters in per-collector `array('q')` columns indexed by a slot number kept
-in the dict would save ~70 bytes per position (~90 MiB here), but need the flows dict built
-from the arrays in the flush thread; a smaller verdict-cache entry (nested per-interface dicts)
-would save part of its 22 MiB.
-
-**Not in these figures.** They are the meter's own interpreter. A running daemon has a second
-process, the control socket's front: 22.8 MiB RSS when idle and 70.5 MiB at the peak of the
-500-client socket abuse test (docs/reliability.md), where the daemon itself grew 0.4 MiB.
+**What is left.** Counters in per-collector `array('q')` columns indexed by a slot number in the
+dict would save ~70 bytes per position in both processes; shipping positions as packed arrays
+instead of dicts would let the main process keep them packed until the write.
 """
 
 CTL = """**What was done.** The client imports neither `typing`, `socket.py` (it uses `_socket`)

@@ -31,7 +31,7 @@ RATE_SAMPLE_EVERY = 1.0
 PROGRESS_LIMIT = 5.0
 FLUSH_PATIENCE = 30.0
 # The main process (flushes, reports) yields the CPU to its capture workers under contention.
-MAIN_NICE = 5
+MAIN_NICE = 10
 
 
 class Service:
