@@ -92,7 +92,7 @@ takes about 2 s of the main process.
 **No ping is lost** while the heaviest reports run, in every run. **The RTT target is at the
 mercy of this machine.** The quiet baseline alone has maxima of 35 to 48 ms (a shared VM whose
 two vCPUs are also scheduled for other tenants), and on 2 cores the background load, the
-worker, four report clients, the main process and the front compete for the CPU. Over four
+worker, four report clients, the main process and the front compete for the CPU. Over three
 runs of this benchmark the loaded maximum exceeded the quiet one by 4.1 ms (met, main process
 at nice +5), 39.9 ms (nice +5), and 8.9 ms (nice +10, this page); the loaded p99 went from
 60 ms at nice +5 to 29 ms at nice +10 in back-to-back runs. Giving the workers a realtime

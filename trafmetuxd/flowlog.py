@@ -20,28 +20,17 @@ import os
 from datetime import datetime
 from pathlib import Path
 
+from trafmetuxd import ipproto
 from trafmetuxd.addresses import address_text
 from trafmetuxd.collector import OTHER, FlowKey, Snapshot
 
-PROTOCOL_NAMES = {
-    1: "ICMP",
-    2: "IGMP",
-    6: "TCP",
-    17: "UDP",
-    47: "GRE",
-    50: "ESP",
-    51: "AH",
-    58: "ICMPV6",
-    132: "SCTP",
-    136: "UDPLITE",
-}
 DIR_MODE = 0o750
 FILE_MODE = 0o640
 
 
 def protocol_name(proto: int) -> str:
-    """The log's name for an IP protocol number."""
-    return PROTOCOL_NAMES.get(proto) or str(proto)
+    """The log's name for an IP protocol number: the one table's, upper case (TCP, ICMPV6)."""
+    return ipproto.name(proto).upper()
 
 
 def flow_line(key: FlowKey, sent: int, received: int) -> str:

@@ -8,7 +8,10 @@ from trafmetuxd import config_values, flowlog, ipproto
 
 
 def test_flow_log_names_are_the_table_upper_case() -> None:
-    assert {n: name.upper() for n, name in ipproto.NAMES.items()} == flowlog.PROTOCOL_NAMES
+    assert {n: flowlog.protocol_name(n) for n in ipproto.NAMES} == {
+        n: name.upper() for n, name in ipproto.NAMES.items()
+    }
+    assert flowlog.protocol_name(253) == "253"  # no name: the number
 
 
 @pytest.mark.parametrize(("number", "name"), [(58, "icmpv6"), (2, "igmp"), (6, "tcp")])
