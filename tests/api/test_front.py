@@ -190,8 +190,9 @@ def test_a_killed_front_is_replaced_and_the_socket_keeps_answering(
     front: tuple[Front, Path, LoopThread],
 ) -> None:
     running, sock, _loops = front
-    first = running.info()["pid"]
+    # Answered only once the front runs and its link is served, so its pid is known by then.
     assert ask(sock, "monitors")["ok"] is True
+    first = running.info()["pid"]
     assert isinstance(first, int)
     os.kill(first, signal.SIGKILL)
     # Connections made while no front runs wait in the listen backlog and are served after.

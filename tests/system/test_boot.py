@@ -135,13 +135,18 @@ def traffic(box: Container) -> None:
     box.run(["python3", "-c", UDP_BURST])
 
 
-def settle(box: Container, timeout: float = 10.0) -> tuple[int, int]:
-    """Kernel counters once the daemon has metered all of them (or the last reading)."""
+def settle(box: Container, timeout: float = 10.0) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(kernel counters, metered) read together, once they agree (or the last readings).
+
+    Both are read again each time: a packet crossing the link between two readings (the
+    kernel's own traffic) must not make two readings of different moments disagree.
+    """
     deadline = time.monotonic() + timeout
     while True:
         kernel = kernel_counters(box)
-        if metered(box) == kernel or time.monotonic() > deadline:
-            return kernel
+        meter = metered(box)
+        if meter == kernel or time.monotonic() > deadline:
+            return kernel, meter
         time.sleep(0.2)
 
 
@@ -213,9 +218,9 @@ def test_the_service_sees_the_system_read_only_and_no_home(box: Container) -> No
 def test_metered_bytes_equal_the_kernel_rule_counters(box: Container) -> None:
     before = stored(box)
     traffic(box)
-    kernel = settle(box)
+    kernel, meter = settle(box)
     assert kernel[0] > 20 * 1000 and kernel[1] > 20 * 1000 + sum(range(100, 3100, 100))
-    assert metered(box) == kernel
+    assert meter == kernel
     box.run(["trafmetuxctl", "flush"])
     assert stored(box) == (before[0] + kernel[0], before[1] + kernel[1])
 
@@ -258,9 +263,9 @@ def test_the_watchdog_restarts_a_frozen_daemon(box: Container) -> None:
 
 def test_stop_within_timeoutstopsec_with_a_final_flush_and_no_rules_left(box: Container) -> None:
     box.run(["trafmetuxctl", "flush"])
-    before_stored, before_kernel = stored(box), settle(box)
+    before_stored, (before_kernel, _) = stored(box), settle(box)
     box.run(["ping", "-q", "-c", "10", "-i", "0.05", PEER])
-    kernel = settle(box)
+    kernel, _meter = settle(box)
     sent = (kernel[0] - before_kernel[0], kernel[1] - before_kernel[1])
     assert sent[0] > 0 and sent[1] > 0
     limit = timespan(show(box, "TimeoutStopUSec"))
