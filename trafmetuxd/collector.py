@@ -228,14 +228,12 @@ class Slot:
                 self.dst_row, self.dst_other = coll._host_row(self.dst_host, minute)
         row = self.src_row
         if row is not None:
-            row[2] += length
-            row[3] += 1
+            _add_row(row, True, length)  # sent by this host: its out
             if self.src_other:
                 coll._host_overflow += 1
         row = self.dst_row
         if row is not None:
-            row[0] += length
-            row[1] += 1
+            _add_row(row, False, length)  # received by this host: its in
             if self.dst_other:
                 coll._host_overflow += 1
 
@@ -360,20 +358,13 @@ class RealtimeCollector:
         """Count one packet for its sending (out) and receiving (in) hosts, if any."""
         matcher = self._hosts_of
         assert matcher is not None
-        host = matcher.key(pkt.family, pkt.src)
-        if host is not None:
-            row, other = self._host_row(host, minute)
-            row[2] += pkt.length
-            row[3] += 1
-            if other:
-                self._host_overflow += 1
-        host = matcher.key(pkt.family, pkt.dst)
-        if host is not None:
-            row, other = self._host_row(host, minute)
-            row[0] += pkt.length
-            row[1] += 1
-            if other:
-                self._host_overflow += 1
+        for addr, out in ((pkt.src, True), (pkt.dst, False)):
+            host = matcher.key(pkt.family, addr)
+            if host is not None:
+                row, other = self._host_row(host, minute)
+                _add_row(row, out, pkt.length)
+                if other:
+                    self._host_overflow += 1
 
     def _host_row(self, host: HostKey, minute: int) -> tuple[list[int], bool]:
         """The host's row of the minute, and whether it is OTHER_HOST's (max_hosts taken)."""

@@ -351,18 +351,6 @@ class Workers:
             return False
         return all(qw.down_since is None or now - qw.down_since < limit for qw in self.queues)
 
-    def pids(self) -> list[int]:
-        """The running workers' process ids."""
-        return [qw.life.proc.pid for qw in self.queues if qw.life is not None]
-
-    def totals(self) -> dict[str, int]:
-        """Every queue's shipped stats summed (what the audit compares with the kernel)."""
-        out: dict[str, int] = {}
-        for qw in self.queues:
-            for key, value in qw.metered.items():
-                out[key] = out.get(key, 0) + value
-        return out
-
     def status(self, table: dict[int, QueueStats]) -> list[dict[str, object]]:
         """Per queue: its worker, restarts, stalls and what the kernel says of the queue."""
         out: list[dict[str, object]] = []
