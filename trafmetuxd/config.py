@@ -81,6 +81,7 @@ class _Quota(_Model):
     period: Annotated[str, _v(cv.period)] = "month"
     start_day: Annotated[int, Field(ge=1, le=28)] = 1
     warn: Annotated[float, Field(gt=0, le=1)] = 0.8
+    per_host: bool = False
 
 
 _QUEUE_MAX = 65535
@@ -290,6 +291,20 @@ def _check_quota(raw: dict[str, Any], index: int, monitors: Sequence[Any], p: _P
             p.add(loc, name, "expected each monitor once")
 
 
+def _check_per_host(
+    quota: spec.QuotaSpec, index: int, monitors: Sequence[spec.MonitorSpec], p: _Problems
+) -> None:
+    """A per-host quota's monitors all have `hosts` (else it would have no host to limit)."""
+    if not quota.per_host:
+        return
+    for monitor in monitors:
+        if monitor.name in quota.monitors and not monitor.hosts:
+            message = (
+                f"expected monitor {monitor.name!r} to have `hosts` (a per-host quota needs them)"
+            )
+            p.add(("quota", index, "per_host"), True, message)
+
+
 # --- building the plain values ------------------------------------------------------------
 
 
@@ -358,9 +373,9 @@ def _config(data: dict[str, Any], path: Path, p: _Problems) -> spec.Config:
         quota = p.validate(_Quota, raw, ("quota", index))
         _check_quota(raw, index, names, p)
         if quota is not None:
-            quotas.append(
-                spec.QuotaSpec(**_fields(quota, ("monitors",)), monitors=tuple(quota.monitors))
-            )
+            built = spec.QuotaSpec(**_fields(quota, ("monitors",)), monitors=tuple(quota.monitors))
+            _check_per_host(built, index, [monitor for _, _, monitor in monitors], p)
+            quotas.append(built)
     _check_names([raw.get("name") for _, raw in _dicts(data, "quota")], "quota", p)
     if root is None:
         return spec.Config(path=path)

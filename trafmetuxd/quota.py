@@ -1,10 +1,15 @@
-"""Quota evaluation: usage against a limit over a day, week or billing month. Pure."""
+"""Quota evaluation: usage against a limit over a day, week or billing month. Pure.
+
+A per-host quota (`per_host = true`) gives each host of its monitors the limit of its own. The
+host `other` (the hosts beyond a monitor's `max_hosts`, summed) gets none: it is many hosts
+whose share is unknown, so it is reported beside the hosts but never over a limit.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
 
 from trafmetuxd.periods import Calendar, Period
 from trafmetuxd.spec import QuotaSpec
@@ -12,6 +17,35 @@ from trafmetuxd.spec import QuotaSpec
 OK, WARNING, CRITICAL = "OK", "WARNING", "CRITICAL"
 _LEVEL = {OK: 0, WARNING: 1, CRITICAL: 2}
 _KIND = {"day": "day", "week": "week", "month": "billing"}
+OTHER_HOST = "other"  # the host text of the hosts beyond max_hosts: no limit of its own
+HOSTS_LISTED = 10  # hosts listed per per-host quota, largest first
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """A quota's bytes (in + out, summed over its monitors) so far in its current period."""
+
+    total: int
+    hosts: Mapping[str, int] = field(default_factory=dict)  # per-host quotas: host text -> bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OverLimit:
+    """What of one quota is over its limit now: the whole quota, or hosts of a per-host quota."""
+
+    quota: str
+    whole: bool  # a quota without per_host used more than its limit
+    hosts: frozenset[str]  # a per-host quota: the hosts (text, never "other") over the limit
+
+
+@dataclass(frozen=True, slots=True)
+class HostUse:
+    """One host of a per-host quota: its bytes and state."""
+
+    host: str
+    used: int
+    percent: float
+    state: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +63,24 @@ class QuotaStatus:
     period_label: str
     estimate: int  # linear extrapolation of `used` to the period end
     state: str
+    # per-host quotas: `used`, `percent`, `estimate` and `state` are the worst host's (`host`)
+    per_host: bool = False
+    host: str | None = None
+    host_count: int = 0  # hosts with traffic in the period, "other" aside
+    hosts_warning: int = 0
+    hosts_critical: int = 0
+    other: int = 0  # bytes of the host "other" (no limit of its own)
+    hosts: tuple[HostUse, ...] = ()  # the HOSTS_LISTED largest, largest first
 
     def as_dict(self) -> dict[str, object]:
-        """JSON-able form (monitors as a list)."""
+        """JSON-able form (monitors as a list; the host fields only for per-host quotas)."""
         d = asdict(self)
         d["monitors"] = list(self.monitors)
+        if not self.per_host:
+            for key in ("host", "host_count", "hosts_warning", "hosts_critical", "other", "hosts"):
+                del d[key]
+        else:
+            d["hosts"] = [asdict(h) for h in self.hosts]
         return d
 
 
@@ -64,21 +111,77 @@ def estimate(used: int, now: int, period: Period) -> int:
     return round(used * (period.end - period.begin) / elapsed)
 
 
-def evaluate(spec: QuotaSpec, used: int, now: int, period: Period) -> QuotaStatus:
+def percent_of(used: int, spec: QuotaSpec) -> float:
+    """Usage as a percentage of the limit, two decimals."""
+    return round(100.0 * used / spec.limit if spec.limit > 0 else 0.0, 2)
+
+
+def ranked_hosts(hosts: Mapping[str, int]) -> list[tuple[str, int]]:
+    """The hosts that have a limit ("other" aside), largest first, then by name."""
+    return sorted(
+        ((h, used) for h, used in hosts.items() if h != OTHER_HOST), key=lambda kv: (-kv[1], kv[0])
+    )
+
+
+def over_limit(spec: QuotaSpec, usage: Usage) -> OverLimit:
+    """What of the quota is over its limit: cheap (one pass over the hosts), for every second."""
+    if not spec.per_host:
+        return OverLimit(spec.name, usage.total > spec.limit, frozenset())
+    limit = spec.limit
+    over = frozenset(h for h, used in usage.hosts.items() if used > limit and h != OTHER_HOST)
+    return OverLimit(spec.name, False, over)
+
+
+def evaluate(spec: QuotaSpec, usage: Usage | int, now: int, period: Period) -> QuotaStatus:
     """All figures for one quota given its usage in `period` up to `now`."""
-    percent = 100.0 * used / spec.limit if spec.limit > 0 else 0.0
+    usage = usage if isinstance(usage, Usage) else Usage(usage)
+    if spec.per_host:
+        return _evaluate_hosts(spec, usage.hosts, now, period)
+    used = usage.total
     return QuotaStatus(
         name=spec.name,
         monitors=spec.monitors,
         used=used,
         limit=spec.limit,
         warn_bytes=warn_threshold(spec),
-        percent=round(percent, 2),
+        percent=percent_of(used, spec),
         begin=period.begin,
         end=period.end,
         period_label=period.label,
         estimate=estimate(used, now, period),
         state=state_of(used, spec),
+    )
+
+
+def _evaluate_hosts(
+    spec: QuotaSpec, hosts: Mapping[str, int], now: int, period: Period
+) -> QuotaStatus:
+    """A per-host quota: the worst host's figures, the counts by state, the largest hosts."""
+    ranked = ranked_hosts(hosts)
+    host, used = ranked[0] if ranked else (None, 0)
+    states = [state_of(u, spec) for _, u in ranked]
+    listed = tuple(
+        HostUse(h, u, percent_of(u, spec), state_of(u, spec)) for h, u in ranked[:HOSTS_LISTED]
+    )
+    return QuotaStatus(
+        name=spec.name,
+        monitors=spec.monitors,
+        used=used,
+        limit=spec.limit,
+        warn_bytes=warn_threshold(spec),
+        percent=percent_of(used, spec),
+        begin=period.begin,
+        end=period.end,
+        period_label=period.label,
+        estimate=estimate(used, now, period),
+        state=state_of(used, spec),
+        per_host=True,
+        host=host,
+        host_count=len(ranked),
+        hosts_warning=states.count(WARNING),
+        hosts_critical=states.count(CRITICAL),
+        other=hosts.get(OTHER_HOST, 0),
+        hosts=listed,
     )
 
 
@@ -105,6 +208,8 @@ class QuotaWatcher:
 
 
 def _line(st: QuotaStatus, what: str) -> str:
+    who = f"host {st.host} " if st.host is not None else ""
     return (
-        f"quota {st.name} {what}: used {st.used} B ({st.percent:.1f}%) in period {st.period_label}"
+        f"quota {st.name} {what}: {who}used {st.used} B ({st.percent:.1f}%) "
+        f"in period {st.period_label}"
     )
