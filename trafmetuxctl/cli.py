@@ -33,6 +33,7 @@ SHOW = {
 }
 DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 MAX_FLOWS, MAX_TOP, MAX_LAST = 100_000, 10_000, 20_000  # as the daemon's protocol allows
+HOST_PERIODS = ("hour", "day", "week", "month", "year")
 TIMES = (
     f"Times are local (the daemon's zone): {times.FORMATS}. A date (or month) given as the end "
     "includes that whole day (or month); an end with a time of day is exclusive."
@@ -170,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"how many hosts (default: %(default)s, at most {MAX_FLOWS})")  # fmt: skip
     s.add_argument("--sort", choices=("total", "in", "out"), default="total",
                    help="what to rank by (default: %(default)s)")  # fmt: skip
+    s.add_argument("--period", choices=HOST_PERIODS,
+                   help="the hosts per period: the last N (-t) or those of -b .. -e")  # fmt: skip
+    s.add_argument("-t", "--last", type=counted(MAX_LAST), metavar="N",
+                   help="with --period: the last N periods, up to -e or now")  # fmt: skip
+    s.add_argument("-f", "--week-start", type=week_day, metavar="DAY",
+                   help="first day of the week (default: the daemon's week_start)")  # fmt: skip
     _unit_arg(s)
     s = add("top", help="top clients, servers or ports", description=_TOP_TEXT, epilog=TIMES)
     s.add_argument("--by", choices=("client", "server", "port"), default="client",
@@ -201,7 +208,8 @@ _SHOW_TEXT["total"] = "Bytes per monitor since the first data (-t, -b and -e do 
 _FLOWS_TEXT = "A monitor's flows, largest (sent + received) first, over the last 24 hours."
 _HOSTS_TEXT = (
     "The hosts of a monitor with `hosts`, largest first, over the last 24 hours (widened to "
-    "whole quarter hours): in = bytes to the host, out = bytes from it."
+    "whole quarter hours): in = bytes to the host, out = bytes from it. With --period, the "
+    "hosts of each period: the last N (-t; defaults as show-*), or those of -b .. -e."
 )
 _TOP_TEXT = (
     "Top clients, servers or server ports by bytes, over the last 24 hours. Over several "
@@ -286,9 +294,35 @@ def _flows(c: Client, a: argparse.Namespace) -> int:
 
 
 def _hosts(c: Client, a: argparse.Namespace) -> int:
-    result = c.call("hosts", monitor=a.monitor, begin=a.begin, end=a.end, limit=a.n, sort=a.sort)
-    _dump(result) if a.json else _print(report.host_lines(result, a.unit))
+    result = c.call(
+        "hosts",
+        monitor=a.monitor,
+        begin=a.begin,
+        end=a.end,
+        limit=a.n,
+        sort=a.sort,
+        period=a.period,
+        last=a.last,
+        week_start=a.week_start,
+    )
+    if a.json:
+        _dump(result)
+    elif a.period is None:
+        _print(report.host_lines(result, a.unit))
+    else:
+        _print(report.host_period_lines(result, a.unit))
     return EXIT_OK
+
+
+def _check_hosts(a: argparse.Namespace) -> None:
+    """-t and -f count periods: they need --period; -t counts back from -e, not from -b."""
+    message = ""
+    if a.period is None and (a.last is not None or a.week_start is not None):
+        message = "-t and -f apply to periods: give --period"
+    elif a.last is not None and a.begin is not None:
+        message = "-t counts back from -e (or now): give -b and -e, or -t (with -e), not -b and -t"
+    if message:
+        raise UsageError("", f"trafmetuxctl {a.command}: error: {message}")
 
 
 def _top(c: Client, a: argparse.Namespace) -> int:
@@ -392,6 +426,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     a = build_parser().parse_args(argv)
     if a.command in SHOW:
         _check_show(a)
+    elif a.command == "show-hosts":
+        _check_hosts(a)
     return a
 
 

@@ -81,6 +81,15 @@ def host_lines(result: Mapping[str, Any], unit: str = "auto") -> list[str]:
     ]
 
 
+def host_period_lines(result: Mapping[str, Any], unit: str = "auto") -> list[str]:
+    """Per period, oldest first: its label line, then its host lines indented (or '(none)')."""
+    lines = []
+    for period in result["periods"]:
+        hosts = host_lines(period, unit) or ["(none)"]
+        lines += [f"{period['label']}:", *("  " + line for line in hosts)]
+    return lines
+
+
 def live_lines(result: Mapping[str, Any], unit: str = "auto") -> list[str]:
     """'input: in= 1.00 KiB/s out= 0 B/s' per monitor."""
     return [

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from trafmetuxd import metrics
+from trafmetuxd.hostreports import HostReports
 from trafmetuxd.periods import Calendar, check_instant, parse_local, resolve_zone
 from trafmetuxd.protocol import BAD_ARGUMENT, NOT_FOUND, VERSION, ProtocolError
 from trafmetuxd.reports import Reports
@@ -22,6 +23,7 @@ class Handlers:
     def __init__(self, reports: Reports, status: Status | None = None) -> None:
         self.reports = reports
         self.backend = reports.backend
+        self.host_reports = HostReports(reports)
         # the running daemon's status: the service's, composed around its metering core
         self.daemon_status = self.backend.status if status is None else status
 
@@ -119,17 +121,30 @@ class Handlers:
         return await self.reports.top(names, begin, end, by, limit, self.reports.now())
 
     async def hosts(self, args: Mapping[str, Any]) -> object:
-        """A monitor's hosts over a range (the last day by default), largest first."""
+        """A monitor's hosts over a range (the last day by default), largest first.
+
+        With a period: the hosts of each period (the last n, or those covering begin..end).
+        """
         (name,) = self.monitor_names([args["monitor"]])
-        cal = self.reports.calendar()
-        begin, end = self._range(args, cal)
+        cal = self.reports.calendar(args.get("week_start"))
         limit, sort = args.get("limit", 20), args.get("sort", "total")
-        result = await self.reports.hosts(name, begin, end, limit, sort, self.reports.now())
-        for key in ("begin", "end"):  # local ISO 8601 with its offset
-            value = result[key]
-            assert isinstance(value, int)
-            result[key] = datetime.fromtimestamp(value, cal.zone).isoformat()
-        return result
+        kind = args.get("period")
+        if kind is None:
+            if args.get("last") is not None:
+                raise ProtocolError(BAD_ARGUMENT, "hosts: 'last' counts periods: give 'period'")
+            begin, end = self._range(args, cal)
+            result = await self.reports.hosts(name, begin, end, limit, sort, self.reports.now())
+            return _local_times(result, cal)
+        span = (args.get("last"), self.instant(args, "begin", cal), self.instant(args, "end", cal))
+        if span[0] is not None and span[1] is not None:
+            message = "'last' counts back from 'end' (or now): give begin and end, or last"
+            raise ProtocolError(BAD_ARGUMENT, f"hosts: {message}, not begin and last")
+        now = self.reports.now()
+        result = await self.host_reports.by_period(cal, name, kind, span, limit, sort, now)
+        periods = result["periods"]
+        assert isinstance(periods, list)
+        result["periods"] = [_local_times(p, cal) for p in periods]
+        return _local_times(result, cal)
 
     async def quota(self, args: Mapping[str, Any]) -> object:
         """One quota (by name) or all of them."""
@@ -165,3 +180,12 @@ class Handlers:
         if begin >= end:
             raise ProtocolError(BAD_ARGUMENT, "begin must be before end")
         return begin, end
+
+
+def _local_times(result: dict[str, object], cal: Calendar) -> dict[str, object]:
+    """The result with its begin and end (unix seconds) as local ISO 8601 with the offset."""
+    for key in ("begin", "end"):
+        value = result[key]
+        assert isinstance(value, int)
+        result[key] = datetime.fromtimestamp(value, cal.zone).isoformat()
+    return result

@@ -121,6 +121,7 @@ _is_bool = Check(lambda v: type(v) is bool, "true or false")
 
 _RANGE = {"begin": _is_time, "end": _is_time}
 HOST_SORTS = ("total", "in", "out")  # what the hosts command ranks by, largest first
+HOST_PERIODS = ("hour", "day", "week", "month", "year")  # the hosts command's periods
 COMMANDS: Mapping[str, Command] = {
     "status": Command(READ),
     "monitors": Command(READ),
@@ -149,6 +150,9 @@ COMMANDS: Mapping[str, Command] = {
             "monitor": _is_str,
             "limit": _is_int(1, 100_000),
             "sort": _one_of(*HOST_SORTS),
+            "period": _one_of(*HOST_PERIODS),
+            "last": _is_int(1, 100_000),
+            "week_start": _is_int(0, 6),
             **_RANGE,
         },
         ("monitor",),

@@ -296,28 +296,55 @@ def flows(db: Path, monitor: str, begin: float, end: float) -> TextFlows:
 
 # host text -> [in_bytes, in_packets, out_bytes, out_packets]
 HostSums = dict[str, list[int]]
-_HOST_TABLES = {"quarter_totals": "host_quarter_totals", "hour_totals": "host_hour_totals",
-                "day_totals": "host_day_totals"}  # fmt: skip
+_HOST_TABLES = {"minute_totals": "host_minute_totals", "quarter_totals": "host_quarter_totals",
+                "hour_totals": "host_hour_totals", "day_totals": "host_day_totals"}  # fmt: skip
 
 
 def host_sums(db: Path, monitor: str, first: int, end: int) -> HostSums:
     """A monitor's per-host totals over the UTC quarters [first, end): days, hours, quarters."""
-    out: HostSums = {}
-    con = open_readonly(db)
+    return host_sums_over(db, monitor, [(first, end)])[0]
+
+
+def host_sums_over(db: Path, monitor: str, ranges: Sequence[tuple[int, int]]) -> list[HostSums]:
+    """A monitor's per-host totals over each range of UTC quarters [first, end), one snapshot."""
+    out: list[HostSums] = [{} for _ in ranges]
+    con = _open_hosts(db)
     if con is None:
         return out
-    with closing(con):
-        if con.execute("PRAGMA user_version").fetchone()[0] < HOSTS_VERSION:
-            return out
-        for table, lo, hi in split_quarters(first, end):
-            unit = TOTALS_UNITS[table]
-            sql = (
-                "SELECT host, SUM(in_bytes), SUM(in_packets), SUM(out_bytes), SUM(out_packets) "
-                f"FROM {_HOST_TABLES[table]} t JOIN monitor m ON m.id = t.monitor "
-                f"WHERE m.name = ? AND t.{unit} >= ? AND t.{unit} < ? GROUP BY host"
-            )
-            for host, *row in con.execute(sql, (monitor, lo, hi)):
-                acc = out.setdefault(host, [0, 0, 0, 0])
-                for i in range(4):
-                    acc[i] += int(row[i])
+    with closing(con), _read(con):
+        for sums, (first, end) in zip(out, ranges, strict=True):
+            for table, lo, hi in split_quarters(first, end):
+                unit = TOTALS_UNITS[table]
+                sql = (
+                    "SELECT host, SUM(in_bytes), SUM(in_packets), SUM(out_bytes), "
+                    f"SUM(out_packets) FROM {_HOST_TABLES[table]} t "
+                    "JOIN monitor m ON m.id = t.monitor "
+                    f"WHERE m.name = ? AND t.{unit} >= ? AND t.{unit} < ? GROUP BY host"
+                )
+                for host, *row in con.execute(sql, (monitor, lo, hi)):
+                    acc = sums.setdefault(host, [0, 0, 0, 0])
+                    for i in range(4):
+                        acc[i] += int(row[i])
     return out
+
+
+def _open_hosts(db: Path) -> sqlite3.Connection | None:
+    """A read-only connection in autocommit mode, or None while there are no host tables."""
+    con = open_readonly(db)
+    if con is None:
+        return None
+    if con.execute("PRAGMA user_version").fetchone()[0] < HOSTS_VERSION:
+        con.close()
+        return None
+    con.isolation_level = None  # explicit BEGIN: one snapshot for every statement of a call
+    return con
+
+
+@contextmanager
+def _read(con: sqlite3.Connection) -> Iterator[None]:
+    """One read transaction around the statements of a call."""
+    con.execute("BEGIN")
+    try:
+        yield
+    finally:
+        con.execute("COMMIT")

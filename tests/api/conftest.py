@@ -66,15 +66,20 @@ class FakeBackend:
         return {"reloaded": True}
 
 
-def make_config(state_dir: Path, sock: Path, group: str = "daemon") -> Config:
-    """Two monitors, one monthly quota billed from the 15th, Paris time."""
+def make_config(
+    state_dir: Path,
+    sock: Path,
+    group: str = "daemon",
+    monitors: tuple[MonitorSpec, ...] = (MonitorSpec("input"), MonitorSpec("output")),
+) -> Config:
+    """Two monitors (by default), one monthly quota billed from the 15th, Paris time."""
     return Config(
         path=state_dir / "trafmetux.toml",
         state_dir=state_dir,
         socket=sock,
         socket_group=group,
         timezone="Europe/Paris",
-        monitors=(MonitorSpec("input"), MonitorSpec("output")),
+        monitors=monitors,
         quotas=(QuotaSpec("mobile", ("input", "output"), limit=3 * GIB, start_day=15),),
     )
 
@@ -125,11 +130,18 @@ def public_dir() -> Iterator[Path]:
 
 
 def serve(
-    public_dir: Path, max_clients: int = 64, idle_timeout: float = 5.0, group: str = "daemon"
+    public_dir: Path,
+    max_clients: int = 64,
+    idle_timeout: float = 5.0,
+    group: str = "daemon",
+    monitors: tuple[MonitorSpec, ...] | None = None,
 ) -> Iterator[Running]:
     """Start the real server on a socket in public_dir; close it afterwards."""
     sock = public_dir / "trafmetuxd.sock"
-    backend = FakeBackend(make_config(public_dir / "state", sock, group))
+    config = make_config(public_dir / "state", sock, group)
+    if monitors is not None:
+        config = make_config(public_dir / "state", sock, group, monitors)
+    backend = FakeBackend(config)
     (public_dir / "state").mkdir()
     loops = LoopThread()
     handlers = Handlers(Reports(backend, clock=lambda: float(NOW))).table()

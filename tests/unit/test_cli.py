@@ -350,3 +350,50 @@ def test_show_hosts_prints_one_classic_line_per_host_and_sends_the_range(
                             "end": "2026-10-26", "limit": 5, "sort": "in"}  # fmt: skip
     assert run(fake, "--json", "show-hosts", "lan") == 0
     assert json.loads(capsys.readouterr().out) == hosts
+
+
+def test_show_hosts_per_period_prints_a_block_per_period_and_sends_the_periods(
+    fake: Fake, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def host(name: str, rx: int, tx: int) -> dict[str, object]:
+        return {"host": name, "in": rx, "out": tx, "in_packets": 1, "out_packets": 1}
+
+    result = {"monitor": "lan", "period": "day", "timezone": "Europe/Paris", "week_start": 0,
+              "begin": "2026-10-24T00:00:00+02:00", "end": "2026-10-26T00:00:00+01:00",
+              "periods": [
+                  {"label": "2026-10-24", "begin": "2026-10-24T00:00:00+02:00",
+                   "end": "2026-10-25T00:00:00+02:00", "count": 2,
+                   "hosts": [host("192.168.1.23", 2048, 1024), host("fd00:1::/64", 0, 512)]},
+                  {"label": "2026-10-25", "begin": "2026-10-25T00:00:00+02:00",
+                   "end": "2026-10-26T00:00:00+01:00", "count": 0, "hosts": []}]}  # fmt: skip
+    fake.replies["hosts"] = {"ok": True, "result": result}
+    assert run(fake, "show-hosts", "lan", "-t", "2", "--period", "day", "-f", "mon") == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "2026-10-24:",
+        "  192.168.1.23: [in= 2.00 KiB] [out= 1.00 KiB] [total= 3.00 KiB]",
+        "  fd00:1::/64: [in= 0 B] [out= 512 B] [total= 512 B]",
+        "2026-10-25:",
+        "  (none)",
+    ]
+    assert fake.seen[0] == {"v": 1, "cmd": "hosts", "monitor": "lan", "limit": 20,
+                            "sort": "total", "period": "day", "last": 2,
+                            "week_start": 0}  # fmt: skip
+    assert run(fake, "--json", "show-hosts", "lan", "--period", "day") == 0
+    assert json.loads(capsys.readouterr().out) == result
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("-t", "3"), "-t and -f apply to periods: give --period"),
+        (("-f", "mon"), "-t and -f apply to periods: give --period"),
+        (("--period", "day", "-t", "3", "-b", "2026-10-01"), "not -b and -t"),
+        (("--period", "minute"), "argument --period: invalid choice: 'minute'"),
+    ],
+)
+def test_show_hosts_period_usage_errors_send_nothing(
+    fake: Fake, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], message: str
+) -> None:
+    assert run(fake, "show-hosts", "lan", *argv) == 2
+    assert message in capsys.readouterr().err
+    assert fake.seen == []

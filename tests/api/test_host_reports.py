@@ -1,0 +1,135 @@
+"""Per-host reports over the real socket: hosts per period, one host's history, top hosts."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from conftest import NOW, Running, serve, write_store
+from test_reports import call, call_error
+
+from trafmetuxd.collector import Snapshot
+from trafmetuxd.reports import MAX_CELLS
+from trafmetuxd.spec import MonitorSpec
+
+PARIS = ZoneInfo("Europe/Paris")
+A = int(ipaddress.IPv4Address("10.0.0.2"))
+B = int(ipaddress.IPv4Address("10.0.0.3"))
+SIX = int(ipaddress.IPv6Address("fd00:1::"))
+HA, HB, H6 = (4, A, 32), (4, B, 32), (6, SIX, 64)
+LAN = MonitorSpec(
+    "lan",
+    hosts=(ipaddress.ip_network("10.0.0.0/24"), ipaddress.ip_network("fd00:1::/48")),
+    host_prefix_v6=64,
+)
+WIFI = MonitorSpec("wifi", hosts=(ipaddress.ip_network("10.0.0.0/30"),))
+PLAIN = MonitorSpec("plain")
+
+
+@pytest.fixture
+def lan(public_dir: Path) -> Iterator[Running]:
+    """The server with monitors lan (hosts 10.0.0.0/24, fd00:1::/48 by /64), wifi, plain."""
+    yield from serve(public_dir, monitors=(LAN, WIFI, PLAIN))
+
+
+def db(running: Running) -> Path:
+    return running.path.parent / "state" / "trafmetux.sqlite3"
+
+
+def minute(y: int, m: int, d: int, hh: int, mm: int = 5, fold: int = 0) -> int:
+    """A local Paris minute as a UTC minute number."""
+    return int(datetime(y, m, d, hh, mm, tzinfo=PARIS, fold=fold).timestamp()) // 60
+
+
+def hosts_snapshot(hosts: dict[tuple[int, ...], dict[int, list[int]]]) -> Snapshot:
+    """A flush of per-host rows whose monitor totals are their sums."""
+    totals: dict[int, list[int]] = {}
+    for per_minute in hosts.values():
+        for m, row in per_minute.items():
+            acc = totals.setdefault(m, [0, 0, 0, 0])
+            for i in range(4):
+                acc[i] += row[i]
+    return Snapshot(totals, {}, 0, hosts)
+
+
+def named(hosts: list[dict[str, object]]) -> list[tuple[object, object, object]]:
+    return [(h["host"], h["in"], h["out"]) for h in hosts]
+
+
+def test_hosts_per_day_rank_each_day_and_add_the_unflushed_minutes(lan: Running) -> None:
+    today = datetime.fromtimestamp(NOW, PARIS)
+    y, m, d = today.year, today.month, today.day
+    write_store(db(lan), NOW - 600, [("lan", hosts_snapshot({
+        HA: {minute(y, m, d - 2, 10): [100, 1, 10, 1], minute(y, m, d - 1, 23, 59): [5, 1, 0, 0]},
+        HB: {minute(y, m, d - 2, 11): [900, 3, 0, 0]},
+    }))])  # fmt: skip
+    lan.backend.pending_hosts = {"lan": {H6: {NOW // 60: [0, 0, 70, 1]},
+                                         HA: {NOW // 60: [1, 1, 1, 1]}}}  # fmt: skip
+    result = call(lan.path, cmd="hosts", monitor="lan", period="day", last=3)
+    periods = result["periods"]
+    assert isinstance(periods, list)
+    labels = [f"{today.replace(day=d - i):%Y-%m-%d}" for i in (2, 1, 0)]
+    assert [p["label"] for p in periods] == labels
+    assert [named(p["hosts"]) for p in periods] == [
+        [("10.0.0.3", 900, 0), ("10.0.0.2", 100, 10)],
+        [("10.0.0.2", 5, 0)],
+        [("fd00:1::/64", 0, 70), ("10.0.0.2", 1, 1)],
+    ]
+    assert [p["count"] for p in periods] == [2, 1, 2]
+    assert result["period"] == "day" and result["timezone"] == "Europe/Paris"
+    first = datetime.fromisoformat(periods[0]["begin"])
+    # the first day is the 24th, still at +02:00: each period's local midnight with its offset
+    assert first == datetime(y, m, d - 2, tzinfo=PARIS)
+    assert first.utcoffset() != today.utcoffset()
+    assert result["begin"] == periods[0]["begin"] and result["end"] == periods[-1]["end"]
+    one = call(lan.path, cmd="hosts", monitor="lan", period="day", last=3, limit=1, sort="out")
+    assert [named(p["hosts"]) for p in one["periods"]] == [  # type: ignore[attr-defined]
+        [("10.0.0.2", 100, 10)], [("10.0.0.2", 5, 0)], [("fd00:1::/64", 0, 70)],
+    ]  # fmt: skip
+
+
+def test_hosts_per_hour_on_the_dst_day_show_the_repeated_hour_twice(lan: Running) -> None:
+    # 2026-10-25, Paris: 02:00-03:00 happens at +02:00, then again at +01:00
+    write_store(db(lan), NOW - 600, [("lan", hosts_snapshot({
+        HA: {minute(2026, 10, 25, 2, 10): [1000, 1, 0, 0],
+             minute(2026, 10, 25, 2, 10, fold=1): [0, 0, 30, 1]},
+        HB: {minute(2026, 10, 25, 3, 0): [7, 1, 0, 0]},
+    }))])  # fmt: skip
+    hours = call(lan.path, cmd="hosts", monitor="lan", period="hour", begin="2026-10-25 01:00",
+                 end="2026-10-25 04:00")["periods"]  # fmt: skip
+    assert [(p["label"], named(p["hosts"])) for p in hours] == [  # type: ignore[attr-defined]
+        ("2026-10-25 01:00-02:00", []),
+        ("2026-10-25 02:00-03:00 +02:00", [("10.0.0.2", 1000, 0)]),
+        ("2026-10-25 02:00-03:00 +01:00", [("10.0.0.2", 0, 30)]),
+        ("2026-10-25 03:00-04:00", [("10.0.0.3", 7, 0)]),
+    ]
+    (day,) = call(lan.path, cmd="hosts", monitor="lan", period="day", last=1,
+                  end="2026-10-26")["periods"]  # type: ignore[misc]  # fmt: skip
+    begin, end = (datetime.fromisoformat(day[k]).timestamp() for k in ("begin", "end"))
+    assert end - begin == 25 * 3600
+    assert named(day["hosts"]) == [("10.0.0.2", 1000, 30), ("10.0.0.3", 7, 0)]
+
+
+@pytest.mark.parametrize(
+    ("request_args", "message"),
+    [
+        ({"period": "minute"}, "hosts: bad value for 'period': expected one of hour, day, week"),
+        ({"last": 3}, "hosts: 'last' counts periods: give 'period'"),
+        ({"period": "day", "last": 3, "begin": "2026-10-01"}, "not begin and last"),
+        ({"period": "hour", "last": 30_000}, "last = 30000: at most 20000 periods per report"),
+        ({"period": "hour", "begin": "2020-01-01"}, "begin .. end: at most 20000 periods"),
+        ({"period": "day", "begin": "2026-13-01"}, "begin: bad time '2026-13-01'"),
+        ({"period": "hour", "last": 5001, "limit": 10},
+         f"5001 periods x 10 hosts: at most {MAX_CELLS} host lines per report"),
+        ({"period": "week", "week_start": 7}, "hosts: bad value for 'week_start'"),
+    ],
+)  # fmt: skip
+def test_bad_host_period_requests_name_the_field_and_value(
+    lan: Running, request_args: dict[str, object], message: str
+) -> None:
+    error = call_error(lan.path, cmd="hosts", monitor="lan", **request_args)
+    assert error["code"] == "bad_argument" and message in error["message"], error
