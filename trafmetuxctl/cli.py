@@ -237,6 +237,9 @@ def _show_args(s: argparse.ArgumentParser, period: str) -> None:
                    help="first period: the one holding TIME (not with -t)")  # fmt: skip
     s.add_argument("-e", "--end", type=end_time, metavar="TIME",
                    help="end of the range (default: now); a date includes its day")  # fmt: skip
+    s.add_argument("--host", metavar="ADDR",
+                   help="one host's traffic (an address, an IPv6 group such as fd00:1::/64, "
+                   "or 'other'), in the monitors with `hosts` that count it")  # fmt: skip
     s.add_argument("monitors", nargs="*", metavar="MONITOR", help="default: all")
     s.set_defaults(period=period)
 
@@ -279,6 +282,7 @@ def _show(c: Client, a: argparse.Namespace) -> int:
         end=a.end,
         monitors=a.monitors or None,
         week_start=a.week_start,
+        host=a.host,
     )
     if a.json:
         _dump(result)

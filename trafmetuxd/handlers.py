@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from trafmetuxd import metrics
+from trafmetuxd.addresses import host_text
 from trafmetuxd.hostreports import HostReports
 from trafmetuxd.periods import Calendar, check_instant, parse_local, resolve_zone
 from trafmetuxd.protocol import BAD_ARGUMENT, NOT_FOUND, VERSION, ProtocolError
@@ -102,7 +103,15 @@ class Handlers:
             message = "'last' counts back from 'end' (or now): give begin and end, or last"
             raise ProtocolError(BAD_ARGUMENT, f"report: {message}, not begin and last")
         kind, last = args["period"], args.get("last")
-        return await self.reports.report(cal, names, kind, last, begin, end, self.reports.now())
+        host = args.get("host")
+        if host is None:
+            return await self.reports.report(cal, names, kind, last, begin, end, self.reports.now())
+        # one host's history: the monitors asked for, else every monitor counting that host
+        keys = self.host_reports.keys(names if args.get("monitors") else None, host)
+        source = self.host_reports.series(keys)
+        now = self.reports.now()
+        result = await self.reports.report(cal, list(keys), kind, last, begin, end, now, source)
+        return {**result, "host": host, "hosts": {n: host_text(k) for n, k in keys.items()}}
 
     async def flows(self, args: Mapping[str, Any]) -> object:
         """A monitor's flow positions over a range, largest first."""

@@ -1,17 +1,22 @@
-"""Per-host figures: a monitor's hosts per period."""
+"""Per-host figures: a monitor's hosts per period, one host's history, the top hosts."""
 
 from __future__ import annotations
 
 import asyncio
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from itertools import pairwise
 
 from trafmetuxd import query
 from trafmetuxd.addresses import host_text
+from trafmetuxd.collector import HostKey
+from trafmetuxd.hostaddr import host_key, parse_host
 from trafmetuxd.periods import Calendar
 from trafmetuxd.protocol import BAD_ARGUMENT, ProtocolError
-from trafmetuxd.reports import MAX_CELLS, Reports, _host_dict, _host_rank, _periods
+from trafmetuxd.reports import MAX_CELLS, Reports, SumsSource, _host_dict, _host_rank, _periods
+
+SECONDS = {"minute": 60, "quarter": 900}  # the units a report's grain reads
 
 
 def check_host_cells(periods: int, limit: int) -> None:
@@ -36,6 +41,36 @@ class HostReports:
     def __init__(self, reports: Reports) -> None:
         self.reports = reports
         self.backend = reports.backend
+
+    def keys(self, wanted: Sequence[str] | None, text: str) -> dict[str, HostKey]:
+        """Each monitor's host that `text` names: of the monitors wanted, else all counting it.
+
+        wanted holds known monitor names; a bad value gets bad_argument naming it (and the
+        monitor that cannot count it).
+        """
+        try:
+            asked = parse_host(text)
+        except ValueError as exc:
+            raise ProtocolError(BAD_ARGUMENT, f"host: {exc}") from None
+        specs = {m.name: m for m in self.backend.config.monitors}
+        if wanted:
+            out = {}
+            for name in wanted:
+                try:
+                    out[name] = host_key(specs[name], asked)
+                except ValueError as exc:
+                    message = f"host {text!r} in monitor {name!r}: {exc}"
+                    raise ProtocolError(BAD_ARGUMENT, message) from None
+            return out
+        found = {}
+        for spec in specs.values():
+            with suppress(ValueError):
+                found[spec.name] = host_key(spec, asked)
+        if not found:
+            with_hosts = ", ".join(n for n, s in specs.items() if s.hosts) or "none"
+            message = f"host {text!r}: no monitor counts it (monitors with `hosts`: {with_hosts})"
+            raise ProtocolError(BAD_ARGUMENT, message)
+        return found
 
     async def quarter_sums(self, name: str, edges: Sequence[int], now: int) -> list[query.HostSums]:
         """A monitor's hosts over the UTC quarters [edges[i], edges[i + 1]): stored + unflushed."""
@@ -90,3 +125,28 @@ class HostReports:
             "end": bounds[-1],
             "periods": rows,
         }
+
+    def series(self, hosts: Mapping[str, HostKey]) -> SumsSource:
+        """A report's figures for one host per monitor: its [in, out] bytes per period."""
+
+        async def sums(names: Sequence[str], bounds: Sequence[int], grain: str) -> query.Sums:
+            seconds = SECONDS[grain]
+            ranges = list(pairwise([-(-b // seconds) for b in bounds]))
+            backend = self.backend
+            db = backend.config.database
+            await backend.refresh()  # the capture workers' counts up to this request
+            stored: dict[str, list[list[int]]] = {}
+            async with backend.flush_lock:
+                for name in names:
+                    text = host_text(hosts[name])
+                    stored[name] = await asyncio.to_thread(
+                        query.host_series, db, name, text, ranges, grain
+                    )
+                pending = {n: backend.unflushed_hosts(n).get(hosts[n], {}) for n in names}
+            result = {n: [[row[0], row[2]] for row in stored[n]] for n in names}
+            for name, per_minute in pending.items():
+                for minute, (rx, _, tx, _) in per_minute.items():
+                    query.add_to_bucket(result[name], bounds, minute * 60, rx, tx)
+            return result
+
+        return sums

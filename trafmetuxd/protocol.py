@@ -133,6 +133,7 @@ COMMANDS: Mapping[str, Command] = {
             "monitors": _is_names,
             "week_start": _is_int(0, 6),
             "split": _is_bool,
+            "host": _is_str,
             **_RANGE,
         },
         required=("period",),

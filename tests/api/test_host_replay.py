@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from scapy.all import IP, TCP, UDP, Ether, IPv6, Raw, wrpcap
 
+from trafmetuxctl.cli import main
 from trafmetuxd import protocol
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -157,3 +158,30 @@ def test_hosts_per_day_equal_the_captures_sums(served: Served) -> None:
         assert got == want
         totals = [h["in"] + h["out"] for h in period["hosts"]]
         assert totals == sorted(totals, reverse=True)
+
+
+def test_one_hosts_daily_history_equals_its_show_hosts_figures(served: Served) -> None:
+    for host, _ in HOSTS:
+        rows = served.result("report", period="day", begin="2026-11-23", end="2026-11-26",
+                             host=host, monitors=["lan"])["rows"]  # fmt: skip
+        assert isinstance(rows, list)
+        want = [served.expected[date(2026, 11, 23 + i)].get(host, [0, 0]) for i in range(DAYS)]
+        assert [r["values"]["lan"] for r in rows] == want
+
+
+def test_the_client_prints_a_hosts_hourly_history_and_refuses_a_stranger(
+    served: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--socket", str(served.sock), "show-hourly", "-b", "2026-11-24 08:00", "-e",
+            "2026-11-24 10:00", "-u", "B", "--host", "192.168.190.21"]  # fmt: skip
+    assert main(argv) == 0
+    # HOSTS[1] on day 1: down 20 + 8 + 800 (+ 17 an hour) bytes of DNS, up 80 bytes to :443
+    assert capsys.readouterr().out.splitlines() == [
+        "2026-11-24 08:00-09:00: [lan= 908 B] [web= 80 B]",
+        "2026-11-24 09:00-10:00: [lan= 925 B] [web= 80 B]",
+    ]
+    assert main([*argv[:-1], "10.9.9.9"]) == 2
+    assert capsys.readouterr().err == (
+        "trafmetuxctl: host '10.9.9.9': no monitor counts it (monitors with `hosts`: lan, web)"
+        " (bad_argument)\n"
+    )

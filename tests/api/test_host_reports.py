@@ -133,3 +133,89 @@ def test_bad_host_period_requests_name_the_field_and_value(
 ) -> None:
     error = call_error(lan.path, cmd="hosts", monitor="lan", **request_args)
     assert error["code"] == "bad_argument" and message in error["message"], error
+
+
+def test_one_hosts_history_in_the_daily_report(lan: Running) -> None:
+    today = datetime.fromtimestamp(NOW, PARIS)
+    y, m, d = today.year, today.month, today.day
+    write_store(db(lan), NOW - 600, [("lan", hosts_snapshot({
+        HA: {minute(y, m, d - 1, 9): [100, 1, 10, 1]},
+        HB: {minute(y, m, d - 1, 9): [900, 3, 0, 0]},
+        H6: {minute(y, m, d - 2, 9): [40, 1, 4, 1]},
+    }))])  # fmt: skip
+    lan.backend.pending_hosts = {"lan": {HA: {NOW // 60: [1, 1, 2, 1]}}}
+    result = call(lan.path, cmd="report", period="day", last=3, monitors=["lan"], host="10.0.0.2")
+    assert [r["values"] for r in result["rows"]] == [  # type: ignore[attr-defined]
+        {"lan": [0, 0]}, {"lan": [100, 10]}, {"lan": [1, 2]},
+    ]  # fmt: skip
+    assert result["host"] == "10.0.0.2" and result["hosts"] == {"lan": "10.0.0.2"}
+    # an address of a grouped IPv6 prefix reads as its group, in the one monitor counting it
+    six = call(lan.path, cmd="report", period="day", last=3, host="fd00:1::dead:beef")
+    assert six["monitors"] == ["lan"] and six["hosts"] == {"lan": "fd00:1::/64"}
+    assert [r["values"]["lan"] for r in six["rows"]] == [[40, 4], [0, 0], [0, 0]]  # type: ignore[index]
+    group = call(lan.path, cmd="report", period="day", last=3, host="fd00:1::/64")
+    assert group["rows"] == six["rows"]
+
+
+def test_a_hosts_history_defaults_to_every_monitor_counting_it(lan: Running) -> None:
+    write_store(db(lan), NOW - 600, [
+        ("lan", hosts_snapshot({HA: {NOW // 60 - 30: [100, 1, 10, 1]}})),
+        ("wifi", hosts_snapshot({HA: {NOW // 60 - 30: [60, 1, 6, 1]}})),
+    ])  # fmt: skip
+    result = call(lan.path, cmd="report", period="hour", last=1, host="10.0.0.2")
+    assert result["monitors"] == ["lan", "wifi"]
+    assert result["rows"][0]["values"] == {"lan": [100, 10], "wifi": [60, 6]}  # type: ignore[index]
+    only_lan = call(lan.path, cmd="report", period="hour", last=1, host="10.0.0.9")
+    assert only_lan["monitors"] == ["lan"]
+
+
+def test_a_hosts_history_in_minutes_months_and_the_total(lan: Running) -> None:
+    write_store(db(lan), NOW - 600, [("lan", hosts_snapshot({
+        HA: {NOW // 60 - 2: [3, 1, 4, 1], NOW // 60 - 50 * 1440: [10, 1, 20, 1]},
+        HB: {NOW // 60 - 2: [500, 1, 0, 0]},
+    }))])  # fmt: skip
+    minutes = call(
+        lan.path, cmd="report", period="minute", last=3, monitors=["lan"], host="10.0.0.2"
+    )
+    assert [r["values"]["lan"] for r in minutes["rows"]] == [[3, 4], [0, 0], [0, 0]]  # type: ignore[index]
+    months = call(lan.path, cmd="report", period="month", last=3, monitors=["lan"], host="10.0.0.2")
+    # August, September (50 days back), October
+    assert [r["values"]["lan"] for r in months["rows"]] == [[0, 0], [10, 20], [3, 4]]  # type: ignore[index]
+    (total,) = call(lan.path, cmd="report", period="total", monitors=["lan"],
+                    host="10.0.0.2")["rows"]  # type: ignore[misc]  # fmt: skip
+    assert total["values"] == {"lan": [13, 24]}
+
+
+@pytest.mark.parametrize(
+    ("request_args", "message"),
+    [
+        ({"host": "10.0.0.300"}, "host: '10.0.0.300' is not an address, an IPv6 prefix"),
+        ({"host": "10.0.0.1/33"}, "host: '10.0.0.1/33' is not an address"),
+        ({"host": "fd00:1::5/64"}, "host: 'fd00:1::5/64' is not an address"),
+        ({"host": "192.168.1.1", "monitors": ["lan"]},
+         "host '192.168.1.1' in monitor 'lan': it lies outside the monitor's hosts "
+         "(10.0.0.0/24, fd00:1::/48)"),
+        ({"host": "10.0.0.2", "monitors": ["plain"]},
+         "host '10.0.0.2' in monitor 'plain': the monitor has no `hosts`"),
+        ({"host": "fd00:1::/56", "monitors": ["lan"]},
+         "host 'fd00:1::/56' in monitor 'lan': its IPv6 hosts are /64 groups, not /56 prefixes"),
+        ({"host": "10.0.0.0/30", "monitors": ["wifi"]},
+         "host '10.0.0.0/30' in monitor 'wifi': its IPv4 hosts are addresses, not /30"),
+        ({"host": "192.168.1.1"},
+         "host '192.168.1.1': no monitor counts it (monitors with `hosts`: lan, wifi)"),
+        ({"host": ""}, "report: bad value for 'host': expected a string of 1..256"),
+    ],
+)  # fmt: skip
+def test_bad_host_in_a_report_names_the_monitor_and_the_address(
+    lan: Running, request_args: dict[str, object], message: str
+) -> None:
+    error = call_error(lan.path, cmd="report", period="day", **request_args)
+    assert error["code"] == "bad_argument" and error["message"].startswith(message), error
+
+
+def test_a_host_of_no_monitor_with_hosts_names_none(public_dir: Path) -> None:
+    for running in serve(public_dir, monitors=(PLAIN,)):
+        error = call_error(running.path, cmd="report", period="day", host="10.0.0.2")
+        assert error["message"] == (
+            "host '10.0.0.2': no monitor counts it (monitors with `hosts`: none)"
+        )

@@ -397,3 +397,9 @@ def test_show_hosts_period_usage_errors_send_nothing(
     assert run(fake, "show-hosts", "lan", *argv) == 2
     assert message in capsys.readouterr().err
     assert fake.seen == []
+
+
+def test_show_daily_with_host_sends_it(fake: Fake, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(fake, "show-daily", "-t", "2", "--host", "fd00:1::5", "lan") == 0
+    assert fake.seen[0] == {"v": 1, "cmd": "report", "period": "day", "last": 2,
+                            "monitors": ["lan"], "host": "fd00:1::5"}  # fmt: skip
