@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first day of the week (default: the daemon's week_start)")  # fmt: skip
     _unit_arg(s)
     s = add("top", help="top clients, servers or ports", description=_TOP_TEXT, epilog=TIMES)
-    s.add_argument("--by", choices=("client", "server", "port"), default="client",
+    s.add_argument("--by", choices=("client", "server", "port", "host"), default="client",
                    help="what to rank (default: %(default)s)")  # fmt: skip
     s.add_argument("monitors", nargs="*", metavar="MONITOR", help="default: all")
     _range_args(s, 10, MAX_TOP, "entries")
@@ -213,7 +213,9 @@ _HOSTS_TEXT = (
 )
 _TOP_TEXT = (
     "Top clients, servers or server ports by bytes, over the last 24 hours. Over several "
-    "monitors a flow counts once (the largest figure any of them has), never once per monitor."
+    "monitors a flow counts once (the largest figure any of them has), never once per monitor. "
+    "--by host ranks the hosts of one monitor with `hosts` (the only one by default) by the "
+    "figures of show-hosts (in + out)."
 )
 _CHECK_TEXT = "One status line with perfdata; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."
 

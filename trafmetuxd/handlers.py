@@ -127,6 +127,9 @@ class Handlers:
         names = self.monitor_names(args.get("monitors"))
         begin, end = self._range(args, cal)
         by, limit = args.get("by", "client"), args.get("limit", 10)
+        if by == "host":
+            name = self.host_reports.host_monitor(args.get("monitors") and names)
+            return await self.host_reports.top(name, begin, end, limit, self.reports.now())
         return await self.reports.top(names, begin, end, by, limit, self.reports.now())
 
     async def hosts(self, args: Mapping[str, Any]) -> object:

@@ -29,10 +29,14 @@ def check_host_cells(periods: int, limit: int) -> None:
         )
 
 
-def ranked(sums: query.HostSums, sort: str, limit: int) -> list[dict[str, object]]:
+def largest(sums: query.HostSums, sort: str, limit: int) -> list[tuple[str, list[int]]]:
     """The hosts largest first by `sort` (ties by name), at most `limit` of them."""
-    order = sorted(sums.items(), key=lambda kv: (-_host_rank(sort, kv[1]), kv[0]))
-    return [_host_dict(h, row) for h, row in order[:limit]]
+    return sorted(sums.items(), key=lambda kv: (-_host_rank(sort, kv[1]), kv[0]))[:limit]
+
+
+def ranked(sums: query.HostSums, sort: str, limit: int) -> list[dict[str, object]]:
+    """The hosts largest first as the hosts command sends them."""
+    return [_host_dict(h, row) for h, row in largest(sums, sort, limit)]
 
 
 class HostReports:
@@ -71,6 +75,37 @@ class HostReports:
             message = f"host {text!r}: no monitor counts it (monitors with `hosts`: {with_hosts})"
             raise ProtocolError(BAD_ARGUMENT, message)
         return found
+
+    def host_monitor(self, wanted: Sequence[str] | None) -> str:
+        """The one monitor whose hosts `top` ranks: the one asked for, or the only with hosts."""
+        specs = self.backend.config.monitors
+        if wanted:
+            names = list(wanted)
+            without = [n for n in names if not any(m.name == n and m.hosts for m in specs)]
+            if without:
+                message = f"top by host: monitor {without[0]!r} has no `hosts`"
+                raise ProtocolError(BAD_ARGUMENT, message)
+        else:
+            names = [m.name for m in specs if m.hosts]
+        if len(names) != 1:
+            choice = ", ".join(names) or "none has `hosts`"
+            message = f"top by host ranks the hosts of one monitor: name one ({choice})"
+            raise ProtocolError(BAD_ARGUMENT, message)
+        return names[0]
+
+    async def top(self, name: str, begin: int, end: int, limit: int, now: int) -> dict[str, object]:
+        """A monitor's largest hosts by total bytes, the figures of show-hosts, as top entries."""
+        first, stop = begin // 900, -(-end // 900)  # widened to whole quarters, as hosts does
+        (sums,) = await self.quarter_sums(name, [first, stop], now)
+        return {
+            "by": "host",
+            "monitors": [name],
+            "begin": first * 900,
+            "end": stop * 900,
+            "entries": [
+                {"key": h, "bytes": row[0] + row[2]} for h, row in largest(sums, "total", limit)
+            ],
+        }
 
     async def quarter_sums(self, name: str, edges: Sequence[int], now: int) -> list[query.HostSums]:
         """A monitor's hosts over the UTC quarters [edges[i], edges[i + 1]): stored + unflushed."""

@@ -39,7 +39,7 @@ READ = "read"
 ADMIN = "admin"
 
 PERIODS = ("minute", "hour", "day", "week", "month", "year", "total")
-TOP_KEYS = ("client", "server", "port")
+TOP_KEYS = ("client", "server", "port", "host")
 
 
 class ProtocolError(Exception):

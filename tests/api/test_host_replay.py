@@ -185,3 +185,21 @@ def test_the_client_prints_a_hosts_hourly_history_and_refuses_a_stranger(
         "trafmetuxctl: host '10.9.9.9': no monitor counts it (monitors with `hosts`: lan, web)"
         " (bad_argument)\n"
     )
+
+
+def test_top_by_host_equals_the_captures_sums(
+    served: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
+    top = served.result("top", by="host", monitors=["lan"], begin="2026-11-23",
+                        end="2026-11-26")  # fmt: skip
+    want: dict[str, int] = {}
+    for per in served.expected.values():
+        for host, (rx, tx) in per.items():
+            want[host] = want.get(host, 0) + rx + tx
+    assert top["entries"] == [
+        {"key": h, "bytes": b} for h, b in sorted(want.items(), key=lambda kv: -kv[1])
+    ]
+    argv = ["--socket", str(served.sock), "top", "--by", "host", "--since", "2026-11-23",
+            "--until", "2026-11-25", "-u", "B", "-n", "1", "lan"]  # fmt: skip
+    assert main(argv) == 0
+    assert capsys.readouterr().out == f"{max(want.values()):>12} B  fd00:190:0:1::/64\n"

@@ -219,3 +219,45 @@ def test_a_host_of_no_monitor_with_hosts_names_none(public_dir: Path) -> None:
         assert error["message"] == (
             "host '10.0.0.2': no monitor counts it (monitors with `hosts`: none)"
         )
+
+
+def test_top_by_host_ranks_by_the_figures_of_show_hosts(lan: Running) -> None:
+    write_store(db(lan), NOW - 600, [("lan", hosts_snapshot({
+        HA: {NOW // 60 - 90: [1000, 1, 100, 1]},
+        HB: {NOW // 60 - 90: [2000, 2, 0, 0]},
+    }))])  # fmt: skip
+    lan.backend.pending_hosts = {"lan": {H6: {NOW // 60: [0, 0, 4000, 2]}}}
+    top = call(lan.path, cmd="top", by="host", monitors=["lan"], limit=2)
+    assert top["entries"] == [{"key": "fd00:1::/64", "bytes": 4000},
+                              {"key": "10.0.0.3", "bytes": 2000}]  # fmt: skip
+    hosts = call(lan.path, cmd="hosts", monitor="lan", limit=2)
+    assert [(h["host"], h["in"] + h["out"]) for h in hosts["hosts"]] == [  # type: ignore[attr-defined]
+        (e["key"], e["bytes"])
+        for e in top["entries"]  # type: ignore[attr-defined]
+    ]
+    assert (top["by"], top["monitors"]) == ("host", ["lan"])
+    assert top["begin"] % 900 == 0 and top["end"] % 900 == 0  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("request_args", "message"),
+    [
+        ({}, "top by host ranks the hosts of one monitor: name one (lan, wifi)"),
+        ({"monitors": ["lan", "wifi"]}, "top by host ranks the hosts of one monitor: name one"),
+        ({"monitors": ["plain"]}, "top by host: monitor 'plain' has no `hosts`"),
+        ({"monitors": ["lan"], "limit": 0}, "top: bad value for 'limit'"),
+    ],
+)
+def test_top_by_host_needs_one_monitor_with_hosts(
+    lan: Running, request_args: dict[str, object], message: str
+) -> None:
+    error = call_error(lan.path, cmd="top", by="host", **request_args)
+    assert error["code"] == "bad_argument" and error["message"].startswith(message), error
+
+
+def test_top_by_host_takes_the_only_monitor_with_hosts(public_dir: Path) -> None:
+    for running in serve(public_dir, monitors=(PLAIN, LAN)):
+        write_store(db(running), NOW - 600, [("lan", hosts_snapshot({
+            HA: {NOW // 60 - 90: [10, 1, 1, 1]}}))])  # fmt: skip
+        top = call(running.path, cmd="top", by="host")
+        assert top["monitors"] == ["lan"] and top["entries"] == [{"key": "10.0.0.2", "bytes": 11}]
