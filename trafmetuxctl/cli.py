@@ -183,7 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what to rank (default: %(default)s)")  # fmt: skip
     s.add_argument("monitors", nargs="*", metavar="MONITOR", help="default: all")
     _range_args(s, 10, MAX_TOP, "entries")
-    s = add("live", help="current rates per monitor", description="Bytes per second, in and out.")
+    s = add("live", help="current rates per monitor", description=_LIVE_TEXT)
+    s.add_argument("--hosts", metavar="MONITOR",
+                   help="rates per host of this monitor (with `hosts`), largest first")  # fmt: skip
+    s.add_argument("-n", type=counted(MAX_FLOWS), default=None,
+                   help="with --hosts: how many hosts (default: 20)")  # fmt: skip
     s.add_argument("--once", action="store_true", help="one sample, then exit")
     s.add_argument("-i", "--interval", type=float, default=1.0,
                    help="seconds between samples (default: %(default)s)")  # fmt: skip
@@ -216,6 +220,10 @@ _TOP_TEXT = (
     "monitors a flow counts once (the largest figure any of them has), never once per monitor. "
     "--by host ranks the hosts of one monitor with `hosts` (the only one by default) by the "
     "figures of show-hosts (in + out)."
+)
+_LIVE_TEXT = (
+    "Bytes per second, in and out, over the last few seconds. --hosts MONITOR: per host of "
+    "that monitor, largest first (in = to the host, out = from it), counted with its totals."
 )
 _CHECK_TEXT = "One status line with perfdata; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."
 
@@ -342,12 +350,13 @@ def _live(c: Client, a: argparse.Namespace) -> int:
     tty = sys.stdout.isatty() and not a.json
     try:
         while True:
-            result = c.call("live", monitors=a.monitors or None)
+            result = c.call("live", monitors=a.monitors or None, hosts=a.hosts, limit=a.n)
             if a.json:
                 _dump(result)
             else:
                 _print(["\033[H\033[J" * tty + time.strftime("%H:%M:%S")])
-                _print(report.live_lines(result, a.unit))
+                lines = report.live_host_lines if a.hosts else report.live_lines
+                _print(lines(result, a.unit))
             if a.once:
                 return EXIT_OK
             sys.stdout.flush()
@@ -432,6 +441,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     a = build_parser().parse_args(argv)
     if a.command in SHOW:
         _check_show(a)
+    elif a.command == "live" and a.hosts is None and a.n is not None:
+        raise UsageError("", "trafmetuxctl live: error: -n counts hosts: give --hosts")
+    elif a.command == "live" and a.hosts is not None and a.monitors:
+        raise UsageError("", "trafmetuxctl live: error: give MONITOR... or --hosts, not both")
     elif a.command == "show-hosts":
         _check_hosts(a)
     return a

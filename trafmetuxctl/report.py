@@ -98,6 +98,15 @@ def live_lines(result: Mapping[str, Any], unit: str = "auto") -> list[str]:
     ]
 
 
+def live_host_lines(result: Mapping[str, Any], unit: str = "auto") -> list[str]:
+    """'192.168.1.23: in= 1.00 KiB/s out= 0 B/s' per host, largest first; '(none)' if idle."""
+    lines = [
+        f"{h['host']}: in= {format_rate(h['in'], unit)} out= {format_rate(h['out'], unit)}"
+        for h in result["hosts"]
+    ]
+    return lines or ["(none)"]
+
+
 def quota_summary(q: Mapping[str, Any], unit: str = "auto") -> str:
     """'mobile: used 1.20 GiB of 3.00 GiB (40.0%), 2026-11-01 - 2026-11-30, estimate ...'."""
     return (

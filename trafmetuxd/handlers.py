@@ -88,7 +88,11 @@ class Handlers:
         }
 
     async def live(self, args: Mapping[str, Any]) -> object:
-        """Current rates per monitor, bytes per second."""
+        """Current rates per monitor, bytes per second; with `hosts`, per host of one monitor."""
+        if args.get("hosts") is not None:
+            return self.host_reports.live(args)
+        if args.get("limit") is not None:
+            raise ProtocolError(BAD_ARGUMENT, "live: 'limit' counts hosts: give 'hosts'")
         names = self.monitor_names(args.get("monitors"))
         rates = self.backend.rates()
         return {"rates": {n: list(rates.get(n, (0.0, 0.0))) for n in names}}

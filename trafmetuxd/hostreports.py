@@ -1,4 +1,4 @@
-"""Per-host figures: a monitor's hosts per period, one host's history, the top hosts."""
+"""Per-host figures: hosts per period, one host's history, the top hosts, live host rates."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from itertools import pairwise
+from typing import Any
 
 from trafmetuxd import query
 from trafmetuxd.addresses import host_text
 from trafmetuxd.collector import HostKey
 from trafmetuxd.hostaddr import host_key, parse_host
 from trafmetuxd.periods import Calendar
-from trafmetuxd.protocol import BAD_ARGUMENT, ProtocolError
+from trafmetuxd.protocol import BAD_ARGUMENT, NOT_FOUND, ProtocolError
 from trafmetuxd.reports import MAX_CELLS, Reports, SumsSource, _host_dict, _host_rank, _periods
 
 SECONDS = {"minute": 60, "quarter": 900}  # the units a report's grain reads
@@ -104,6 +105,26 @@ class HostReports:
             "end": stop * 900,
             "entries": [
                 {"key": h, "bytes": row[0] + row[2]} for h, row in largest(sums, "total", limit)
+            ],
+        }
+
+    def live(self, args: Mapping[str, Any]) -> dict[str, object]:
+        """A monitor's hosts by current rate (args: hosts = the monitor, limit), largest first."""
+        name = args["hosts"]
+        spec = next((m for m in self.backend.config.monitors if m.name == name), None)
+        if spec is None:
+            raise ProtocolError(NOT_FOUND, f"no such monitor: {name}")
+        if args.get("monitors") is not None:
+            raise ProtocolError(BAD_ARGUMENT, "live: give 'monitors' or 'hosts', not both")
+        if not spec.hosts:
+            raise ProtocolError(BAD_ARGUMENT, f"live: monitor {name!r} has no `hosts`")
+        rates = self.backend.host_rates(name)
+        order = sorted(rates.items(), key=lambda kv: (-(kv[1][0] + kv[1][1]), kv[0]))
+        return {
+            "monitor": name,
+            "count": len(order),
+            "hosts": [
+                {"host": h, "in": rx, "out": tx} for h, (rx, tx) in order[: args.get("limit", 20)]
             ],
         }
 

@@ -158,7 +158,7 @@ COMMANDS: Mapping[str, Command] = {
         },
         ("monitor",),
     ),
-    "live": Command(READ, {"monitors": _is_names}),
+    "live": Command(READ, {"monitors": _is_names, "hosts": _is_str, "limit": _is_int(1, 100_000)}),
     "quota": Command(READ, {"name": _is_str}),
     "metrics": Command(READ),
     "flush": Command(ADMIN),

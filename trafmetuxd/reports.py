@@ -44,6 +44,9 @@ class Backend(Protocol):
     def rates(self) -> dict[str, tuple[float, float]]:
         """Monitor -> (in B/s, out B/s)."""
 
+    def host_rates(self, monitor: str) -> dict[str, tuple[float, float]]:
+        """A monitor's host text -> (in B/s, out B/s), the hosts that counted lately."""
+
     async def flush(self) -> dict[str, object]:
         """Flush now; returns what was written."""
 

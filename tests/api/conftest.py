@@ -36,6 +36,7 @@ class FakeBackend:
     pending_flows: dict[str, Flows] = field(default_factory=dict)
     pending_hosts: dict[str, Hosts] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
+    pending_host_rates: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
     refreshes: int = 0
 
     async def refresh(self) -> object:
@@ -56,6 +57,9 @@ class FakeBackend:
 
     def rates(self) -> dict[str, tuple[float, float]]:
         return {"input": (1536.0, 0.0), "output": (0.0, 2048.0)}
+
+    def host_rates(self, monitor: str) -> dict[str, tuple[float, float]]:
+        return self.pending_host_rates.get(monitor, {})
 
     async def flush(self) -> dict[str, object]:
         self.calls.append("flush")

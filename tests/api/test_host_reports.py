@@ -261,3 +261,37 @@ def test_top_by_host_takes_the_only_monitor_with_hosts(public_dir: Path) -> None
             HA: {NOW // 60 - 90: [10, 1, 1, 1]}}))])  # fmt: skip
         top = call(running.path, cmd="top", by="host")
         assert top["monitors"] == ["lan"] and top["entries"] == [{"key": "10.0.0.2", "bytes": 11}]
+
+
+def test_live_hosts_rank_the_current_rates_largest_first(lan: Running) -> None:
+    lan.backend.pending_host_rates = {"lan": {
+        "10.0.0.2": (100.0, 50.0), "fd00:1::/64": (0.0, 900.0), "10.0.0.3": (150.0, 0.0),
+    }}  # fmt: skip
+    result = call(lan.path, cmd="live", hosts="lan")
+    assert result == {"monitor": "lan", "count": 3, "hosts": [
+        {"host": "fd00:1::/64", "in": 0.0, "out": 900.0},
+        {"host": "10.0.0.2", "in": 100.0, "out": 50.0},
+        {"host": "10.0.0.3", "in": 150.0, "out": 0.0},
+    ]}  # fmt: skip
+    one = call(lan.path, cmd="live", hosts="lan", limit=1)
+    assert one["count"] == 3 and len(one["hosts"]) == 1  # type: ignore[arg-type]
+    assert call(lan.path, cmd="live", hosts="wifi") == {"monitor": "wifi", "count": 0, "hosts": []}
+
+
+@pytest.mark.parametrize(
+    ("request_args", "code", "message"),
+    [
+        ({"hosts": "plain"}, "bad_argument", "live: monitor 'plain' has no `hosts`"),
+        ({"hosts": "nope"}, "not_found", "no such monitor: nope"),
+        ({"hosts": "lan", "monitors": ["lan"]}, "bad_argument",
+         "live: give 'monitors' or 'hosts', not both"),
+        ({"limit": 3}, "bad_argument", "live: 'limit' counts hosts: give 'hosts'"),
+        ({"hosts": 7}, "bad_argument", "live: bad value for 'hosts': expected a string"),
+        ({"hosts": "lan", "limit": 0}, "bad_argument", "live: bad value for 'limit'"),
+    ],
+)  # fmt: skip
+def test_bad_live_hosts_requests_name_the_field_and_value(
+    lan: Running, request_args: dict[str, object], code: str, message: str
+) -> None:
+    error = call_error(lan.path, cmd="live", **request_args)
+    assert error["code"] == code and error["message"].startswith(message), error

@@ -403,3 +403,22 @@ def test_show_daily_with_host_sends_it(fake: Fake, capsys: pytest.CaptureFixture
     assert run(fake, "show-daily", "-t", "2", "--host", "fd00:1::5", "lan") == 0
     assert fake.seen[0] == {"v": 1, "cmd": "report", "period": "day", "last": 2,
                             "monitors": ["lan"], "host": "fd00:1::5"}  # fmt: skip
+
+
+def test_live_hosts_prints_one_rate_line_per_host(
+    fake: Fake, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.replies["live"] = {"ok": True, "result": {"monitor": "lan", "count": 2, "hosts": [
+        {"host": "192.168.1.23", "in": 2048.0, "out": 512.0},
+        {"host": "fd00:1::/64", "in": 0.0, "out": 100.0}]}}  # fmt: skip
+    assert run(fake, "live", "--once", "--hosts", "lan", "-n", "5") == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        "192.168.1.23: in= 2.00 KiB/s out= 512 B/s",
+        "fd00:1::/64: in= 0 B/s out= 100 B/s",
+    ]
+    assert fake.seen[0] == {"v": 1, "cmd": "live", "hosts": "lan", "limit": 5}
+    assert run(fake, "live", "--once", "-n", "5") == 2
+    assert "-n counts hosts: give --hosts" in capsys.readouterr().err
+    assert run(fake, "live", "--once", "--hosts", "lan", "wan") == 2
+    assert "give MONITOR... or --hosts, not both" in capsys.readouterr().err
+    assert len(fake.seen) == 1
