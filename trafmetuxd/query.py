@@ -314,18 +314,26 @@ def host_sums_over(db: Path, monitor: str, ranges: Sequence[tuple[int, int]]) ->
     with closing(con), _read(con):
         for sums, (first, end) in zip(out, ranges, strict=True):
             for table, lo, hi in split_quarters(first, end):
-                unit = TOTALS_UNITS[table]
-                sql = (
-                    "SELECT host, SUM(in_bytes), SUM(in_packets), SUM(out_bytes), "
-                    f"SUM(out_packets) FROM {_HOST_TABLES[table]} t "
-                    "JOIN monitor m ON m.id = t.monitor "
-                    f"WHERE m.name = ? AND t.{unit} >= ? AND t.{unit} < ? GROUP BY host"
-                )
-                for host, *row in con.execute(sql, (monitor, lo, hi)):
+                for host, *row in con.execute(host_range_sql(table), (monitor, lo, hi)):
                     acc = sums.setdefault(host, [0, 0, 0, 0])
                     for i in range(4):
                         acc[i] += int(row[i])
     return out
+
+
+def host_range_sql(table: str) -> str:
+    """A monitor's per-host sums over a range of one totals table's units (by its index).
+
+    "GROUP BY +host": grouping by the bare column would make SQLite walk the primary key
+    (monitor, host, unit) for its host order, reading every row the monitor ever stored; the
+    unary plus leaves it the (monitor, unit) index, which reads only the range (schema.py).
+    """
+    unit = TOTALS_UNITS[table]
+    return (
+        "SELECT host, SUM(in_bytes), SUM(in_packets), SUM(out_bytes), SUM(out_packets) "
+        f"FROM {_HOST_TABLES[table]} t JOIN monitor m ON m.id = t.monitor "
+        f"WHERE m.name = ? AND t.{unit} >= ? AND t.{unit} < ? GROUP BY +host"
+    )
 
 
 def host_series(
