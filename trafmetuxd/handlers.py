@@ -146,8 +146,10 @@ class Handlers:
         limit, sort = args.get("limit", 20), args.get("sort", "total")
         kind = args.get("period")
         if kind is None:
-            if args.get("last") is not None:
-                raise ProtocolError(BAD_ARGUMENT, "hosts: 'last' counts periods: give 'period'")
+            for field in ("last", "week_start"):
+                if args.get(field) is not None:
+                    message = f"hosts: {field!r} applies to periods: give 'period'"
+                    raise ProtocolError(BAD_ARGUMENT, message)
             begin, end = self._range(args, cal)
             result = await self.reports.hosts(name, begin, end, limit, sort, self.reports.now())
             return _local_times(result, cal)

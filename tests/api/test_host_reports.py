@@ -118,7 +118,8 @@ def test_hosts_per_hour_on_the_dst_day_show_the_repeated_hour_twice(lan: Running
     ("request_args", "message"),
     [
         ({"period": "minute"}, "hosts: bad value for 'period': expected one of hour, day, week"),
-        ({"last": 3}, "hosts: 'last' counts periods: give 'period'"),
+        ({"last": 3}, "hosts: 'last' applies to periods: give 'period'"),
+        ({"week_start": 0}, "hosts: 'week_start' applies to periods: give 'period'"),
         ({"period": "day", "last": 3, "begin": "2026-10-01"}, "not begin and last"),
         ({"period": "hour", "last": 30_000}, "last = 30000: at most 20000 periods per report"),
         ({"period": "hour", "begin": "2020-01-01"}, "begin .. end: at most 20000 periods"),
