@@ -172,7 +172,7 @@ class Service:
     async def _sample(self) -> None:
         while True:
             await self.metering.refresh()  # the workers' counts up to now, for one-second rates
-            self.metering.rates_sampler.sample(time.time(), self.metering.cumulative_bytes())
+            self.metering.sample_rates(time.time())
             await asyncio.sleep(RATE_SAMPLE_EVERY)
 
     def _set_status(self, note: str | None = None) -> None:
