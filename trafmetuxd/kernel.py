@@ -152,19 +152,21 @@ class QueueRules:
         """Create or refill our chains and keep exactly one jump to each (idempotent).
 
         What another layout left (a restart with other hooks after kill -9) goes first: a jump
-        left in PREROUTING next to one in INPUT would queue a packet twice.
+        left in PREROUTING next to one in INPUT would queue a packet twice. One listing per
+        tool tells what is there, so a start runs as few commands as it can.
         """
         plans = self.plans
         for tool in TOOLS:
-            _clear(tool, keep=plans)
+            table = parse_rules(_run(tool, "-S"))
+            _clear(tool, table, keep=plans)
             for plan in plans:
-                if not self._chain_exists(tool, plan.name):
+                if plan.name not in table.chains:
                     _run(tool, "-N", plan.name)
             for plan in plans:
                 self._fill(tool, plan)
             for plan in plans:
                 if plan.parent in BUILTIN:
-                    self._single_jump(tool, plan.parent, plan.name)
+                    _single_jump(tool, table, plan.parent, plan.name)
 
     def _fill(self, tool: str, plan: ChainPlan) -> None:
         """Flush and refill one chain: jumps to its child chains first, then its own rules."""
@@ -179,7 +181,7 @@ class QueueRules:
     def remove(self) -> None:
         """Delete the jumps and our chains, whatever hooks put them there (idempotent)."""
         for tool in TOOLS:
-            _clear(tool, keep=())
+            _clear(tool, parse_rules(_run(tool, "-S")), keep=())
 
     def counters(self) -> dict[int, tuple[int, int]]:
         """(packets, bytes) the queue rules saw, IPv4 + IPv6, per direction.
@@ -203,20 +205,28 @@ class QueueRules:
 
     def jump_count(self, tool: str, hook: str, chain: str) -> int:
         """How many rules of `hook` jump to `chain`."""
-        wanted = f"-A {hook} -j {chain}"
-        return sum(1 for line in _run(tool, "-S", hook).splitlines() if line.strip() == wanted)
+        return parse_rules(_run(tool, "-S", hook)).jumps.get((hook, chain), 0)
 
-    def _single_jump(self, tool: str, hook: str, chain: str) -> None:
-        """Exactly one jump, appended so earlier mangle rules (marks) still apply first."""
-        if self.jump_count(tool, hook, chain) == 1:
-            return
-        _drop_jumps(tool, hook, chain)
-        _run(tool, "-A", hook, "-j", chain)
 
-    @staticmethod
-    def _chain_exists(tool: str, chain: str) -> bool:
-        """True when our chain is present in the mangle table."""
-        return _call(tool, "-S", chain).returncode == 0
+class Table(NamedTuple):
+    """What `-S` shows of the mangle table: its user chains and its plain jumps, counted."""
+
+    chains: frozenset[str]
+    jumps: dict[tuple[str, str], int]  # (chain, target chain) -> rules "-A chain -j target"
+
+
+def parse_rules(text: str) -> Table:
+    """The chains and plain jumps of `iptables -S` output."""
+    chains = set()
+    jumps: dict[tuple[str, str], int] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 2 and fields[0] == "-N":
+            chains.add(fields[1])
+        elif len(fields) == 4 and fields[0] == "-A" and fields[2] == "-j":
+            key = (fields[1], fields[3])
+            jumps[key] = jumps.get(key, 0) + 1
+    return Table(frozenset(chains), jumps)
 
 
 def parse_listing(text: str) -> dict[str, tuple[int, int]]:
@@ -237,24 +247,35 @@ _COUNTING = frozenset((QUEUE, "RETURN"))
 _ALL_PLANS = LAYOUTS[HOOKS_PREROUTING] + LAYOUTS[HOOKS_FORWARD]
 
 
-def _clear(tool: str, keep: tuple[ChainPlan, ...]) -> None:
+_OURS = tuple(dict.fromkeys(plan.name for plan in _ALL_PLANS))
+
+
+def _clear(tool: str, table: Table, keep: tuple[ChainPlan, ...]) -> None:
     """Remove every jump and chain of ours that `keep` does not have (all with keep=())."""
     kept_jumps = {(plan.parent, plan.name) for plan in keep}
-    for plan in _ALL_PLANS:
-        if plan.parent in BUILTIN and (plan.parent, plan.name) not in kept_jumps:
-            _drop_jumps(tool, plan.parent, plan.name)
+    for (hook, chain), count in table.jumps.items():
+        if hook in BUILTIN and chain in _OURS and (hook, chain) not in kept_jumps:
+            _drop_jumps(tool, hook, chain, count)
     kept = {plan.name for plan in keep}
-    stale = [name for name in dict.fromkeys(p.name for p in _ALL_PLANS) if name not in kept]
-    present = [name for name in stale if _call(tool, "-S", name).returncode == 0]
-    for name in present:  # all flushed first: one may still jump to another
+    stale = [name for name in _OURS if name in table.chains and name not in kept]
+    for name in stale:  # all flushed first: one may still jump to another
         _run(tool, "-F", name)
-    for name in present:
+    for name in stale:
         _run(tool, "-X", name)
 
 
-def _drop_jumps(tool: str, hook: str, chain: str) -> None:
-    """Delete every plain jump from a built-in chain to one of ours (none is fine)."""
-    for _ in range(_MAX_JUMPS):
+def _single_jump(tool: str, table: Table, hook: str, chain: str) -> None:
+    """Exactly one jump, appended so earlier mangle rules (marks) still apply first."""
+    count = table.jumps.get((hook, chain), 0)
+    if count == 1:
+        return
+    _drop_jumps(tool, hook, chain, count)
+    _run(tool, "-A", hook, "-j", chain)
+
+
+def _drop_jumps(tool: str, hook: str, chain: str, count: int) -> None:
+    """Delete the `count` plain jumps from a built-in chain to one of ours."""
+    for _ in range(min(count, _MAX_JUMPS)):
         if _call(tool, "-D", hook, "-j", chain).returncode != 0:
             return
 

@@ -12,6 +12,7 @@ from trafmetuxd.kernel import (
     interface_matches,
     netlink_backlog,
     parse_listing,
+    parse_rules,
     queue_stats,
 )
 from trafmetuxd.spec import CaptureSpec
@@ -68,6 +69,20 @@ def test_return_rules_of_counting_chains_are_summed_and_jumps_are_not() -> None:
         "TRAFMETUX-FWD": (30, 2520),
         "TRAFMETUX-FWD-IN": (23, 1932),
     }
+
+
+def test_rules_listing_gives_our_chains_and_counts_plain_jumps() -> None:
+    table = parse_rules(
+        "-P PREROUTING ACCEPT\n"
+        "-N TRAFMETUX-IN\n"
+        "-A PREROUTING -j TRAFMETUX-IN\n"
+        "-A PREROUTING -j TRAFMETUX-IN\n"
+        "-A PREROUTING -i eth0 -j TRAFMETUX-IN\n"  # not a plain jump: never ours to delete
+        "-A INPUT -j TRAFMETUX-IN\n"
+        "-A TRAFMETUX-IN -i eth0 -j NFQUEUE --queue-num 0 --queue-bypass\n"
+    )
+    assert table.chains == {"TRAFMETUX-IN"}
+    assert table.jumps == {("PREROUTING", "TRAFMETUX-IN"): 2, ("INPUT", "TRAFMETUX-IN"): 1}
 
 
 def test_queue_statistics_line(tmp_path: Path) -> None:
