@@ -7,14 +7,15 @@ CONFIG ?= config.example.toml
 DEB_PACKAGES := python3 python3-venv python3-dev gcc make libnetfilter-queue-dev \
 	libnfnetlink-dev iptables nftables iproute2 ethtool socat procps systemd netsniff-ng \
 	debootstrap systemd-container
-# Needed by the tests on this machine only (the dashboard in headless Chromium), not by the
-# service: kept out of DEB_PACKAGES, which the system tests' boot root is built from.
-TEST_DEB_PACKAGES := chromium
+# Needed by the tests on this machine only (the dashboard in headless Chromium, the manual
+# pages rendered by man and groff, the zsh completion checked by zsh), not by the service:
+# kept out of DEB_PACKAGES, which the system tests' boot root is built from.
+TEST_DEB_PACKAGES := chromium groff-base man-db zsh
 PYTEST_ARGS ?=
 APT_GET ?= apt-get
 
-.PHONY: install deps venv lint test test-long run bench install-systemd check-service-python \
-	clean
+.PHONY: install deps venv lint test test-long run bench man install-systemd \
+	check-service-python clean
 
 install: deps venv
 
@@ -68,6 +69,20 @@ run: install
 
 bench: install
 	$(BIN)/python -m bench
+
+# Manual pages and shell completions, generated from the argparse parsers and docs/config.md
+# (python -m trafmetuxd.docgen), laid out as below /usr/local/share. Only the stdlib and the
+# source tree are needed: no virtualenv.
+GENERATED := build/share
+GENERATED_FILES := man/man1/trafmetuxctl.1 man/man5/trafmetux.toml.5 man/man8/trafmetuxd.8 \
+	bash-completion/completions/trafmetuxctl zsh/site-functions/_trafmetuxctl
+SHARE ?= /usr/local/share
+
+man: $(GENERATED)/.generated
+
+$(GENERATED)/.generated: $(wildcard trafmetuxd/*.py trafmetuxctl/*.py) docs/config.md
+	PYTHONPATH=. $(PYTHON) -m trafmetuxd.docgen $(GENERATED) >/dev/null
+	@touch $@
 
 # The service runs from its own virtualenv in a system location, built from Debian's python3 and
 # installed (not editable, compiled as `make install` compiles it) from this checkout. The unit's
