@@ -115,9 +115,9 @@ $(SERVICE_PREFIX)/.installed: $(SOURCES) | check-service-python
 	$(SERVICE_PREFIX)/bin/python -m pip install -q .
 	@touch $@
 
-# Install the service's virtualenv, the unit, the system user and directories, and the example
-# config (kept if present).
-install-systemd: deps check-service-python $(SERVICE_PREFIX)/.installed
+# Install the service's virtualenv, the unit, the system user and directories, the example
+# config (kept if present), the manual pages and trafmetuxctl's bash and zsh completion.
+install-systemd: deps check-service-python $(SERVICE_PREFIX)/.installed man
 	install -D -m 0644 systemd/trafmetuxd.service /etc/systemd/system/trafmetuxd.service
 	install -D -m 0644 systemd/trafmetux.sysusers.conf /usr/lib/sysusers.d/trafmetux.conf
 	install -D -m 0644 systemd/trafmetux.tmpfiles.conf /usr/lib/tmpfiles.d/trafmetux.conf
@@ -127,6 +127,7 @@ install-systemd: deps check-service-python $(SERVICE_PREFIX)/.installed
 		install -D -m 0640 -g trafmetux config.example.toml /etc/trafmetux/trafmetux.toml
 	ln -sfn $(SERVICE_PREFIX)/bin/trafmetuxd /usr/local/bin/trafmetuxd
 	ln -sfn $(SERVICE_PREFIX)/bin/trafmetuxctl /usr/local/bin/trafmetuxctl
+	for f in $(GENERATED_FILES); do install -D -m 0644 $(GENERATED)/$$f $(SHARE)/$$f || exit 1; done
 	@# Only a running systemd (sd_booted) reloads; an image being built (chroot) has none yet.
 	if test -d /run/systemd/system; then systemctl daemon-reload; fi
 
