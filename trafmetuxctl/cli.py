@@ -411,9 +411,9 @@ def complete(args: Sequence[str]) -> int:
     For the shell completion scripts: no parser is built, and nothing is printed (exit 0)
     when the daemon cannot be asked, so completing never shows an error.
     """
-    kind = args[args.index("--complete") + 1] if args[-1] != "--complete" else ""
+    kind = args[-1]
     sock = os.environ.get("TRAFMETUX_SOCKET", DEFAULT_SOCKET)
-    if "--socket" in args[:-1]:
+    if "--socket" in args[:-2]:
         sock = args[args.index("--socket") + 1]
     if kind not in COMPLETIONS:
         return EXIT_OK
@@ -430,7 +430,7 @@ def complete(args: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, ask the daemon, print; returns the exit status."""
     args = sys.argv[1:] if argv is None else list(argv)
-    if "--complete" in args:
+    if args[-2:-1] == ["--complete"]:  # as the completion scripts call it: the kind last
         return complete(args)
     try:
         a = _parse(args)
