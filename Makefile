@@ -7,14 +7,15 @@ CONFIG ?= config.example.toml
 DEB_PACKAGES := python3 python3-venv python3-dev gcc make libnetfilter-queue-dev \
 	libnfnetlink-dev iptables nftables iproute2 ethtool socat procps systemd netsniff-ng \
 	debootstrap systemd-container
-# Needed by the tests on this machine only (the dashboard in headless Chromium), not by the
-# service: kept out of DEB_PACKAGES, which the system tests' boot root is built from.
-TEST_DEB_PACKAGES := chromium
+# Needed by the tests on this machine only (the dashboard in headless Chromium, the manual
+# pages rendered by man and groff, the zsh completion checked by zsh), not by the service:
+# kept out of DEB_PACKAGES, which the system tests' boot root is built from.
+TEST_DEB_PACKAGES := chromium groff-base man-db zsh
 PYTEST_ARGS ?=
 APT_GET ?= apt-get
 
-.PHONY: install deps venv lint test test-long run bench install-systemd check-service-python \
-	clean
+.PHONY: install deps venv lint test test-long run bench man install-systemd \
+	check-service-python clean
 
 install: deps venv
 
@@ -69,6 +70,20 @@ run: install
 bench: install
 	$(BIN)/python -m bench
 
+# Manual pages and shell completions, generated from the argparse parsers and docs/config.md
+# (python -m trafmetuxd.docgen), laid out as below /usr/local/share. Only the stdlib and the
+# source tree are needed: no virtualenv.
+GENERATED := build/share
+GENERATED_FILES := man/man1/trafmetuxctl.1 man/man5/trafmetux.toml.5 man/man8/trafmetuxd.8 \
+	bash-completion/completions/trafmetuxctl zsh/site-functions/_trafmetuxctl
+SHARE ?= /usr/local/share
+
+man: $(GENERATED)/.generated
+
+$(GENERATED)/.generated: $(wildcard trafmetuxd/*.py trafmetuxctl/*.py) docs/config.md
+	PYTHONPATH=. $(PYTHON) -m trafmetuxd.docgen $(GENERATED) >/dev/null
+	@touch $@
+
 # The service runs from its own virtualenv in a system location, built from Debian's python3 and
 # installed (not editable, compiled as `make install` compiles it) from this checkout. The unit's
 # ProtectHome=yes hides /home, /root and /run/user and PrivateTmp=yes hides /tmp and /var/tmp: an
@@ -100,9 +115,9 @@ $(SERVICE_PREFIX)/.installed: $(SOURCES) | check-service-python
 	$(SERVICE_PREFIX)/bin/python -m pip install -q .
 	@touch $@
 
-# Install the service's virtualenv, the unit, the system user and directories, and the example
-# config (kept if present).
-install-systemd: deps check-service-python $(SERVICE_PREFIX)/.installed
+# Install the service's virtualenv, the unit, the system user and directories, the example
+# config (kept if present), the manual pages and trafmetuxctl's bash and zsh completion.
+install-systemd: deps check-service-python $(SERVICE_PREFIX)/.installed man
 	install -D -m 0644 systemd/trafmetuxd.service /etc/systemd/system/trafmetuxd.service
 	install -D -m 0644 systemd/trafmetux.sysusers.conf /usr/lib/sysusers.d/trafmetux.conf
 	install -D -m 0644 systemd/trafmetux.tmpfiles.conf /usr/lib/tmpfiles.d/trafmetux.conf
@@ -112,6 +127,7 @@ install-systemd: deps check-service-python $(SERVICE_PREFIX)/.installed
 		install -D -m 0640 -g trafmetux config.example.toml /etc/trafmetux/trafmetux.toml
 	ln -sfn $(SERVICE_PREFIX)/bin/trafmetuxd /usr/local/bin/trafmetuxd
 	ln -sfn $(SERVICE_PREFIX)/bin/trafmetuxctl /usr/local/bin/trafmetuxctl
+	for f in $(GENERATED_FILES); do install -D -m 0644 $(GENERATED)/$$f $(SHARE)/$$f || exit 1; done
 	@# Only a running systemd (sd_booted) reloads; an image being built (chroot) has none yet.
 	if test -d /run/systemd/system; then systemctl daemon-reload; fi
 

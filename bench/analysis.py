@@ -122,6 +122,16 @@ now also passes through the socket's front process: against the commit before it
 same machine, the ratio was 2.00 and 2.00 before and 2.00-2.12 in five runs after.
 """
 
+SCRAPE = """\
+**What it shows.** The scrapers' requests reach the front, which asks the main process for the
+figures at most once a second whoever asks (one answer serves every scrape within 1 s), and the
+main process reads them with the flush lock held like a report. The capture worker shares
+nothing with either, so both phases meter every byte the kernel's counter saw on the wire, and
+the flushes keep their 1 s rhythm with or without the scrapers. The metered rate per second
+differs only by how long each phase took to start and settle (the same packets were sent).
+The longest scrape answer includes the one that waits for the main process's figures.
+"""
+
 ANALYSIS: dict[str, str] = {
     "pipeline": PIPELINE,
     "e2e": E2E,
@@ -129,4 +139,5 @@ ANALYSIS: dict[str, str] = {
     "stall": STALL,
     "memory": MEMORY,
     "ctl": CTL,
+    "scrape": SCRAPE,
 }

@@ -193,6 +193,31 @@ def _ctl(r: Result) -> list[str]:
     ]
 
 
+def _scrape(r: Result) -> list[str]:
+    p = r["params"]
+    lines = [
+        f"Paced UDP at {p['pps']:,} packets/s ({p['size']} payload bytes) into the metered veth "
+        f"for {p['seconds']} s, flush every {p['flush_interval']}: once quiet, once with "
+        f"{p['scrapers']} clients each fetching `/metrics` every second (one daemon, one run).",
+        "",
+        "| phase | sent | wire bytes | metered bytes | metered B/s | unmetered | flushes | "
+        "flush gap median | flush gap max | scrapes | scrape ms median / max |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label in ("quiet", "scraped"):
+        x = r[label]
+        s = x.get("scrapes") or {}
+        answered = f"{s.get('statuses', {}).get('200', 0)}/{s['requests']}" if s else "-"
+        ms = f"{s['latency_ms_median']} / {s['latency_ms_max']}" if s else "-"
+        lines.append(
+            f"| {label} | {_fmt(x['sent'])} | {_fmt(x['wire_bytes'])} | "
+            f"{_fmt(x['metered_bytes'])} | {_fmt(x['metered_bytes_per_s'])} | "
+            f"{_fmt(x['unmetered_bytes'])} | {x['flushes']} | "
+            f"{x['flush_gap_median_s']} s | {x['flush_gap_max_s']} s | {answered} | {ms} |"
+        )
+    return [*lines, ""]
+
+
 SECTIONS: tuple[tuple[str, str, Any], ...] = (
     ("pipeline", "1. Pipeline in process (parse + classify + collect)", _pipeline),
     ("e2e", "2. End to end through NFQUEUE", _e2e),
@@ -200,6 +225,7 @@ SECTIONS: tuple[tuple[str, str, Any], ...] = (
     ("stall", "4. Flushes and heavy reports against the packet path", _stall),
     ("memory", "5. Memory at 20 x 65,536 positions", _memory),
     ("ctl", "6. trafmetuxctl show-daily start-up", _ctl),
+    ("scrape", "7. /metrics scraped by 10 clients while traffic is metered", _scrape),
 )
 
 

@@ -16,6 +16,7 @@ from functools import partial
 from trafmetuxctl import report, times
 from trafmetuxctl.client import DEFAULT_SOCKET, Client, DaemonError, UnreachableError
 from trafmetuxctl.units import UNIT_CHOICES
+from trafmetuxd import __version__
 
 TYPE_CHECKING = False  # typing costs ~2 ms of start-up; annotations only need it for mypy
 if TYPE_CHECKING:
@@ -147,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the reply's result as JSON; errors too, as the daemon's error object",
     )
     p.add_argument("--timeout", type=float, default=10.0, help=argparse.SUPPRESS)
+    p.add_argument("--version", action="version", version=f"trafmetuxctl {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add = partial(sub.add_parser, formatter_class=Formatter)
     for name, period in SHOW.items():
@@ -450,9 +452,41 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return a
 
 
+COMPLETE_TIMEOUT = 1.0  # a shell waits on this: give up quickly
+# `--complete KIND`: what the shell completion lists, and how to read it from a reply
+COMPLETIONS: dict[str, tuple[str, str, str]] = {
+    "monitors": ("monitors", "monitors", "name"),
+    "quotas": ("quota", "quotas", "name"),
+}
+
+
+def complete(args: Sequence[str]) -> int:
+    """`[--socket PATH] --complete monitors|quotas`: the daemon's names, one a line.
+
+    For the shell completion scripts: no parser is built, and nothing is printed (exit 0)
+    when the daemon cannot be asked, so completing never shows an error.
+    """
+    kind = args[-1]
+    sock = os.environ.get("TRAFMETUX_SOCKET", DEFAULT_SOCKET)
+    if "--socket" in args[:-2]:
+        sock = args[args.index("--socket") + 1]
+    if kind not in COMPLETIONS:
+        return EXIT_OK
+    cmd, key, field = COMPLETIONS[kind]
+    try:
+        with Client(sock, COMPLETE_TIMEOUT) as c:
+            names = [entry[field] for entry in c.call(cmd)[key]]
+    except (UnreachableError, DaemonError, KeyError, TypeError, ValueError):
+        return EXIT_OK
+    _print([name for name in names if isinstance(name, str)])
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, ask the daemon, print; returns the exit status."""
     args = sys.argv[1:] if argv is None else list(argv)
+    if args[-2:-1] == ["--complete"]:  # as the completion scripts call it: the kind last
+        return complete(args)
     try:
         a = _parse(args)
     except UsageError as exc:

@@ -113,6 +113,7 @@ class _Http(_Model):
     password_hash: Annotated[str, _v(cv.password_hash)] = ""
     password_file: Annotated[Path | None, _v(cv.absolute_path)] = None
     max_clients: Annotated[int, Field(ge=1, le=1024)] = 64
+    max_host_series: Annotated[int, Field(ge=0, le=100_000)] = 1000
 
 
 class _Root(_Model):
@@ -259,6 +260,7 @@ def _http(http: _Http, p: _Problems) -> spec.HttpSpec:
     return spec.HttpSpec(
         listen=http.listen, allow_remote=http.allow_remote, user=http.user,
         password_hash=digest, max_clients=http.max_clients,
+        max_host_series=http.max_host_series,
     )  # fmt: skip
 
 

@@ -30,13 +30,36 @@ def _traffic(figures: Mapping[str, Any]) -> Iterator[Metric]:
         for label, b, p in DIRECTIONS:
             octets.add_metric([name, label], counts[b])
             packets.add_metric([name, label], counts[p])
+    yield from (octets, packets)
+    yield from _hosts(figures.get("hosts", {}))
     overflow = GaugeMetricFamily(
         "trafmetux_flow_overflow_packets", "Packets folded into the 'other' flow position "
         "over the flushes still kept (flow retention).", labels=["monitor"],
     )  # fmt: skip
     for name, folded in figures.get("flow_overflow", {}).items():
         overflow.add_metric([name], folded)
-    yield from (octets, packets, overflow)
+    yield overflow
+
+
+def _hosts(hosts: Mapping[str, Mapping[str, list[int]]]) -> Iterator[Metric]:
+    if not hosts:  # no monitor has hosts: no empty families
+        return
+    labels = ["monitor", "host", "direction"]
+    octets = CounterMetricFamily(
+        "trafmetux_host_bytes", "Bytes to (in) and from (out) each host of a monitor with "
+        "hosts, all time; beyond [http] max_host_series, hosts are summed in host=\"other\".",
+        labels=labels,
+    )  # fmt: skip
+    packets = CounterMetricFamily(
+        "trafmetux_host_packets", "Packets to and from each host of a monitor, all time.",
+        labels=labels,
+    )  # fmt: skip
+    for name, per_host in hosts.items():
+        for host, counts in per_host.items():
+            for label, b, p in DIRECTIONS:
+                octets.add_metric([name, host, label], counts[b])
+                packets.add_metric([name, host, label], counts[p])
+    yield from (octets, packets)
 
 
 def _quotas(figures: Mapping[str, Any]) -> Iterator[Metric]:

@@ -16,14 +16,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trafmetuxd import query
+from trafmetuxd.addresses import host_text
 from trafmetuxd.quota import QuotaStatus
-from trafmetuxd.schema import ROLLUP_VERSION
+from trafmetuxd.schema import HOSTS_VERSION, ROLLUP_VERSION
 
 if TYPE_CHECKING:
     from trafmetuxd.reports import Backend
 
 # [in_bytes, in_packets, out_bytes, out_packets]
 Counts = list[int]
+OTHER = "other"  # the host label of the hosts beyond the cap (and beyond a monitor's max_hosts)
 
 
 def stored_totals(db: Path, names: Sequence[str]) -> tuple[dict[str, Counts], dict[str, int]]:
@@ -66,6 +68,55 @@ def add_unflushed(
         for row in minutes.values():
             for i in range(4):
                 acc[i] += row[i]
+
+
+def stored_hosts(db: Path, names: Sequence[str]) -> dict[str, dict[str, Counts]]:
+    """Per monitor: every host's stored totals, summed over the host day rollups."""
+    out: dict[str, dict[str, Counts]] = {name: {} for name in names}
+    con = query.open_readonly(db) if names else None
+    if con is None:
+        return out
+    with closing(con):
+        if con.execute("PRAGMA user_version").fetchone()[0] < HOSTS_VERSION:
+            return out
+        rows = con.execute(
+            "SELECT m.name, t.host, SUM(t.in_bytes), SUM(t.in_packets), SUM(t.out_bytes), "
+            "SUM(t.out_packets) FROM host_day_totals t JOIN monitor m ON m.id = t.monitor "
+            "GROUP BY m.name, t.host"
+        ).fetchall()
+    for name, host, *sums in rows:
+        if name in out:
+            out[name][host] = [int(v or 0) for v in sums]
+    return out
+
+
+def add_unflushed_hosts(
+    hosts: dict[str, Counts], pending: Mapping[tuple[int, ...], Mapping[int, list[int]]]
+) -> None:
+    """Add a monitor's per-host minutes not committed yet to its stored host sums, in place."""
+    for key, minutes in pending.items():
+        acc = hosts.setdefault(host_text(key), [0, 0, 0, 0])
+        for row in minutes.values():
+            for i in range(4):
+                acc[i] += row[i]
+
+
+def cap_hosts(hosts: Mapping[str, Counts], cap: int) -> dict[str, Counts]:
+    """The `cap` largest hosts (bytes in + out, then name); the rest summed into "other".
+
+    The sum over the result equals the sum over `hosts`: nothing is dropped, only folded.
+    """
+    ranked = sorted(
+        ((h, row) for h, row in hosts.items() if h != OTHER),
+        key=lambda kv: (-kv[1][0] - kv[1][2], kv[0]),
+    )
+    out = dict(ranked[:cap])
+    rest = [row for _, row in ranked[cap:]]
+    if OTHER in hosts:
+        rest.append(hosts[OTHER])
+    if rest:
+        out[OTHER] = [sum(column) for column in zip(*rest, strict=True)]
+    return out
 
 
 def _quota(status: QuotaStatus) -> dict[str, object]:
@@ -124,12 +175,19 @@ async def gather(
     the metering core's own.
     """
     status = await (status_of or backend.status)()  # the workers' counts up to now are staged
+    cfg = backend.config
+    with_hosts = [m.name for m in cfg.monitors if m.hosts and m.name in names]
     async with backend.flush_lock:
-        totals, folded = await asyncio.to_thread(stored_totals, backend.config.database, names)
+        totals, folded = await asyncio.to_thread(stored_totals, cfg.database, names)
         add_unflushed(totals, backend.unflushed())
+        hosts = await asyncio.to_thread(stored_hosts, cfg.database, with_hosts)
+        for name in with_hosts:
+            add_unflushed_hosts(hosts[name], backend.unflushed_hosts(name))
+    cap = cfg.http.max_host_series
     return {
         "time": time.time(),
         "monitors": {name: totals[name] for name in names},
+        "hosts": {name: cap_hosts(hosts[name], cap) for name in with_hosts},
         "flow_overflow": folded,
         "quotas": [_quota(q) for q in reader_quotas],
         "health": health(status),

@@ -100,6 +100,7 @@ class HttpSpec:
     user: str = "trafmetux"  # the basic-auth user name
     password_hash: str = ""  # bcrypt hash; "" = no authentication
     max_clients: int = 64
+    max_host_series: int = 1000  # hosts per monitor in /metrics; the rest summed into "other"
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,7 +51,7 @@ def make_capture(path: Path, start: float, count: int, size: int) -> int:
 class Daemon:
     """trafmetuxd --replay CAPTURE --serve, with an HTTP listener."""
 
-    def __init__(self, root: Path, extra: str = "") -> None:
+    def __init__(self, root: Path, extra: str = "", monitors: str = "") -> None:
         self.root = root
         self.port = free_port()
         self.sock = root / "trafmetuxd.sock"
@@ -63,6 +63,7 @@ class Daemon:
             '[[monitor]]\nname = "input"\nrules = [{ direction = "in" }]\n'
             '[[monitor]]\nname = "output"\nrules = [{ direction = "out" }]\n'
             '[[quota]]\nname = "mobile"\nmonitors = ["input", "output"]\nlimit = "1GiB"\n'
+            + monitors
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -206,6 +207,82 @@ def test_metrics_counters_never_go_back_across_a_restart(root: Path) -> None:
     got = sum(counter(after, "trafmetux_bytes_total", m, d) for m, d in
               (("input", "in"), ("output", "out")))  # fmt: skip
     assert got == total_a + total_b
+
+
+def make_host_capture(path: Path, start: float, sizes: dict[int, int]) -> None:
+    """Per local host (last octet): 3 downloads of its size and 2 small requests, 20 s apart."""
+    frames = []
+    for n, (octet, size) in enumerate(sizes.items()):
+        host = f"{LOCAL}.{octet}"
+        for i in range(3):
+            down = Ether() / IP(src=REMOTE, dst=host) / UDP(sport=53, dport=4000 + i)
+            frames.append(down / Raw(b"d" * size))
+            frames[-1].time = start + 20 * (3 * n + i)
+        for i in range(2):
+            up = Ether() / IP(src=host, dst=REMOTE) / TCP(sport=40000 + i, dport=443) / Raw(b"q")
+            frames.append(up)
+            frames[-1].time = start + 20 * (3 * n + i) + 1
+    frames.sort(key=lambda f: float(f.time))
+    wrpcap(str(path), frames)
+
+
+LAN = '[[monitor]]\nname = "lan"\nhosts = ["192.168.190.0/24"]\n'
+
+
+def host_series(parsed: dict[tuple[str, tuple[tuple[str, str], ...]], float],
+                monitor: str) -> dict[str, list[int]]:  # fmt: skip
+    """host -> [in_bytes, in_packets, out_bytes, out_packets] of a monitor's host counters."""
+    out: dict[str, list[int]] = {}
+    index = {("bytes", "in"): 0, ("packets", "in"): 1, ("bytes", "out"): 2, ("packets", "out"): 3}
+    for (name, labels), value in parsed.items():
+        kind = name.removeprefix("trafmetux_host_").removesuffix("_total")
+        found = dict(labels)
+        if name.startswith("trafmetux_host_") and found["monitor"] == monitor:
+            row = out.setdefault(found["host"], [0, 0, 0, 0])
+            row[index[(kind, found["direction"])]] = int(value)
+    return out
+
+
+def socket_hosts(daemon: Daemon, since: float) -> dict[str, list[int]]:
+    """The socket's hosts of monitor lan since then: host -> [in, in_packets, out, out_packets]."""
+    result = daemon.ask("hosts", monitor="lan", begin=int(since), limit=1000)
+    assert isinstance(result, dict)
+    keys = ("in", "in_packets", "out", "out_packets")
+    return {h["host"]: [h[k] for k in keys] for h in result["hosts"]}
+
+
+def test_host_counters_equal_the_sockets_hosts_within_the_cardinality_cap(root: Path) -> None:
+    daemon = Daemon(root, "max_host_series = 3", LAN)
+    first, second = root / "a.pcap", root / "b.pcap"
+    since = time.time() - 3 * 86400
+    sizes = {10: 1400, 11: 1200, 12: 1000, 13: 800, 14: 600, 15: 400}
+    make_host_capture(first, time.time() - 7200, sizes)
+    make_host_capture(second, time.time() - 3600, {k: v // 2 for k, v in sizes.items()})
+    daemon.start(first)
+    try:
+        before = host_series(samples(daemon.get("/metrics")[2]), "lan")
+        by_socket = socket_hosts(daemon, since)
+    finally:
+        daemon.stop()
+    assert len(by_socket) == 6 and sorted(before) == [f"{LOCAL}.{n}" for n in (10, 11, 12)] + [
+        "other"
+    ]
+    for host in (f"{LOCAL}.{n}" for n in (10, 11, 12)):  # the 3 largest, to the byte
+        assert before[host] == by_socket[host]
+    rest = [by_socket[f"{LOCAL}.{n}"] for n in (13, 14, 15)]
+    assert before["other"] == [sum(col) for col in zip(*rest, strict=True)]
+    assert before["other"][0] == 3 * (800 + 600 + 400) + 3 * 3 * (20 + 8)  # IP + UDP headers
+    daemon.start(second)  # a restart with more traffic: no counter goes back
+    try:
+        after = host_series(samples(daemon.get("/metrics")[2]), "lan")
+        by_socket = socket_hosts(daemon, since)
+    finally:
+        daemon.stop()
+    assert sorted(after) == sorted(before)
+    for host, row in before.items():
+        assert all(now > was for now, was in zip(after[host], row, strict=True)), host
+    for i in range(4):  # every byte and packet of the socket's hosts, folded or not
+        assert sum(r[i] for r in after.values()) == sum(r[i] for r in by_socket.values())
 
 
 def test_api_returns_the_sockets_json_and_validates_like_it(served: tuple[Daemon, int]) -> None:

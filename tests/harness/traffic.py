@@ -11,6 +11,7 @@ traffic.py udp-fetch ADDR PORT COUNT [SECONDS]   one request, prints the datagra
 traffic.py udp-spray ADDR PORT COUNT SIZE PPS FIRST_SRC  IPv4 raw: one datagram per source address
 traffic.py ping ADDR COUNT [SIZE]         ICMP/ICMPv6 echo; exit 0 when all answered
 traffic.py ping-every ADDR COUNT INTERVAL paced echo requests; JSON of answers and round trips
+traffic.py http-scrape URL CLIENTS SECONDS each client GETs URL once a second; JSON of the answers
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ import select
 import socket
 import struct
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 
 _SO_RCVBUFFORCE = 33  # Linux; not exported by the socket module
 
@@ -264,6 +268,42 @@ def ping_every(addr: str, count: int, interval: float) -> None:
                       "longest_gap": longest}), flush=True)  # fmt: skip
 
 
+def http_scrape(url: str, clients: int, seconds: int) -> None:
+    """`clients` threads each GET url once a second for `seconds` (staggered within the second).
+
+    Prints {"requests", "statuses": {code: n}, "latency_ms": [...], "bytes"} when all are done.
+    """
+    results: list[tuple[int, float, int]] = []
+    lock = threading.Lock()
+    start = time.monotonic() + 0.1
+
+    def client(index: int) -> None:
+        for n in range(seconds):
+            time.sleep(max(0.0, start + n + index / clients - time.monotonic()))
+            began = time.monotonic()
+            try:
+                with urllib.request.urlopen(url, timeout=10) as resp:
+                    status, size = resp.status, len(resp.read())
+            except urllib.error.HTTPError as exc:
+                status, size = exc.code, 0
+            except OSError:
+                status, size = 0, 0
+            with lock:
+                results.append((status, (time.monotonic() - began) * 1000.0, size))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds + 30)
+    statuses: dict[str, int] = {}
+    for status, _, _ in results:
+        statuses[str(status)] = statuses.get(str(status), 0) + 1
+    print(json.dumps({"requests": len(results), "statuses": statuses,
+                      "latency_ms": sorted(r[1] for r in results),
+                      "bytes": max((r[2] for r in results), default=0)}), flush=True)  # fmt: skip
+
+
 def _collect(
     sock: socket.socket,
     v6: bool,
@@ -326,6 +366,8 @@ def main(argv: list[str]) -> None:
         ping(args[0], int(args[1]), *(int(a) for a in args[2:]))
     elif cmd == "ping-every":
         ping_every(args[0], int(args[1]), float(args[2]))
+    elif cmd == "http-scrape":
+        http_scrape(args[0], int(args[1]), int(args[2]))
     else:
         raise SystemExit(f"unknown command {cmd}")
 

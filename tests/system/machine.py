@@ -60,8 +60,10 @@ class Container:
         deadline = time.monotonic() + timeout
         self.leader = self._find_leader(timeout)
         state = "offline"
-        # 'offline' until systemd listens on its socket; --wait then waits out the start-up.
-        while state == "offline" and time.monotonic() < deadline:
+        # 'offline' until systemd listens on its socket, or nothing at all (only "Failed to
+        # connect to bus" on stderr) before its bus socket exists, which a loaded machine
+        # makes likely; --wait then waits out the start-up.
+        while state in ("offline", "") and time.monotonic() < deadline:
             time.sleep(0.2)
             wait = ["systemctl", "is-system-running", "--wait"]
             state = self.run(wait, check=False, timeout=timeout).stdout.strip()

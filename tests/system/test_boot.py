@@ -187,6 +187,22 @@ def test_status_for_root_and_the_trafmetux_group_refused_for_others(box: Contain
     assert "/run/trafmetux/trafmetuxd.sock" in refused.stderr, refused.stderr
 
 
+def test_install_systemd_put_the_manual_pages_and_a_working_completion_in_place(
+    box: Container,
+) -> None:
+    share = "/usr/local/share"
+    for page in ("man1/trafmetuxctl.1", "man5/trafmetux.toml.5", "man8/trafmetuxd.8"):
+        assert box.sh(f"head -c 4 {share}/man/{page}") == ".TH "
+    assert box.sh(f"head -1 {share}/zsh/site-functions/_trafmetuxctl") == "#compdef trafmetuxctl\n"
+    script = (
+        f"source {share}/bash-completion/completions/trafmetuxctl; "
+        "COMP_WORDS=(trafmetuxctl show-daily ''); COMP_CWORD=2; _trafmetuxctl; "
+        'printf "%s\\n" "${COMPREPLY[@]}"'
+    )
+    assert box.run(["bash", "-c", script], user=MEMBER).stdout == "all\n"  # from the daemon
+    assert box.run(["trafmetuxctl", "--version"]).stdout.startswith("trafmetuxctl ")
+
+
 def test_hardening_of_the_daemon_and_its_front_as_the_kernel_reports_it(box: Container) -> None:
     uid = box.run(["id", "-u", "trafmetux"]).stdout.strip()
     daemon = proc_status(box, main_pid(box))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import ctl, e2e, memory, pipeline, reports, stall
+from bench import ctl, e2e, memory, pipeline, reports, scrape, stall
 from bench.__main__ import main
 from bench.common import machine
 from bench.page import render
@@ -96,6 +96,16 @@ def test_end_to_end_through_nfqueue_meters_exactly_below_saturation() -> None:
     two = result["runs"]["d_trafmetuxd_two_queues"]["per_worker"]
     assert set(two) == {"0", "1"}
     _has_targets(result, 4)
+
+
+def test_scrapes_and_traffic_are_measured_against_the_wire() -> None:
+    _require_e2e()
+    result = scrape.run(SMOKE)
+    for phase in ("quiet", "scraped"):
+        assert result[phase]["metered_bytes"] == result[phase]["wire_bytes"] > 0
+    scrapes = result["scraped"]["scrapes"]
+    assert scrapes["requests"] == scrape.SMOKE["scrapers"] * scrape.SMOKE["seconds"]
+    _has_targets(result, 2)
 
 
 def test_page_renders_a_failed_and_a_skipped_benchmark(tmp_path: Path) -> None:
