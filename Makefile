@@ -7,9 +7,10 @@ CONFIG ?= config.example.toml
 DEB_PACKAGES := python3 python3-venv python3-dev gcc make libnetfilter-queue-dev \
 	libnfnetlink-dev iptables nftables iproute2 ethtool socat procps systemd netsniff-ng \
 	debootstrap systemd-container
-# Needed by the tests on this machine only (the dashboard in headless Chromium), not by the
-# service: kept out of DEB_PACKAGES, which the system tests' boot root is built from.
-TEST_DEB_PACKAGES := chromium
+# Needed by the tests on this machine only (the dashboard in headless Chromium; a PostgreSQL
+# server the fleet store tests start themselves), not by the service: kept out of
+# DEB_PACKAGES, which the system tests' boot root is built from.
+TEST_DEB_PACKAGES := chromium postgresql
 PYTEST_ARGS ?=
 APT_GET ?= apt-get
 

@@ -1,0 +1,40 @@
+"""The fleet store tests: a real PostgreSQL server started by the tests (harness/postgres.py)."""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness import postgres as pg
+from harness import prereq
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[pg.Postgres]:
+    """One server for the session (tests that stop it start their own: `own_server`)."""
+    prereq.require(pg.missing(), "the fleet store tests")
+    with pg.running(Path(tempfile.mkdtemp(prefix="trafmetux-pg-"))) as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(pg_server: pg.Postgres) -> str:
+    """A URL to a fresh, empty database of the session's server."""
+    import psycopg
+
+    name = "t_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(pg_server.admin_url("postgres"), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return pg_server.admin_url(name)
+
+
+@pytest.fixture
+def own_server() -> Iterator[pg.Postgres]:
+    """A server of the test's own, which it may stop and start."""
+    prereq.require(pg.missing(), "the fleet store tests")
+    with pg.running(Path(tempfile.mkdtemp(prefix="trafmetux-pg-"))) as server:
+        yield server
