@@ -101,7 +101,9 @@ def _start(cfg: Config, args: argparse.Namespace) -> int:
         check(cfg)  # nobody else may write where the daemon writes (symlinks: issue 11)
         metering = Metering(cfg)
         if not args.replay:
-            return asyncio.run(Service(metering, Notifier()).run())
+            # [capture] enabled = false: reporting only (the store and the socket, no queue)
+            live = cfg.capture.enabled
+            return asyncio.run(Service(metering, Notifier(), live=live).run())
         try:
             summary = replay_file(metering, Path(args.replay), args.interface, args.force)
         except AlreadyReplayedError as exc:

@@ -104,7 +104,7 @@ class _Store(_Model):
     url: Annotated[str, _v(cv.store_url)] = ""
     url_file: Annotated[Path | None, _v(cv.absolute_path)] = None
     gateway: Annotated[str, _v(cv.gateway)] = ""
-    pending_memory: Annotated[int, _v(parse_size), Field(ge=1024 * 1024, le=2**40)] = 64 * 2**20
+    pending_memory: Annotated[int, _v(parse_size), Field(ge=0, le=2**40)] = 64 * 2**20
     connect_timeout: Annotated[float, _v(cv.store_timeout)] = 5.0
     statement_timeout: Annotated[float, _v(cv.store_timeout)] = 15.0
 

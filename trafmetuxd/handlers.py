@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -100,7 +101,9 @@ class Handlers:
             message = "'last' counts back from 'end' (or now): give begin and end, or last"
             raise ProtocolError(BAD_ARGUMENT, f"report: {message}, not begin and last")
         kind, last = args["period"], args.get("last")
-        return await self.reports.report(cal, names, kind, last, begin, end, self.reports.now())
+        gateways, each = await self.fleet(args)
+        now = self.reports.now()
+        return await self.reports.report(cal, names, kind, last, begin, end, now, gateways, each)
 
     async def flows(self, args: Mapping[str, Any]) -> object:
         """A monitor's flow positions over a range, largest first."""
@@ -108,7 +111,9 @@ class Handlers:
         (name,) = self.monitor_names([args["monitor"]])
         begin, end = self._range(args, cal)
         limit = args.get("limit", 20)
-        return await self.reports.flows(name, begin, end, limit, self.reports.now())
+        gateways, each = await self.fleet(args)
+        now = self.reports.now()
+        return await self.reports.flows(name, begin, end, limit, now, gateways, each)
 
     async def top(self, args: Mapping[str, Any]) -> object:
         """Top clients, servers or ports by bytes over a range."""
@@ -116,7 +121,9 @@ class Handlers:
         names = self.monitor_names(args.get("monitors"))
         begin, end = self._range(args, cal)
         by, limit = args.get("by", "client"), args.get("limit", 10)
-        return await self.reports.top(names, begin, end, by, limit, self.reports.now())
+        gateways, each = await self.fleet(args)
+        now = self.reports.now()
+        return await self.reports.top(names, begin, end, by, limit, now, gateways, each)
 
     async def hosts(self, args: Mapping[str, Any]) -> object:
         """A monitor's hosts over a range (the last day by default), largest first."""
@@ -124,7 +131,9 @@ class Handlers:
         cal = self.reports.calendar()
         begin, end = self._range(args, cal)
         limit, sort = args.get("limit", 20), args.get("sort", "total")
-        result = await self.reports.hosts(name, begin, end, limit, sort, self.reports.now())
+        gateways, each = await self.fleet(args)
+        now = self.reports.now()
+        result = await self.reports.hosts(name, begin, end, limit, sort, now, gateways, each)
         for key in ("begin", "end"):  # local ISO 8601 with its offset
             value = result[key]
             assert isinstance(value, int)
@@ -139,8 +148,43 @@ class Handlers:
             specs = tuple(q for q in specs if q.name == name)
             if not specs:
                 raise ProtocolError(NOT_FOUND, f"no such quota: {name}")
-        statuses = await self.reports.quotas(specs)
-        return {"quotas": [s.as_dict() for s in statuses]}
+        gateways, each = await self.fleet(args)
+        if not each:
+            statuses = await self.reports.quotas(specs, gateways)
+            return {"quotas": [s.as_dict() for s in statuses]}
+        out: list[dict[str, object]] = []
+        for gateway in gateways or ():
+            statuses = await self.reports.quotas(specs, [gateway])
+            out += [s.as_dict() | {"gateway": gateway} for s in statuses]
+        return {"quotas": out}
+
+    async def fleet(self, args: Mapping[str, Any]) -> tuple[list[str] | None, bool]:
+        """The gateways a request reads (None: this daemon's) and whether each is named.
+
+        ["all"] is every gateway the store holds (and this one while it meters); without a
+        PostgreSQL store no other gateway can be asked for.
+        """
+        wanted = args.get("gateways")
+        if not wanted:
+            return None, False
+        store = self.backend.config.store
+        own = store.gateway
+        if not store.postgresql:
+            if set(wanted) <= {own, "all"}:
+                return None, False
+            message = (f"gateways: the SQLite store holds this gateway ({own}) only; "
+                       "reports across gateways need a PostgreSQL store ([store] url)")  # fmt: skip
+            raise ProtocolError(BAD_ARGUMENT, message)
+        known = await asyncio.to_thread(self.reports.reader.gateways)
+        if self.backend.config.capture.enabled:
+            known = sorted({*known, own})
+        if "all" in wanted:
+            return known, not args.get("sum", False)
+        for name in wanted:
+            if name not in known and name != own:
+                held = ", ".join(known) or "none yet"
+                raise ProtocolError(NOT_FOUND, f"no such gateway: {name} (the store holds: {held})")
+        return list(dict.fromkeys(wanted)), not args.get("sum", False)
 
     async def metrics(self, args: Mapping[str, Any]) -> object:
         """Every figure of one /metrics scrape: all-time totals, quotas, health."""

@@ -16,7 +16,6 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Sequence
-from contextlib import closing
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
@@ -76,6 +75,17 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._conn: sqlite3.Connection | None = None
+        # kept here so that status never reads the file on the event loop
+        self.count = 0
+        self.oldest: float | None = None
+
+    def load(self) -> None:
+        """Open a journal left by an earlier run, if any, and count what it holds."""
+        if self.path.exists():
+            try:
+                self._recount()
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: cannot read the pending journal: {exc}") from exc
 
     def _open(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -89,10 +99,6 @@ class Journal:
             self._conn = conn
         return self._conn
 
-    def exists(self) -> bool:
-        """Whether there is a journal file (from this run or an earlier one)."""
-        return self._conn is not None or self.path.exists()
-
     def append(self, held: Held) -> None:
         """Add a flush at the end (committed to the file before it leaves memory)."""
         sql = "INSERT INTO pending (run, seq, time, size, batches) VALUES (?, ?, ?, ?, ?)"
@@ -101,28 +107,35 @@ class Journal:
             self._open().execute(sql, values)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot write the pending journal: {exc}") from exc
+        self.count += 1
+        self.oldest = held.time if self.oldest is None else min(self.oldest, held.time)
 
     def first(self) -> tuple[int, Held] | None:
         """The oldest spilled flush and its row id, or None."""
-        if not self.exists():
+        if not self.count:
             return None
         sql = "SELECT id, run, seq, time, size, batches FROM pending ORDER BY id LIMIT 1"
-        row = self._open().execute(sql).fetchone()
+        try:
+            row = self._open().execute(sql).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot read the pending journal: {exc}") from exc
         if row is None:
             return None
         row_id, run, seq, when, size, blob = row
         return int(row_id), Held(run, int(seq), float(when), _decode(blob), int(size))
 
     def remove(self, row_id: int) -> None:
-        """Forget a spilled flush the store committed."""
-        self._open().execute("DELETE FROM pending WHERE id = ?", (row_id,))
+        """Forget a spilled flush the store committed (a retry would be skipped by the store)."""
+        try:
+            self._open().execute("DELETE FROM pending WHERE id = ?", (row_id,))
+            self._recount()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot update the pending journal: {exc}") from exc
 
-    def summary(self) -> tuple[int, float | None]:
-        """(flushes held, time of the oldest)."""
-        if not self.exists():
-            return 0, None
+    def _recount(self) -> None:
         row = self._open().execute("SELECT count(*), min(time) FROM pending").fetchone()
-        return int(row[0]), (float(row[1]) if row[1] is not None else None)
+        self.count = int(row[0])
+        self.oldest = float(row[1]) if row[1] is not None else None
 
     def close(self) -> None:
         """Close the file."""
@@ -138,6 +151,7 @@ class PendingFlushes:
         self.run = run or uuid.uuid4().hex
         self.limit = limit
         self.journal = Journal(journal)
+        self.journal.load()  # what an earlier run could not write goes first
         self.memory: deque[Held] = deque()
         self._seq = 0
         self.spilled = 0  # flushes written to the journal since the start
@@ -200,7 +214,7 @@ class PendingFlushes:
 
     def summary(self, now: float) -> dict[str, object]:
         """Flushes pending (memory and journal) and the age of the oldest, for status."""
-        spilled, oldest = self.journal.summary()
+        spilled, oldest = self.journal.count, self.journal.oldest
         times = [t for t in (oldest, self.memory[0].time if self.memory else None) if t]
         return {
             "pending_flushes": spilled + len(self.memory),
@@ -213,12 +227,3 @@ class PendingFlushes:
     def close(self) -> None:
         """Close the journal."""
         self.journal.close()
-
-
-def journal_count(path: Path) -> int:
-    """How many flushes a journal file holds (0 without one)."""
-    if not path.exists():
-        return 0
-    with closing(sqlite3.connect(path)) as conn:
-        conn.execute(_JOURNAL)
-        return int(conn.execute("SELECT count(*) FROM pending").fetchone()[0])
