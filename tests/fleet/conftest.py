@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,12 +23,7 @@ def pg_server() -> Iterator[pg.Postgres]:
 @pytest.fixture
 def pg_url(pg_server: pg.Postgres) -> str:
     """A URL to a fresh, empty database of the session's server."""
-    import psycopg
-
-    name = "t_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(pg_server.admin_url("postgres"), autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return pg_server.admin_url(name)
+    return pg_server.new_database()
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,6 +78,15 @@ class Postgres:
 
         with psycopg.connect(self.admin_url("postgres"), autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {DATABASE}")
+
+    def new_database(self) -> str:
+        """A URL to a fresh, empty database of the cluster."""
+        import psycopg
+
+        name = "t_" + uuid.uuid4().hex[:12]
+        with psycopg.connect(self.admin_url("postgres"), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
+        return self.admin_url(name)
 
     def admin_url(self, database: str = DATABASE) -> str:
         """A URL to another database of the cluster."""
