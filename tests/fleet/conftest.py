@@ -10,6 +10,7 @@ import pytest
 
 from harness import postgres as pg
 from harness import prereq
+from harness.netns import Pair, veth_pair
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +33,13 @@ def own_server() -> Iterator[pg.Postgres]:
     prereq.require(pg.missing(), "the fleet store tests")
     with pg.running(Path(tempfile.mkdtemp(prefix="trafmetux-pg-"))) as server:
         yield server
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    """Two fresh namespaces joined by a veth pair (the live daemon's), removed afterwards."""
+    reason = prereq.missing_requirements("needs", ("ip", "iptables", "ip6tables", "nft"))
+    prereq.require(reason, "the fleet store's live tests")
+    with veth_pair() as made:
+        made.settle()
+        yield made

@@ -79,6 +79,10 @@ class Postgres:
         with psycopg.connect(self.admin_url("postgres"), autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {DATABASE}")
 
+    def socket_url(self, database: str = DATABASE) -> str:
+        """A URL over the server's Unix socket: reachable from inside a network namespace."""
+        return f"postgresql://{USER}@/{database}?host={self.sockets}&port={self.port}"
+
     def new_database(self) -> str:
         """A URL to a fresh, empty database of the cluster."""
         import psycopg
