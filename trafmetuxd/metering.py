@@ -255,7 +255,7 @@ class Metering:
             return {"reloaded": False, "error": str(exc)}
         restart = [
             key
-            for key in ("state_dir", "socket", "socket_group", "capture", "http")
+            for key in ("state_dir", "socket", "socket_group", "capture", "http", "store")
             if getattr(new, key) != getattr(self.config, key)
         ]
         async with self.flush_lock:
