@@ -161,7 +161,10 @@ class PendingFlushes:
         self._seq += 1
         held = Held(self.run, self._seq, when, batches, estimate(batches))
         self.memory.append(held)
-        self._spill(self.limit)
+        try:
+            self._spill(self.limit)
+        except StoreError as exc:  # what could not be spilled stays in memory, nothing is lost
+            log.error("%s; holding the flushes in memory past pending_memory", exc)
         return held
 
     def _spill(self, limit: int) -> None:

@@ -202,3 +202,13 @@ def test_the_journal_outlives_the_daemon_and_is_written_at_the_next_start(
     finally:
         store.close()
     assert stored_in(own_server.url) == (10, 10, 2)
+
+
+def test_a_journal_that_cannot_be_written_keeps_the_flushes_in_memory(tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    queue = PendingFlushes(blocked / "pending.sqlite3", limit=0)
+    held = queue.push(T0, [("input", snap(5))])
+    assert list(queue.memory) == [held]
+    assert queue.summary(T0 + 60)["pending_flushes"] == 1
+    assert queue.summary(T0 + 60)["oldest_age"] == 60
