@@ -350,3 +350,14 @@ def test_show_hosts_prints_one_classic_line_per_host_and_sends_the_range(
                             "end": "2026-10-26", "limit": 5, "sort": "in"}  # fmt: skip
     assert run(fake, "--json", "show-hosts", "lan") == 0
     assert json.loads(capsys.readouterr().out) == hosts
+
+
+def test_gateway_option_reads_names_or_all_and_refuses_empty_ones() -> None:
+    from trafmetuxctl.cli import UsageError, _parse
+
+    a = _parse(["show-daily", "--gateway", "east,west", "--sum", "input"])
+    assert (a.gateway, a.sum, a.monitors) == (["east", "west"], True, ["input"])
+    assert _parse(["top", "--gateway", "all"]).gateway == ["all"]
+    assert _parse(["quota", "--gateway", "all", "--sum"]).sum
+    with pytest.raises(UsageError, match="--gateway: expected NAME"):
+        _parse(["show-hosts", "lan", "--gateway", "east,,west"])
