@@ -9,6 +9,7 @@ serialised by a lock, reconnected after an error; a store that cannot be reached
 from __future__ import annotations
 
 import threading
+from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from itertools import pairwise
@@ -186,14 +187,37 @@ def _range_sums(
     gateways: list[str],
     names: Sequence[str],
 ) -> list[tuple[str, int, int, int]]:
-    """(monitor, bucket, in, out) for rows lo <= unit < hi of each (bucket, lo, hi)."""
+    """(monitor, bucket, in, out) for rows lo <= unit < hi of each (bucket, lo, hi).
+
+    Nearby ranges are read as one span: per span one primary-key range scan for each
+    (gateway, monitor), the gateways summed on the server per monitor and unit, and the units
+    put in their buckets here (units between the ranges are read and left out). A scan per
+    range would descend the index gateways x monitors times for every bucket.
+    """
     unit = TOTALS_UNITS[table]
+    ordered = sorted(ranges, key=lambda r: r[1])
+    spans: list[list[int]] = []
+    for _, lo, hi in ordered:
+        # join the last span when the gap is no longer than what the two cover
+        if spans and lo - spans[-1][1] <= (hi - lo) + (spans[-1][1] - spans[-1][0]):
+            spans[-1][1] = hi
+        else:
+            spans.append([lo, hi])
     sql = (
-        "SELECT t.monitor, r.i, SUM(t.in_bytes), SUM(t.out_bytes) "
-        "FROM unnest(%s::int[], %s::bigint[], %s::bigint[]) AS r(i, lo, hi) "
-        f"JOIN {table} t ON t.{unit} >= r.lo AND t.{unit} < r.hi "
-        "WHERE t.gateway = ANY(%s) AND t.monitor = ANY(%s) GROUP BY t.monitor, r.i"
+        "SELECT s.monitor, s.unit, s.rx, s.tx FROM unnest(%s::bigint[], %s::bigint[]) "
+        "AS c(lo, hi) CROSS JOIN LATERAL "
+        f"(SELECT t.monitor, t.{unit} AS unit, SUM(t.in_bytes) AS rx, "
+        f"SUM(t.out_bytes) AS tx FROM {table} t WHERE t.gateway = ANY(%s) "
+        f"AND t.monitor = ANY(%s) AND t.{unit} >= c.lo AND t.{unit} < c.hi "
+        f"GROUP BY t.monitor, t.{unit}) s"
     )
-    params = ([r[0] for r in ranges], [r[1] for r in ranges], [r[2] for r in ranges],
-              gateways, list(names))  # fmt: skip
-    return [(str(m), int(i), int(rx), int(tx)) for m, i, rx, tx in cur.execute(sql, params)]
+    params = ([s[0] for s in spans], [s[1] for s in spans], gateways, list(names))
+    starts = [r[1] for r in ordered]
+    out: dict[tuple[str, int], list[int]] = {}
+    for monitor, u, rx, tx in cur.execute(sql, params):
+        at = bisect_right(starts, int(u)) - 1
+        if at >= 0 and int(u) < ordered[at][2]:
+            acc = out.setdefault((str(monitor), ordered[at][0]), [0, 0])
+            acc[0] += int(rx)
+            acc[1] += int(tx)
+    return [(m, i, rx, tx) for (m, i), (rx, tx) in out.items()]

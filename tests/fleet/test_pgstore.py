@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import psycopg
 import pytest
 
+from trafmetuxd import query
 from trafmetuxd.collector import OTHER, Snapshot, minute_of
+from trafmetuxd.periods import Calendar, resolve_zone
+from trafmetuxd.pgquery import PgReader
 from trafmetuxd.pgschema import SCHEMA_VERSION
 from trafmetuxd.pgstore import PgStore
 from trafmetuxd.spec import StoreSpec
-from trafmetuxd.store import StoreError
+from trafmetuxd.store import Store, StoreError
 
 T0 = 1_000_000_800.0  # a minute and quarter-hour boundary
 M0 = minute_of(T0)
@@ -122,3 +126,32 @@ def test_replays_and_newest_time_are_this_gateways(store: PgStore, spec: StoreSp
     assert other.newest_time() is None
     other.close()
     assert rid > 0
+
+
+def test_period_sums_equal_the_sqlite_stores_in_a_half_hour_zone(
+    store: PgStore, spec: StoreSpec, tmp_path: Path
+) -> None:
+    """Rollups, edge quarters and the spans read together add up as SQLite's reader does."""
+    sqlite = Store(tmp_path / "t.sqlite3")
+    first = M0 - M0 % 1440 - 3 * 1440  # three UTC days before T0's
+    for seq, start in enumerate(range(first, first + 5 * 1440, 97), start=1):
+        totals = {start + k: [1000 + seq * 7 + k, 1, 10 + seq, 1] for k in range(0, 90, 11)}
+        batch = [("input", Snapshot(totals, {}, 0)), ("output", Snapshot(totals, {}, 0))]
+        store.write_sequenced("run", seq, start * 60.0, batch)
+        sqlite.write(start * 60.0, batch)
+    sqlite.close()
+    cal = Calendar(resolve_zone("Asia/Kolkata"), 0)
+    reader = PgReader(spec)
+    try:
+        for kind, last in (("hour", 100), ("day", 6), ("week", 2)):
+            periods = cal.last(kind, last, (first + 5 * 1440) * 60)
+            bounds = [p.begin for p in periods] + [periods[-1].end]
+            names = ["input", "output"]
+            want = query.bucket_sums(tmp_path / "t.sqlite3", names, bounds, "quarter")
+            assert reader.bucket_sums(tmp_path, names, bounds, "quarter", None) == want, kind
+            assert sum(rx for rx, _ in want["input"]) > 0
+            assert reader.bucket_sums(tmp_path, names, bounds, "quarter", ["other"]) == {
+                n: [[0, 0]] * len(periods) for n in names
+            }
+    finally:
+        reader.close()
