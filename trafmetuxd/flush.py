@@ -17,6 +17,7 @@ import gc
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import TYPE_CHECKING
@@ -196,6 +197,8 @@ class Flusher:
             if done and retention is not None:
                 self.store.prune(when, retention)
         except StoreError as exc:
+            with suppress(StoreError):  # the store may not answer: the next drain skips them
+                queue.settle(self.store)  # type: ignore[arg-type]
             return self._failed(str(exc))
         except Exception as exc:  # a bug must not cost counted bytes: they stay queued
             log.exception("flush write raised")

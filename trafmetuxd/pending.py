@@ -35,6 +35,9 @@ class SequencedStore(Protocol):
     def write_sequenced(self, run: str, seq: int, flush_time: float, batches: Batches) -> bool:
         """Write flush `seq` of `run` in one transaction; False when it committed before."""
 
+    def committed_seq(self, run: str) -> int:
+        """The last sequence number of `run` committed (0: none)."""
+
 
 class Held(NamedTuple):
     """A flush waiting for the store."""
@@ -204,6 +207,22 @@ class PendingFlushes:
             if self.memory and time.monotonic() > deadline:
                 return False
         return True
+
+    def settle(self, store: SequencedStore) -> int:
+        """After a failed write: forget the flushes of this run the store did commit.
+
+        A commit whose acknowledgement was lost would otherwise count in this gateway's
+        reports twice (stored, and held here) until the next flush skipped it. Raises
+        StoreError when the store cannot say; the next drain skips them then.
+        """
+        committed = store.committed_seq(self.run)
+        dropped = 0
+        while self.memory and self.memory[0].run == self.run and self.memory[0].seq <= committed:
+            held = self.memory.popleft()
+            dropped += 1
+            log.warning("flush %d of run %s was committed although its acknowledgement was "
+                        "lost: not written again", held.seq, held.run)  # fmt: skip
+        return dropped
 
     @staticmethod
     def _write(store: SequencedStore, held: Held) -> None:

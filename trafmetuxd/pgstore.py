@@ -209,6 +209,13 @@ class PgStore:
             )
         return True
 
+    def committed_seq(self, run: str) -> int:
+        """The last sequence number of `run` this gateway committed (0: none)."""
+        sql = "SELECT seq FROM flush_sequence WHERE gateway = %s AND run = %s"
+        with self._reading("cannot read the flush sequence") as cur:
+            row = cur.execute(sql, (self.gateway, run)).fetchone()
+        return int(row[0]) if row else 0
+
     def write(
         self,
         flush_time: float,

@@ -26,6 +26,7 @@ from trafmetuxd.flush import Flusher
 from trafmetuxd.pending import PendingFlushes
 from trafmetuxd.pgstore import PgStore
 from trafmetuxd.spec import MonitorSpec, RetentionSpec, StoreSpec
+from trafmetuxd.store import StoreError
 
 T0 = 1_000_000_800.0
 M0 = minute_of(T0)
@@ -141,12 +142,36 @@ def test_a_flush_cut_between_commit_and_acknowledgement_is_not_doubled(
         assert "cannot write flush" in flush.state.last_error
         # the cut flush did commit: the server holds it although the daemon saw an error
         assert stored_in(pg_url) == (1500, 1500, 2)
-        assert flush.held_bytes() == 500  # and the daemon still holds it, as it must
+        # asked at once, the store says so: the daemon no longer holds it (or reports of this
+        # gateway would count it twice, stored and held, until the next flush)
+        assert flush.held_bytes() == 0
         assert flush.flush([("input", snap(25))], T0 + 120, RetentionSpec())
     finally:
         store.close()
     assert stored_in(pg_url) == (1525, 1525, 3)
     assert flush.held_bytes() == 0
+
+
+def test_a_retried_flush_already_committed_is_skipped_by_the_store(
+    proxy: CuttingProxy, pg_url: str, tmp_path: Path
+) -> None:
+    """The retry itself, when the daemon could not ask in time: the store skips the flush."""
+    database = pg_url.rsplit("/", 1)[1]
+    via_proxy = f"postgresql://trafmetux@127.0.0.1:{proxy.port}/{database}"
+    store = PgStore(StoreSpec(url=via_proxy, gateway="gw", statement_timeout=5.0))
+    queue = PendingFlushes(tmp_path / "pending.sqlite3", 1 << 20)
+    try:
+        queue.push(T0, [("input", snap(500))])
+        proxy.armed.set()
+        with pytest.raises(StoreError):
+            queue.drain(store)
+        assert proxy.cuts == 1 and len(queue.memory) == 1  # held: the daemon cannot know
+        queue.push(T0 + 60, [("input", snap(25))])
+        assert queue.drain(store)  # the first is skipped by its sequence number
+    finally:
+        store.close()
+    assert stored_in(pg_url) == (525, 525, 2)
+    assert not queue.memory
 
 
 def test_flushes_wait_through_an_outage_in_memory_and_journal_then_land_in_order(
