@@ -8,9 +8,10 @@ DEB_PACKAGES := python3 python3-venv python3-dev gcc make libnetfilter-queue-dev
 	libnfnetlink-dev iptables nftables iproute2 ethtool socat procps systemd netsniff-ng \
 	debootstrap systemd-container
 # Needed by the tests on this machine only (the dashboard in headless Chromium, the manual
-# pages rendered by man and groff, the zsh completion checked by zsh), not by the service:
-# kept out of DEB_PACKAGES, which the system tests' boot root is built from.
-TEST_DEB_PACKAGES := chromium groff-base man-db zsh
+# pages rendered by man and groff, the zsh completion checked by zsh, a PostgreSQL server
+# the fleet store tests start themselves), not by the service: kept out of DEB_PACKAGES,
+# which the system tests' boot root is built from.
+TEST_DEB_PACKAGES := chromium groff-base man-db zsh postgresql
 PYTEST_ARGS ?=
 APT_GET ?= apt-get
 

@@ -218,6 +218,31 @@ def _scrape(r: Result) -> list[str]:
     return [*lines, ""]
 
 
+def _fleet(r: Result) -> list[str]:
+    if "skipped" in r:
+        return [f"Skipped: {r['skipped']}.", ""]
+    p = r["params"]
+    lines = [
+        f"Flush: {p['monitors']} monitors x {p['positions']:,} flow positions (and five minutes "
+        f"of totals each), {p['flushes']} flushes, the same batches to each store.",
+        "",
+        "| store | median ms | p99 ms | max ms |",
+        "|---|---|---|---|",
+    ]
+    for store, s in r["flush_ms"].items():
+        lines.append(f"| {store} | {_fmt(s['median'])} | {_fmt(s['p99'])} | {_fmt(s['max'])} |")
+    lines += [
+        "",
+        f"Reports: {p['years']} years x {p['monitors']} monitors x {p['gateways']} gateways of "
+        f"quarter, hour and day rows ({p['rows']:,} rows, generated in {p['fill_seconds']} s); "
+        "the period sums of each command (all monitors), read by the fleet store's reader for "
+        "one gateway and for every gateway summed.",
+        "",
+        *_latency(r, "latency_ms"),
+    ]
+    return lines
+
+
 SECTIONS: tuple[tuple[str, str, Any], ...] = (
     ("pipeline", "1. Pipeline in process (parse + classify + collect)", _pipeline),
     ("e2e", "2. End to end through NFQUEUE", _e2e),
@@ -226,6 +251,7 @@ SECTIONS: tuple[tuple[str, str, Any], ...] = (
     ("memory", "5. Memory at 20 x 65,536 positions", _memory),
     ("ctl", "6. trafmetuxctl show-daily start-up", _ctl),
     ("scrape", "7. /metrics scraped by 10 clients while traffic is metered", _scrape),
+    ("fleet", "8. PostgreSQL fleet store against SQLite", _fleet),
 )
 
 

@@ -161,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("monitor", metavar="MONITOR")
     _range_args(s, 20, MAX_FLOWS, "flows")
+    _gateway_args(s, _GATEWAY_SUM)
     s = add(
         "show-hosts", help="a monitor's hosts, largest first", description=_HOSTS_TEXT, epilog=TIMES
     )
@@ -180,11 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-f", "--week-start", type=week_day, metavar="DAY",
                    help="first day of the week (default: the daemon's week_start)")  # fmt: skip
     _unit_arg(s)
+    _gateway_args(s, _GATEWAY_SUM)
     s = add("top", help="top clients, servers or ports", description=_TOP_TEXT, epilog=TIMES)
     s.add_argument("--by", choices=("client", "server", "port", "host"), default="client",
                    help="what to rank (default: %(default)s)")  # fmt: skip
     s.add_argument("monitors", nargs="*", metavar="MONITOR", help="default: all")
     _range_args(s, 10, MAX_TOP, "entries")
+    _gateway_args(s, _GATEWAY_SUM)
     s = add("live", help="current rates per monitor", description=_LIVE_TEXT)
     s.add_argument("--hosts", metavar="MONITOR",
                    help="rates per host of this monitor (with `hosts`), largest first")  # fmt: skip
@@ -201,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("quota", help="quota usage", description="Each quota's usage in its period.")
     s.add_argument("name", nargs="?", metavar="NAME", help="one quota (default: all)")
     _unit_arg(s)
+    _gateway_args(s, _GATEWAY_SUM)
     s = add("check-quota", help="monitoring plugin: exit 0/1/2/3", description=_CHECK_TEXT)
     s.add_argument("name", metavar="NAME")
     return p
@@ -230,6 +234,25 @@ _LIVE_TEXT = (
 _CHECK_TEXT = "One status line with perfdata; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."
 
 
+def gateway_list(text: str) -> list[str]:
+    """'branch-1,branch-2' or 'all' -> the names, for --gateway."""
+    names = [n.strip() for n in text.split(",")]
+    if not all(names) or len(names) > 256:
+        raise argparse.ArgumentTypeError(f"expected NAME[,NAME...] or 'all', not {text!r}")
+    return names
+
+
+def _gateway_args(s: argparse.ArgumentParser, sum_help: str | None = None) -> None:
+    s.add_argument("--gateway", type=gateway_list, metavar="NAME[,NAME]|all",
+                   help="the fleet store's gateways (default: the daemon's own); each line "
+                   "names its gateway unless --sum")  # fmt: skip
+    if sum_help is not None:
+        s.add_argument("--sum", action="store_true", help=sum_help)
+
+
+_GATEWAY_SUM = "with --gateway: the gateways added up"
+
+
 def _unit_arg(s: argparse.ArgumentParser) -> None:
     s.add_argument("-u", "--unit", choices=UNIT_CHOICES, default="auto",
                    help="unit of the figures (default: %(default)s)")  # fmt: skip
@@ -244,7 +267,8 @@ def _show_args(s: argparse.ArgumentParser, period: str) -> None:
     s.add_argument("--split", action="store_true", help="in and out per monitor")
     s.add_argument("--sum", action="store_true",
                    help="add a [sum= ] cell: the listed monitors added up (monitors that "
-                   "overlap are then counted more than once)")  # fmt: skip
+                   "overlap are then counted more than once); with --gateway: a column per "
+                   "monitor, the gateways added up")  # fmt: skip
     s.add_argument("-b", "--begin", type=begin_time, metavar="TIME",
                    help="first period: the one holding TIME (not with -t)")  # fmt: skip
     s.add_argument("-e", "--end", type=end_time, metavar="TIME",
@@ -253,6 +277,7 @@ def _show_args(s: argparse.ArgumentParser, period: str) -> None:
                    help="one host's traffic (an address, an IPv6 group such as fd00:1::/64, "
                    "or 'other'), in the monitors with `hosts` that count it")  # fmt: skip
     s.add_argument("monitors", nargs="*", metavar="MONITOR", help="default: all")
+    _gateway_args(s)
     s.set_defaults(period=period)
 
 
@@ -295,16 +320,25 @@ def _show(c: Client, a: argparse.Namespace) -> int:
         monitors=a.monitors or None,
         week_start=a.week_start,
         host=a.host,
+        **_fleet(a),
     )
     if a.json:
         _dump(result)
     else:
-        _print(report.report_lines(result, a.unit, a.split, a.sum))
+        add_sum = a.sum and not a.gateway  # with --gateway, --sum added the gateways up
+        _print(report.report_lines(result, a.unit, a.split, add_sum))
     return EXIT_OK
 
 
+def _fleet(a: argparse.Namespace) -> dict[str, Any]:
+    """The request's gateways and sum arguments (none without --gateway)."""
+    if not a.gateway:
+        return {}
+    return {"gateways": a.gateway, "sum": True if a.sum else None}
+
+
 def _flows(c: Client, a: argparse.Namespace) -> int:
-    result = c.call("flows", monitor=a.monitor, begin=a.since, end=a.until, limit=a.n)
+    result = c.call("flows", monitor=a.monitor, begin=a.since, end=a.until, limit=a.n, **_fleet(a))
     _dump(result) if a.json else _print(report.flow_lines(result, a.unit))
     return EXIT_OK
 
@@ -320,6 +354,7 @@ def _hosts(c: Client, a: argparse.Namespace) -> int:
         period=a.period,
         last=a.last,
         week_start=a.week_start,
+        **_fleet(a),
     )
     if a.json:
         _dump(result)
@@ -343,7 +378,9 @@ def _check_hosts(a: argparse.Namespace) -> None:
 
 def _top(c: Client, a: argparse.Namespace) -> int:
     monitors = a.monitors or None
-    result = c.call("top", by=a.by, monitors=monitors, begin=a.since, end=a.until, limit=a.n)
+    result = c.call(
+        "top", by=a.by, monitors=monitors, begin=a.since, end=a.until, limit=a.n, **_fleet(a)
+    )
     _dump(result) if a.json else _print(report.top_lines(result, a.unit))
     return EXIT_OK
 
@@ -394,7 +431,7 @@ def _key_values(result: Any, indent: str = "") -> list[str]:
 
 
 def _quota(c: Client, a: argparse.Namespace) -> int:
-    result = c.call("quota", name=a.name)
+    result = c.call("quota", name=a.name, **_fleet(a))
     _dump(result) if a.json else _print(report.quota_lines(result, a.unit))
     return EXIT_OK
 

@@ -61,7 +61,7 @@ def flow_lines(result: Mapping[str, Any], unit: str = "auto") -> list[str]:
         client = _endpoint(f["client"], f["client_port"])
         server = _endpoint(f["server"], f["server_port"])
         lines.append(
-            f"{proto} {client} -> {server} sent= {format_bytes(f['sent'], unit)} "
+            f"{_gw(f)}{proto} {client} -> {server} sent= {format_bytes(f['sent'], unit)} "
             f"received= {format_bytes(f['received'], unit)} packets={f['packets']}"
         )
     return lines
@@ -69,14 +69,14 @@ def flow_lines(result: Mapping[str, Any], unit: str = "auto") -> list[str]:
 
 def top_lines(result: Mapping[str, Any], unit: str = "auto") -> list[str]:
     """'    12.00 MiB  10.0.0.2' lines, largest first."""
-    return [f"{format_bytes(e['bytes'], unit):>14}  {e['key']}" for e in result["entries"]]
+    return [f"{format_bytes(e['bytes'], unit):>14}  {_gw(e)}{e['key']}" for e in result["entries"]]
 
 
 def host_lines(result: Mapping[str, Any], unit: str = "auto") -> list[str]:
     """'192.168.1.23: [in= 1.21 GiB] [out= 83.10 MiB] [total= 1.29 GiB]', in the daemon's order."""
     return [
-        f"{h['host']}: [in= {format_bytes(h['in'], unit)}] [out= {format_bytes(h['out'], unit)}] "
-        f"[total= {format_bytes(h['in'] + h['out'], unit)}]"
+        f"{_gw(h)}{h['host']}: [in= {format_bytes(h['in'], unit)}] "
+        f"[out= {format_bytes(h['out'], unit)}] [total= {format_bytes(h['in'] + h['out'], unit)}]"
         for h in result["hosts"]
     ]
 
@@ -134,7 +134,7 @@ def quota_lines(result: Mapping[str, Any], unit: str = "auto") -> list[str]:
     """'OK       mobile: used ...' for each quota; below a per-host one its hosts over warn."""
     lines = []
     for q in result["quotas"]:
-        lines.append(f"{q['state']:<9}{quota_summary(q, unit)}")
+        lines.append(f"{q['state']:<9}{_gw(q)}{quota_summary(q, unit)}")
         if q.get("per_host"):
             lines += _host_lines(q, unit)
     return lines
@@ -155,6 +155,12 @@ def _host_lines(q: Mapping[str, Any], unit: str) -> list[str]:
         used = format_bytes(q["other"], unit)
         lines.append(f"         other (hosts beyond max_hosts, no limit): used {used}")
     return lines
+
+
+def _gw(entry: Mapping[str, Any]) -> str:
+    """'branch-3: ' when the entry names its gateway (reports across a fleet store)."""
+    gateway = entry.get("gateway")
+    return f"{gateway}: " if gateway else ""
 
 
 def perfdata(q: Mapping[str, Any]) -> str:

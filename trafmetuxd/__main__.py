@@ -34,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --replay: meter the capture even if it was replayed into the store before",
     )
+    parser.add_argument(
+        "--import-sqlite",
+        metavar="OLD_DB",
+        help="copy a SQLite store's history into the configured PostgreSQL store (once) and exit",
+    )
     parser.add_argument("--check", action="store_true", help="validate the configuration only")
     parser.add_argument(
         "--hash-password",
@@ -65,7 +70,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check:
         print(f"{args.config}: OK ({len(cfg.monitors)} monitors)")
         return 0
+    if args.import_sqlite:
+        return _import(cfg, Path(args.import_sqlite))
     return _start(cfg, args)
+
+
+def _import(cfg: Config, old: Path) -> int:
+    """--import-sqlite: the history of `old` into the PostgreSQL store, as this gateway's."""
+    if not cfg.store.postgresql:
+        print(f"trafmetuxd: --import-sqlite: {cfg.path} has no [store] url (PostgreSQL) to "
+              "import into", file=sys.stderr)  # fmt: skip
+        return EXIT_CONFIG
+    from trafmetuxd.pgimport import import_sqlite
+    from trafmetuxd.pgstore import PgStore
+    from trafmetuxd.store import StoreError
+
+    store = PgStore(cfg.store)
+    try:
+        print(import_sqlite(store, old).line())
+    except StoreError as exc:
+        print(f"trafmetuxd: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        store.close()
+    return 0
 
 
 def _hash_password() -> int:
@@ -101,7 +129,9 @@ def _start(cfg: Config, args: argparse.Namespace) -> int:
         check(cfg)  # nobody else may write where the daemon writes (symlinks: issue 11)
         metering = Metering(cfg)
         if not args.replay:
-            return asyncio.run(Service(metering, Notifier()).run())
+            # [capture] enabled = false: reporting only (the store and the socket, no queue)
+            live = cfg.capture.enabled
+            return asyncio.run(Service(metering, Notifier(), live=live).run())
         try:
             summary = replay_file(metering, Path(args.replay), args.interface, args.force)
         except AlreadyReplayedError as exc:

@@ -98,6 +98,16 @@ class _Capture(_Model):
     rcvbuf: Annotated[int, _v(parse_size), Field(ge=65536, le=2**31 - 1)] = 8 * 1024 * 1024
     queues: Annotated[int, _v(cv.queues)] = 1
     stall_timeout: Annotated[float, _v(cv.stall_timeout)] = 1.0
+    enabled: bool = True
+
+
+class _Store(_Model):
+    url: Annotated[str, _v(cv.store_url)] = ""
+    url_file: Annotated[Path | None, _v(cv.absolute_path)] = None
+    gateway: Annotated[str, _v(cv.gateway)] = ""
+    pending_memory: Annotated[int, _v(parse_size), Field(ge=0, le=2**40)] = 64 * 2**20
+    connect_timeout: Annotated[float, _v(cv.store_timeout)] = 5.0
+    statement_timeout: Annotated[float, _v(cv.store_timeout)] = 15.0
 
 
 class _Retention(_Model):
@@ -127,11 +137,12 @@ class _Root(_Model):
     capture: _Capture = _Capture()
     retention: _Retention = _Retention()
     http: _Http = _Http()
+    store: _Store = _Store()
     monitor: list[dict[str, Any]] = []
     quota: list[dict[str, Any]] = []
 
 
-_MODELS = (_Root, _Capture, _Retention, _Monitor, _Rule, _Quota, _Http)
+_MODELS = (_Root, _Capture, _Retention, _Monitor, _Rule, _Quota, _Http, _Store)
 _KEYS = sorted({key for model in _MODELS for key in model.model_fields})
 
 
@@ -146,7 +157,9 @@ class _Problems:
         self.lines: list[str] = []
 
     def add(self, loc: Loc, value: Any, message: str) -> None:
-        """Record that the value at loc is wrong."""
+        """Record that the value at loc is wrong (a store URL's password is never shown)."""
+        if loc[:1] == ("store",) and loc[-1] == "url":
+            value = cv.redact_url(value)
         self.lines.append(f"{self.file}: {_key_path(loc)} = {value!r}: {message}")
 
     def validate(self, model: type[_M], data: Any, loc: Loc) -> _M | None:
@@ -282,6 +295,38 @@ def _password_file(path: Path, p: _Problems) -> str:
         return ""
 
 
+def _store(store: _Store, p: _Problems) -> spec.StoreSpec:
+    """The store: SQLite unless a URL is given (in the config or a file); the gateway name."""
+    url = store.url
+    if store.url_file is not None:
+        if url:
+            p.add(("store", "url_file"), str(store.url_file), "give url or url_file, not both")
+        url = _url_file(store.url_file, p)
+    gateway = store.gateway or spec.default_gateway()
+    return spec.StoreSpec(
+        url=url, gateway=gateway, pending_memory=store.pending_memory,
+        connect_timeout=store.connect_timeout, statement_timeout=store.statement_timeout,
+    )  # fmt: skip
+
+
+def _url_file(path: Path, p: _Problems) -> str:
+    """The PostgreSQL URL on the first line of path ('' after recording a problem)."""
+    loc: Loc = ("store", "url_file")
+    try:
+        text = _read_regular(path).decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        p.add(loc, str(path), f"cannot read the store URL: {exc}")
+        return ""
+    except ConfigError as exc:
+        p.add(loc, str(path), str(exc))
+        return ""
+    try:
+        return cv.store_url(text.splitlines()[0] if text else "")
+    except ValueError as exc:  # the file's text is not shown: it may hold a password
+        p.add(loc, str(path), f"its first line: {exc}")
+        return ""
+
+
 def _check_quota(raw: dict[str, Any], index: int, monitors: Sequence[Any], p: _Problems) -> None:
     """A quota sums distinct, existing monitors."""
     names = raw.get("monitors")
@@ -385,8 +430,9 @@ def _config(data: dict[str, Any], path: Path, p: _Problems) -> spec.Config:
     _check_queues(root.capture, p)
     return spec.Config(
         path=path,
-        **_fields(root, ("capture", "retention", "monitor", "quota", "http")),
+        **_fields(root, ("capture", "retention", "monitor", "quota", "http", "store")),
         http=_http(root.http, p),
+        store=_store(root.store, p),
         capture=spec.CaptureSpec(**_fields(root.capture)),
         retention=spec.RetentionSpec(**_fields(root.retention)),
         monitors=tuple(monitor for _, _, monitor in monitors),

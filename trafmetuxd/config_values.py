@@ -336,3 +336,37 @@ def password_hash(value: Any) -> str:
 
 
 BCRYPT = re.compile(r"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}")
+
+
+_URL_PASSWORD = re.compile(r"(://[^:/@]*):[^@]*@")
+_PG_SCHEMES = ("postgresql://", "postgres://")
+
+
+def redact_url(value: Any) -> Any:
+    """The URL with any password replaced by '***' (what messages may show of it)."""
+    if not isinstance(value, str):
+        return value
+    return _URL_PASSWORD.sub(r"\1:***@", value)
+
+
+def store_url(value: Any) -> str:
+    """A PostgreSQL URL 'postgresql://[user[:password]@][host][:port][/database][?...]'."""
+    expected = "expected a URL such as 'postgresql://trafmetux@db.example/trafmetux'"
+    if not isinstance(value, str) or not value.startswith(_PG_SCHEMES):
+        raise ValueError(expected)
+    if any(ch.isspace() for ch in value.strip()) or "\x00" in value:
+        raise ValueError(f"{expected} (no spaces)")
+    return value.strip()
+
+
+def gateway(value: Any) -> str:
+    """This daemon's name in a fleet store: a name, not the reserved word 'all'."""
+    if value == "all":
+        raise ValueError("'all' is reserved (it means every gateway in reports)")
+    return name(value)
+
+
+def store_timeout(value: Any) -> float:
+    """Seconds a store connection or statement may take: 500ms..300s."""
+    expected = "expected a duration from 500ms to 300s such as '5s'"
+    return _bounded_duration(value, 0.5, 300.0, expected)

@@ -17,13 +17,19 @@ import gc
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
+from typing import TYPE_CHECKING
 
 from trafmetuxd.collector import FlushCollector, Snapshot, Totals
 from trafmetuxd.flowlog import FlowLog
+from trafmetuxd.pending import PendingFlushes
 from trafmetuxd.spec import MonitorSpec, RetentionSpec
 from trafmetuxd.store import Store, StoreError
+
+if TYPE_CHECKING:
+    from trafmetuxd.pgstore import PgStore
 
 log = logging.getLogger("trafmetuxd.flush")
 
@@ -52,12 +58,16 @@ class Flusher:
 
     def __init__(
         self,
-        store: Store,
+        store: Store | PgStore,
         monitors: Sequence[MonitorSpec],
         zone: tzinfo,
         started: float | None = None,
+        queue: PendingFlushes | None = None,
     ) -> None:
         self.store = store
+        # A sequenced store (PostgreSQL): every flush taken from the collectors waits here,
+        # with its sequence number, until the store committed it.
+        self.queue = queue
         self.zone = zone
         self.state = FlushState()
         self._last_prune = 0.0
@@ -131,12 +141,26 @@ class Flusher:
         """Every non-empty flush collector's contents."""
         return [(n, c.pending()) for n, c in self.collectors.items() if not c.empty]
 
-    def unflushed_totals(self) -> dict[str, Totals]:
+    def held(self) -> list[tuple[str, Snapshot]]:
+        """Everything held here and not committed: the collectors and the queued flushes.
+
+        Flushes spilled to the journal are not among them (they are read back to be written).
+        """
+        queued = self.queue.in_memory() if self.queue is not None else []
+        return [pair for batches in queued for pair in batches] + self.pending()
+
+    def unflushed_totals(self) -> dict[str, list[Totals]]:
         """Per monitor, the minute totals held here (not yet committed)."""
-        return {n: c.pending().totals for n, c in self.collectors.items() if not c.empty}
+        out: dict[str, list[Totals]] = {}
+        for name, snap in self.held():
+            if snap.totals:
+                out.setdefault(name, []).append(snap.totals)
+        return out
 
     def write(self, when: float, retention: RetentionSpec | None = None) -> bool:
         """Write everything pending in one transaction (worker thread); True when committed."""
+        if self.queue is not None:
+            return self._write_queued(self.queue, when, retention)
         batches = self.pending()
         self.state.last_attempt = when
         try:
@@ -152,6 +176,40 @@ class Flusher:
             self.state.database_recreated = self.store.recreated
         self._render_logs(when, batches)
         return True
+
+    def _write_queued(
+        self, queue: PendingFlushes, when: float, retention: RetentionSpec | None
+    ) -> bool:
+        """Queue what the collectors hold as the next flush, then write the queue in order.
+
+        The collectors are emptied at once: their contents now wait in the queue (and count in
+        reports from there) under a sequence number that a retry keeps.
+        """
+        batches = self.pending()
+        self.state.last_attempt = when
+        if batches:
+            queue.push(when, batches)
+            self._count_host_overflow(batches)
+            self.collectors = {}
+            self._render_logs(when, batches)
+        try:
+            done = queue.drain(self.store)  # type: ignore[arg-type]  # a PgStore
+            if done and retention is not None:
+                self.store.prune(when, retention)
+        except StoreError as exc:
+            with suppress(StoreError):  # the store may not answer: the next drain skips them
+                queue.settle(self.store)  # type: ignore[arg-type]
+            return self._failed(str(exc))
+        except Exception as exc:  # a bug must not cost counted bytes: they stay queued
+            log.exception("flush write raised")
+            return self._failed(f"{type(exc).__name__}: {exc}")
+        return True
+
+    def _count_host_overflow(self, batches: Sequence[tuple[str, Snapshot]]) -> None:
+        for name, snap in batches:
+            if snap.host_overflow:
+                was = self.state.host_overflow.get(name, 0)
+                self.state.host_overflow[name] = was + snap.host_overflow
 
     def _failed(self, error: str) -> bool:
         self.state.failures += 1
@@ -175,7 +233,7 @@ class Flusher:
 
     def held_bytes(self) -> int:
         """Bytes counted but not yet committed to the store."""
-        return sum(sum(r[0] + r[2] for r in t.values()) for t in self.unflushed_totals().values())
+        return sum(sum(r[0] + r[2] for r in s.totals.values()) for _, s in self.held())
 
     def _render_logs(self, when: float, batches: Sequence[tuple[str, Snapshot]]) -> None:
         local = datetime.fromtimestamp(when, self.zone)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -107,14 +108,20 @@ class Handlers:
             message = "'last' counts back from 'end' (or now): give begin and end, or last"
             raise ProtocolError(BAD_ARGUMENT, f"report: {message}, not begin and last")
         kind, last = args["period"], args.get("last")
+        gateways, each = await self.fleet(args)
+        now = self.reports.now()
         host = args.get("host")
         if host is None:
-            return await self.reports.report(cal, names, kind, last, begin, end, self.reports.now())
+            return await self.reports.report(
+                cal, names, kind, last, begin, end, now, gateways, each
+            )
+        self.local_hosts("host", gateways)
         # one host's history: the monitors asked for, else every monitor counting that host
         keys = self.host_reports.keys(names if args.get("monitors") else None, host)
         source = self.host_reports.series(keys)
-        now = self.reports.now()
-        result = await self.reports.report(cal, list(keys), kind, last, begin, end, now, source)
+        result = await self.reports.report(
+            cal, list(keys), kind, last, begin, end, now, source=source
+        )
         return {**result, "host": host, "hosts": {n: host_text(k) for n, k in keys.items()}}
 
     async def flows(self, args: Mapping[str, Any]) -> object:
@@ -123,7 +130,9 @@ class Handlers:
         (name,) = self.monitor_names([args["monitor"]])
         begin, end = self._range(args, cal)
         limit = args.get("limit", 20)
-        return await self.reports.flows(name, begin, end, limit, self.reports.now())
+        gateways, each = await self.fleet(args)
+        now = self.reports.now()
+        return await self.reports.flows(name, begin, end, limit, now, gateways, each)
 
     async def top(self, args: Mapping[str, Any]) -> object:
         """Top clients, servers or ports by bytes over a range."""
@@ -131,10 +140,13 @@ class Handlers:
         names = self.monitor_names(args.get("monitors"))
         begin, end = self._range(args, cal)
         by, limit = args.get("by", "client"), args.get("limit", 10)
+        gateways, each = await self.fleet(args)
+        now = self.reports.now()
         if by == "host":
+            self.local_hosts("top --by host", gateways)
             name = self.host_reports.host_monitor(args.get("monitors") and names)
-            return await self.host_reports.top(name, begin, end, limit, self.reports.now())
-        return await self.reports.top(names, begin, end, by, limit, self.reports.now())
+            return await self.host_reports.top(name, begin, end, limit, now)
+        return await self.reports.top(names, begin, end, by, limit, now, gateways, each)
 
     async def hosts(self, args: Mapping[str, Any]) -> object:
         """A monitor's hosts over a range (the last day by default), largest first.
@@ -144,6 +156,7 @@ class Handlers:
         (name,) = self.monitor_names([args["monitor"]])
         cal = self.reports.calendar(args.get("week_start"))
         limit, sort = args.get("limit", 20), args.get("sort", "total")
+        gateways, each = await self.fleet(args)
         kind = args.get("period")
         if kind is None:
             for field in ("last", "week_start"):
@@ -151,8 +164,10 @@ class Handlers:
                     message = f"hosts: {field!r} applies to periods: give 'period'"
                     raise ProtocolError(BAD_ARGUMENT, message)
             begin, end = self._range(args, cal)
-            result = await self.reports.hosts(name, begin, end, limit, sort, self.reports.now())
+            now = self.reports.now()
+            result = await self.reports.hosts(name, begin, end, limit, sort, now, gateways, each)
             return _local_times(result, cal)
+        self.local_hosts("hosts per period", gateways)
         span = (args.get("last"), self.instant(args, "begin", cal), self.instant(args, "end", cal))
         if span[0] is not None and span[1] is not None:
             message = "'last' counts back from 'end' (or now): give begin and end, or last"
@@ -172,8 +187,51 @@ class Handlers:
             specs = tuple(q for q in specs if q.name == name)
             if not specs:
                 raise ProtocolError(NOT_FOUND, f"no such quota: {name}")
-        statuses = await self.reports.quotas(specs)
-        return {"quotas": [s.as_dict() for s in statuses]}
+        gateways, each = await self.fleet(args)
+        if not each:
+            statuses = await self.reports.quotas(specs, gateways)
+            return {"quotas": [s.as_dict() for s in statuses]}
+        out: list[dict[str, object]] = []
+        for gateway in gateways or ():
+            statuses = await self.reports.quotas(specs, [gateway])
+            out += [s.as_dict() | {"gateway": gateway} for s in statuses]
+        return {"quotas": out}
+
+    def local_hosts(self, what: str, gateways: list[str] | None) -> None:
+        """Refuse a per-host read the fleet store cannot answer yet, naming the request."""
+        if self.backend.config.store.postgresql:
+            message = (f"{what}: read from the SQLite store only; the PostgreSQL store answers "
+                       "show-hosts over a range (without --period)")  # fmt: skip
+            raise ProtocolError(BAD_ARGUMENT, message)
+        assert gateways is None  # fleet() gives None for the SQLite store
+
+    async def fleet(self, args: Mapping[str, Any]) -> tuple[list[str] | None, bool]:
+        """The gateways a request reads (None: this daemon's) and whether each is named.
+
+        ["all"] is every gateway the store holds (and this one while it meters); without a
+        PostgreSQL store no other gateway can be asked for.
+        """
+        wanted = args.get("gateways")
+        if not wanted:
+            return None, False
+        store = self.backend.config.store
+        own = store.gateway
+        if not store.postgresql:
+            if set(wanted) <= {own, "all"}:
+                return None, False
+            message = (f"gateways: the SQLite store holds this gateway ({own}) only; "
+                       "reports across gateways need a PostgreSQL store ([store] url)")  # fmt: skip
+            raise ProtocolError(BAD_ARGUMENT, message)
+        known = await asyncio.to_thread(self.reports.reader.gateways)
+        if self.backend.config.capture.enabled:
+            known = sorted({*known, own})
+        if "all" in wanted:
+            return known, not args.get("sum", False)
+        for name in wanted:
+            if name not in known and name != own:
+                held = ", ".join(known) or "none yet"
+                raise ProtocolError(NOT_FOUND, f"no such gateway: {name} (the store holds: {held})")
+        return list(dict.fromkeys(wanted)), not args.get("sum", False)
 
     async def metrics(self, args: Mapping[str, Any]) -> object:
         """Every figure of one /metrics scrape: all-time totals, quotas, health."""

@@ -14,15 +14,19 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from trafmetuxd import __version__, config, periods
 from trafmetuxd.collector import Flows, Hosts, Snapshot, Totals
 from trafmetuxd.flush import Flusher
 from trafmetuxd.meter import Meter
+from trafmetuxd.pending import PendingFlushes
 from trafmetuxd.rates import HostRates, RateSampler
 from trafmetuxd.spec import Config
 from trafmetuxd.store import Store
+
+if TYPE_CHECKING:
+    from trafmetuxd.pgstore import PgStore
 
 log = logging.getLogger("trafmetuxd")
 
@@ -74,9 +78,9 @@ class Metering:
         # Uptime from the monotonic clock: a wall clock stepped back must not make it negative.
         self._started_monotonic = time.monotonic()
         self.meter = Meter(cfg.monitors, cfg.local_networks)
-        self.store = Store(cfg.database)
+        self.store, queue = open_store(cfg)
         zone = periods.resolve_zone(cfg.timezone)
-        self.flusher = Flusher(self.store, cfg.monitors, zone, started=self.started)
+        self.flusher = Flusher(self.store, cfg.monitors, zone, started=self.started, queue=queue)
         self.flush_lock = asyncio.Lock()
         self.rates_sampler = RateSampler()
         self.host_sampler = HostRates()
@@ -159,8 +163,9 @@ class Metering:
     def unflushed(self) -> dict[str, Totals]:
         """Per monitor: minute totals counted but not committed yet."""
         out: dict[str, Totals] = {}
-        for name, totals in self.flusher.unflushed_totals().items():
-            merge_counts(out.setdefault(name, {}), totals)
+        for name, pieces in self.flusher.unflushed_totals().items():
+            for totals in pieces:
+                merge_counts(out.setdefault(name, {}), totals)
         for name, snap in self.staged:
             merge_counts(out.setdefault(name, {}), snap.totals)
         for spec, coll in zip(self.meter.monitors, self.meter.collectors, strict=True):
@@ -170,9 +175,9 @@ class Metering:
     def unflushed_flows(self, monitor: str) -> Flows:
         """A monitor's flow positions counted but not committed yet."""
         out: Flows = {}
-        held = self.flusher.collectors.get(monitor)
-        if held is not None:
-            merge_counts(out, held.pending().flows)
+        for name, snap in self.flusher.held():
+            if name == monitor:
+                merge_counts(out, snap.flows)
         for name, snap in self.staged:
             if name == monitor:
                 merge_counts(out, snap.flows)
@@ -184,8 +189,7 @@ class Metering:
     def unflushed_hosts(self, monitor: str) -> Hosts:
         """A monitor's per-host totals counted but not committed yet."""
         out: Hosts = {}
-        held = self.flusher.collectors.get(monitor)
-        pieces = [held.pending().hosts] if held is not None else []
+        pieces = [snap.hosts for name, snap in self.flusher.held() if name == monitor]
         pieces += [snap.hosts for name, snap in self.staged if name == monitor]
         pieces += [c.hosts for m, c in zip(self.meter.monitors, self.meter.collectors,
                                            strict=True) if m.name == monitor]  # fmt: skip
@@ -241,8 +245,16 @@ class Metering:
                 "database_recreated": state.database_recreated,
                 "host_overflow": dict(state.host_overflow),
             },
+            "store": self.store_status(),
             "reload_error": self.reload_error or None,
         }
+
+    def store_status(self) -> dict[str, object]:
+        """The store's kind and state; for PostgreSQL the flushes waiting and the oldest's age."""
+        queue = self.flusher.queue
+        if queue is None or isinstance(self.store, Store):
+            return {"kind": "sqlite", "path": str(self.config.database)}
+        return self.store.state() | queue.summary(self.clock())
 
     # -- reload ----------------------------------------------------------------------------
     async def reload(self) -> dict[str, object]:
@@ -255,7 +267,7 @@ class Metering:
             return {"reloaded": False, "error": str(exc)}
         restart = [
             key
-            for key in ("state_dir", "socket", "socket_group", "capture", "http")
+            for key in ("state_dir", "socket", "socket_group", "capture", "http", "store")
             if getattr(new, key) != getattr(self.config, key)
         ]
         async with self.flush_lock:
@@ -274,8 +286,23 @@ class Metering:
         return {"reloaded": True, "monitors": self.meter.names, "needs_restart": restart}
 
     def close(self) -> None:
-        """Release the store."""
+        """Release the store; flushes still unwritten go to the journal for the next start."""
+        queue = self.flusher.queue
+        if queue is not None:
+            queue.spill_all()
+            queue.close()
         self.store.close()
+
+
+def open_store(cfg: Config) -> tuple[Store | PgStore, PendingFlushes | None]:
+    """The configured store: SQLite, or PostgreSQL with its queue of pending flushes."""
+    if not cfg.store.postgresql:
+        return Store(cfg.database), None
+    from trafmetuxd.pgstore import PgStore  # psycopg only where PostgreSQL is used
+
+    store = PgStore(cfg.store)
+    store.probe()  # bounded by the connect timeout; a server down is retried at each flush
+    return store, PendingFlushes(cfg.journal, cfg.store.pending_memory)
 
 
 def _bytes(totals: Totals) -> tuple[int, int]:

@@ -120,6 +120,8 @@ _is_bool = Check(lambda v: type(v) is bool, "true or false")
 
 
 _RANGE = {"begin": _is_time, "end": _is_time}
+# the fleet store's gateways to read (["all"]: every one) and whether to sum them
+_FLEET = {"gateways": _is_names, "sum": _is_bool}
 HOST_SORTS = ("total", "in", "out")  # what the hosts command ranks by, largest first
 HOST_PERIODS = ("hour", "day", "week", "month", "year")  # the hosts command's periods
 COMMANDS: Mapping[str, Command] = {
@@ -135,15 +137,24 @@ COMMANDS: Mapping[str, Command] = {
             "split": _is_bool,
             "host": _is_str,
             **_RANGE,
+            **_FLEET,
         },
         required=("period",),
     ),
     "flows": Command(
-        READ, {"monitor": _is_str, "limit": _is_int(1, 100_000), **_RANGE}, ("monitor",)
+        READ,
+        {"monitor": _is_str, "limit": _is_int(1, 100_000), **_RANGE, **_FLEET},
+        ("monitor",),
     ),
     "top": Command(
         READ,
-        {"by": _one_of(*TOP_KEYS), "monitors": _is_names, "limit": _is_int(1, 10_000), **_RANGE},
+        {
+            "by": _one_of(*TOP_KEYS),
+            "monitors": _is_names,
+            "limit": _is_int(1, 10_000),
+            **_RANGE,
+            **_FLEET,
+        },
     ),
     "hosts": Command(
         READ,
@@ -155,11 +166,12 @@ COMMANDS: Mapping[str, Command] = {
             "last": _is_int(1, 100_000),
             "week_start": _is_int(0, 6),
             **_RANGE,
+            **_FLEET,
         },
         ("monitor",),
     ),
     "live": Command(READ, {"monitors": _is_names, "hosts": _is_str, "limit": _is_int(1, 100_000)}),
-    "quota": Command(READ, {"name": _is_str}),
+    "quota": Command(READ, {"name": _is_str, **_FLEET}),
     "metrics": Command(READ),
     "flush": Command(ADMIN),
     "reload": Command(ADMIN),

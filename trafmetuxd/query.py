@@ -125,9 +125,17 @@ class Reader:
             self._drop()
 
     def bucket_sums(
-        self, db: Path, names: Sequence[str], bounds: Sequence[int], grain: str
+        self,
+        db: Path,
+        names: Sequence[str],
+        bounds: Sequence[int],
+        grain: str,
+        gateways: Sequence[str] | None = None,
     ) -> Sums:
-        """Sum in/out bytes into the buckets [bounds[i], bounds[i+1]) (UTC seconds, ascending)."""
+        """Sum in/out bytes into the buckets [bounds[i], bounds[i+1]) (UTC seconds, ascending).
+
+        The SQLite store holds this gateway only: `gateways` is checked by the handlers.
+        """
         sums: Sums = {n: [[0, 0] for _ in range(len(bounds) - 1)] for n in names}
         if len(bounds) < 2:
             return sums
@@ -149,6 +157,33 @@ class Reader:
         for (name, i), key in keys.items():
             sums[name][i] = list(found[key])
         return sums
+
+    def stored_span(
+        self, db: Path, names: Sequence[str], gateways: Sequence[str] | None = None
+    ) -> tuple[int, int] | None:
+        """stored_span() of the file (this gateway's only)."""
+        return stored_span(db, names)
+
+    def flows(
+        self,
+        db: Path,
+        monitor: str,
+        begin: float,
+        end: float,
+        gateways: Sequence[str] | None = None,
+    ) -> TextFlows:
+        """flows() of the file (this gateway's only)."""
+        return flows(db, monitor, begin, end)
+
+    def host_sums(
+        self, db: Path, monitor: str, first: int, end: int, gateways: Sequence[str] | None = None
+    ) -> HostSums:
+        """host_sums() of the file (this gateway's only)."""
+        return host_sums(db, monitor, first, end)
+
+    def gateways(self) -> list[str]:
+        """The gateways the store holds: none but this one (the handlers name it)."""
+        return []
 
     def _lookup(self, con: sqlite3.Connection, keys: set[_Key]) -> dict[_Key, tuple[int, int]]:
         """Every key's sum: from the cache, the rest read in batches and cached while room."""

@@ -10,12 +10,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from operator import itemgetter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trafmetuxd import periods
 from trafmetuxd.meter import LocalNetworks
 from trafmetuxd.metering import Metering
 from trafmetuxd.pcap import CaptureFileError, Frame, read_batches
 from trafmetuxd.store import ReplayEnd, ReplayRow, Store
+
+if TYPE_CHECKING:
+    from trafmetuxd.pgstore import PgStore
 
 log = logging.getLogger("trafmetuxd.replay")
 _TS = itemgetter(0)
@@ -147,7 +151,7 @@ def refuse_repeat(metering: Metering, path: Path, digest: str) -> None:
         )
 
 
-def repeat_message(path: Path, store: Store, earlier: ReplayRow, timezone: str) -> str:
+def repeat_message(path: Path, store: Store | PgStore, earlier: ReplayRow, timezone: str) -> str:
     """Why a repeat is refused: the file, the earlier replay and when it ran."""
     zone = periods.resolve_zone(timezone)
     when = f"{datetime.fromtimestamp(earlier.started, zone):%Y-%m-%d %H:%M:%S %Z}"

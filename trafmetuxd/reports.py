@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Protocol
 
 from trafmetuxd import ipproto, query
@@ -18,6 +19,48 @@ from trafmetuxd.spec import Config, QuotaSpec
 
 # (monitors, bucket bounds, grain) -> per monitor one [in, out] per bucket
 SumsSource = Callable[[Sequence[str], Sequence[int], str], Awaitable[query.Sums]]
+
+Gateways = Sequence[str] | None  # the fleet store's gateways to read; None: this daemon's own
+
+
+class StoreReader(Protocol):
+    """The report reads of a store (query.Reader: SQLite; pgquery.PgReader: PostgreSQL)."""
+
+    def bucket_sums(
+        self, db: Path, names: Sequence[str], bounds: Sequence[int], grain: str, gateways: Gateways
+    ) -> query.Sums:
+        """In/out bytes per monitor per bucket."""
+
+    def stored_span(self, db: Path, names: Sequence[str], gateways: Gateways) -> Span:
+        """First and last stored quarter (UTC seconds), or None."""
+
+    def flows(
+        self, db: Path, monitor: str, begin: float, end: float, gateways: Gateways
+    ) -> query.TextFlows:
+        """A monitor's flow positions over [begin, end)."""
+
+    def host_sums(
+        self, db: Path, monitor: str, first: int, end: int, gateways: Gateways
+    ) -> query.HostSums:
+        """A monitor's per-host totals over the quarters [first, end)."""
+
+    def gateways(self) -> list[str]:
+        """The gateways the store holds rows of."""
+
+    def close(self) -> None:
+        """Release the connection."""
+
+
+Span = tuple[int, int] | None
+
+
+def open_reader(cfg: Config) -> StoreReader:
+    """The configured store's reader."""
+    if not cfg.store.postgresql:
+        return query.Reader()
+    from trafmetuxd.pgquery import PgReader  # psycopg only where PostgreSQL is used
+
+    return PgReader(cfg.store)
 
 
 class Backend(Protocol):
@@ -152,6 +195,16 @@ def _host_dict(host: str, row: list[int]) -> dict[str, object]:
             "out_packets": row[3]}  # fmt: skip
 
 
+def _each(gateways: Gateways, each_gateway: bool) -> list[str | None]:
+    """The gateways to read one by one, or [None]: read them (or this one) together."""
+    return list(gateways or ()) if each_gateway else [None]
+
+
+def _named(gateway: str | None) -> dict[str, object]:
+    """The gateway field of an entry when the reply names each gateway."""
+    return {"gateway": gateway} if gateway else {}
+
+
 def _host_rank(sort: str, row: list[int]) -> int:
     """The figure hosts are ranked by: in, out or total bytes."""
     return row[0] if sort == "in" else row[2] if sort == "out" else row[0] + row[2]
@@ -163,8 +216,8 @@ class Reports:
     def __init__(self, backend: Backend, clock: Callable[[], float] = time.time) -> None:
         self.backend = backend
         self.clock = clock
-        # one store connection and its cache of period sums, shared by every request
-        self.reader = query.Reader()
+        # one store connection (and for SQLite a cache of period sums), shared by every request
+        self.reader = open_reader(backend.config)
 
     def close(self) -> None:
         """Close the store connection the reports read through."""
@@ -180,20 +233,32 @@ class Reports:
         ws = cfg.week_start if week_start is None else week_start
         return Calendar(resolve_zone(cfg.timezone), ws)
 
-    async def sums(self, names: Sequence[str], bounds: Sequence[int], grain: str) -> query.Sums:
+    def own(self, gateways: Gateways) -> bool:
+        """Whether this daemon's gateway is among those read (its unflushed counts then are)."""
+        return gateways is None or self.backend.config.store.gateway in gateways
+
+    async def sums(
+        self, names: Sequence[str], bounds: Sequence[int], grain: str, gateways: Gateways = None
+    ) -> query.Sums:
         """Stored sums plus unflushed minutes, read under the flush lock: nothing counts twice."""
         backend = self.backend
         db = backend.config.database
-        await backend.refresh()  # the capture workers' counts up to this request
+        own = self.own(gateways)
+        if own:
+            await backend.refresh()  # the capture workers' counts up to this request
         async with backend.flush_lock:
-            result = await asyncio.to_thread(self.reader.bucket_sums, db, names, bounds, grain)
-            pending = backend.unflushed()
+            result = await asyncio.to_thread(
+                self.reader.bucket_sums, db, names, bounds, grain, gateways
+            )
+            pending = backend.unflushed() if own else {}
         for name in names:
             for minute, (rx, _, tx, _) in pending.get(name, {}).items():
                 query.add_to_bucket(result[name], bounds, minute * 60, rx, tx)
         return result
 
-    async def _total_period(self, cal: Calendar, names: Sequence[str], now: int) -> list[Period]:
+    async def _total_period(
+        self, cal: Calendar, names: Sequence[str], now: int, gateways: Gateways = None
+    ) -> list[Period]:
         """One period from the first stored or unflushed quarter through the latest of them.
 
         It ends after now, or after the latest data when that lies ahead of the clock (the wall
@@ -201,8 +266,10 @@ class Reports:
         unflushed.
         """
         backend = self.backend
-        span = await asyncio.to_thread(query.stored_span, backend.config.database, names)
-        minutes = [m for n, t in backend.unflushed().items() if n in names for m in t]
+        db = backend.config.database
+        span = await asyncio.to_thread(self.reader.stored_span, db, names, gateways)
+        pending = backend.unflushed() if self.own(gateways) else {}
+        minutes = [m for n, t in pending.items() if n in names for m in t]
         starts, lasts = [now], [now]
         if span is not None:
             starts.append(span[0])
@@ -224,26 +291,37 @@ class Reports:
         begin: int | None,
         end: int | None,
         now: int,
+        gateways: Gateways = None,
+        each_gateway: bool = False,
         source: SumsSource | None = None,
     ) -> dict[str, object]:
         """Rows of [in, out] bytes per monitor per period, oldest first.
 
-        source: where the figures come from (default: the monitors' totals, self.sums).
+        each_gateway: a column per gateway and monitor, named 'gateway/monitor'; otherwise the
+        gateways read are summed per monitor. source: where the figures come from instead of
+        the monitors' totals (one host's history; this gateway's store only).
         """
         if kind == "total":
-            periods = await self._total_period(cal, names, now)
+            periods = await self._total_period(cal, names, now, gateways)
         else:
             periods = _periods(cal, kind, last, begin, end, now)
-        check_cells(len(periods), len(names))
+        split = list(gateways or ()) if each_gateway else []
+        check_cells(len(periods), len(names) * max(1, len(split)))
         bounds = [p.begin for p in periods] + [periods[-1].end]
         grain = "minute" if kind == "minute" else "quarter"
-        figures = await (source or self.sums)(names, bounds, grain)
+        columns: dict[str, list[list[int]]] = {}
+        if source is not None:
+            columns.update(await source(names, bounds, grain))
+        for gateway in _each(gateways, each_gateway) if source is None else ():
+            figures = await self.sums(names, bounds, grain, [gateway] if gateway else gateways)
+            for name in names:
+                columns[f"{gateway}/{name}" if gateway else name] = figures[name]
         rows = [
             {
                 "label": p.label,
                 "begin": p.begin,
                 "end": p.end,
-                "values": {n: figures[n][i] for n in names},
+                "values": {n: figures[i] for n, figures in columns.items()},
             }
             for i, p in enumerate(periods)
         ]
@@ -251,40 +329,57 @@ class Reports:
             "period": kind,
             "timezone": cal.zone.key,
             "week_start": cal.week_start,
-            "monitors": list(names),
+            "monitors": list(columns),
             "rows": rows,
         }
 
-    async def merged_flows(self, name: str, begin: int, end: int, now: int) -> query.TextFlows:
+    async def merged_flows(
+        self, name: str, begin: int, end: int, now: int, gateways: Gateways = None
+    ) -> query.TextFlows:
         """Stored flows in [begin, end) plus unflushed ones when the range reaches now."""
         backend = self.backend
         db = backend.config.database
-        if end > now:
+        recent = end > now and self.own(gateways)
+        if recent:
             await backend.refresh()  # the capture workers' counts up to this request
         async with backend.flush_lock:
-            out = await asyncio.to_thread(query.flows, db, name, begin, end)
-            pending = backend.unflushed_flows(name) if end > now else {}
+            out = await asyncio.to_thread(self.reader.flows, db, name, begin, end, gateways)
+            pending = backend.unflushed_flows(name) if recent else {}
         for key, (sent, recv, pkts) in pending.items():
             acc = out.setdefault(text_key(key), [0, 0, 0])
             acc[0], acc[1], acc[2] = acc[0] + sent, acc[1] + recv, acc[2] + pkts
         return out
 
     async def flows(
-        self, name: str, begin: int, end: int, limit: int, now: int
+        self,
+        name: str,
+        begin: int,
+        end: int,
+        limit: int,
+        now: int,
+        gateways: Gateways = None,
+        each_gateway: bool = False,
     ) -> dict[str, object]:
-        """A monitor's positions over [begin, end), largest (sent + received) first."""
-        merged = await self.merged_flows(name, begin, end, now)
-        ranked = sorted(merged.items(), key=lambda kv: (-(kv[1][0] + kv[1][1]), kv[0]))
+        """A monitor's positions over [begin, end), largest (sent + received) first.
+
+        each_gateway: every flow names its gateway; otherwise the gateways' are summed.
+        """
+        named: list[tuple[str | None, query.TextFlows]] = []
+        for gateway in _each(gateways, each_gateway):
+            wanted = [gateway] if gateway else gateways
+            named.append((gateway, await self.merged_flows(name, begin, end, now, wanted)))
+        items = [(gw, k, v) for gw, merged in named for k, v in merged.items()]
+        ranked = sorted(items, key=lambda e: (-(e[2][0] + e[2][1]), e[1], e[0] or ""))
         return {
             "monitor": name,
             "begin": begin,
             "end": end,
             "count": len(ranked),
-            "flows": [_flow_dict(k, v) for k, v in ranked[:limit]],
+            "flows": [_flow_dict(k, v) | _named(gw) for gw, k, v in ranked[:limit]],
         }
 
     async def once_across(
-        self, names: Sequence[str], begin: int, end: int, now: int
+        self, names: Sequence[str], begin: int, end: int, now: int, gateways: Gateways = None
     ) -> query.TextFlows:
         """Each flow position counted once over several monitors: per key, the largest sent
         and the largest received of any monitor.
@@ -297,48 +392,70 @@ class Reports:
         """
         out: query.TextFlows = {}
         for name in names:
-            for key, (sent, recv, pkts) in (await self.merged_flows(name, begin, end, now)).items():
+            merged = await self.merged_flows(name, begin, end, now, gateways)
+            for key, (sent, recv, pkts) in merged.items():
                 acc = out.setdefault(key, [0, 0, 0])
                 acc[0], acc[1], acc[2] = max(acc[0], sent), max(acc[1], recv), max(acc[2], pkts)
         return out
 
     async def top(
-        self, names: Sequence[str], begin: int, end: int, by: str, limit: int, now: int
+        self,
+        names: Sequence[str],
+        begin: int,
+        end: int,
+        by: str,
+        limit: int,
+        now: int,
+        gateways: Gateways = None,
+        each_gateway: bool = False,
     ) -> dict[str, object]:
-        """Top clients, servers or server ports by bytes over [begin, end), each packet once."""
-        totals: dict[str, int] = {}
-        for key, v in (await self.once_across(names, begin, end, now)).items():
-            k = _top_key(by, key)
-            totals[k] = totals.get(k, 0) + v[0] + v[1]
-        ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+        """Top clients, servers or server ports by bytes over [begin, end), each packet once.
+
+        each_gateway: an entry per gateway and key, naming the gateway; otherwise summed.
+        """
+        totals: dict[tuple[str, str | None], int] = {}
+        for gateway in _each(gateways, each_gateway):
+            wanted = [gateway] if gateway else gateways
+            for key, v in (await self.once_across(names, begin, end, now, wanted)).items():
+                k = (_top_key(by, key), gateway)
+                totals[k] = totals.get(k, 0) + v[0] + v[1]
+        ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0][0], kv[0][1] or ""))
         return {
             "by": by,
             "monitors": list(names),
             "begin": begin,
             "end": end,
-            "entries": [{"key": k, "bytes": b} for k, b in ranked],
+            "entries": [{"key": k, "bytes": b} | _named(gw) for (k, gw), b in ranked[:limit]],
         }
 
-    async def usage(self, spec: QuotaSpec, period: Period, now: int) -> Usage:
+    async def usage(
+        self, spec: QuotaSpec, period: Period, now: int, gateways: Gateways = None
+    ) -> Usage:
         """A quota's bytes in its period (stored + unflushed): per host too for a per-host one."""
         if spec.per_host:
             per_host: dict[str, int] = {}
             first, stop = period.begin // 900, -(-period.end // 900)
             for name in spec.monitors:
-                figures = await self.host_figures(name, first, stop, now)
+                figures = await self.host_figures(name, first, stop, now, gateways)
                 for host, row in figures.items():
                     per_host[host] = per_host.get(host, 0) + row[0] + row[2]
             return Usage(sum(per_host.values()), per_host)
-        sums = await self.sums(spec.monitors, [period.begin, period.end], "quarter")
+        sums = await self.sums(spec.monitors, [period.begin, period.end], "quarter", gateways)
         return Usage(sum(rx + tx for per in sums.values() for rx, tx in per))
 
-    async def quotas(self, specs: Sequence[QuotaSpec] | None = None) -> list[QuotaStatus]:
-        """Each quota's usage so far in its current period (stored + unflushed); all by default."""
+    async def quotas(
+        self, specs: Sequence[QuotaSpec] | None = None, gateways: Gateways = None
+    ) -> list[QuotaStatus]:
+        """Each quota's usage so far in its current period (stored + unflushed); all by default.
+
+        Over several gateways their usage is summed (call once per gateway to see each).
+        """
         cal, now = self.calendar(), self.now()
         out = []
         for spec in self.backend.config.quotas if specs is None else specs:
             period = quota_period(spec, cal, now)
-            out.append(evaluate(spec, await self.usage(spec, period, now), now, period))
+            usage = await self.usage(spec, period, now, gateways)
+            out.append(evaluate(spec, usage, now, period))
         return out
 
     async def over_limits(self, specs: Sequence[QuotaSpec] | None = None) -> list[OverLimit]:
@@ -350,18 +467,21 @@ class Reports:
             out.append(over_limit(spec, await self.usage(spec, period, now)))
         return out
 
-    async def host_figures(self, name: str, first: int, stop: int, now: int) -> query.HostSums:
+    async def host_figures(
+        self, name: str, first: int, stop: int, now: int, gateways: Gateways = None
+    ) -> query.HostSums:
         """A monitor's hosts over the UTC quarters [first, stop): stored rows plus unflushed.
 
-        Read under the flush lock, so nothing is missed or counted twice.
+        Read under the flush lock, so nothing is missed or counted twice; the unflushed counts
+        are this gateway's, added when it is among those read.
         """
         backend = self.backend
         db = backend.config.database
-        live = stop * 900 > now
+        live = stop * 900 > now and self.own(gateways)
         if live:
             await backend.refresh()  # the capture workers' counts up to this request
         async with backend.flush_lock:
-            out = await asyncio.to_thread(query.host_sums, db, name, first, stop)
+            out = await asyncio.to_thread(self.reader.host_sums, db, name, first, stop, gateways)
             pending = backend.unflushed_hosts(name) if live else {}
         for key, minutes in pending.items():
             rows = [r for m, r in minutes.items() if first * 15 <= m < stop * 15]
@@ -373,19 +493,32 @@ class Reports:
         return out
 
     async def hosts(
-        self, name: str, begin: int, end: int, limit: int, sort: str, now: int
+        self,
+        name: str,
+        begin: int,
+        end: int,
+        limit: int,
+        sort: str,
+        now: int,
+        gateways: Gateways = None,
+        each_gateway: bool = False,
     ) -> dict[str, object]:
         """A monitor's hosts over [begin, end) widened to whole quarter hours, largest first.
 
         Stored rows plus the unflushed minutes in the same quarters, under the flush lock.
+        each_gateway: an entry per gateway and host, naming the gateway; otherwise summed.
         """
         first, stop = begin // 900, -(-end // 900)
-        out = await self.host_figures(name, first, stop, now)
-        ranked = sorted(out.items(), key=lambda kv: (-_host_rank(sort, kv[1]), kv[0]))
+        items: list[tuple[str | None, str, list[int]]] = []
+        for gateway in _each(gateways, each_gateway):
+            wanted = [gateway] if gateway else gateways
+            sums = await self.host_figures(name, first, stop, now, wanted)
+            items += [(gateway, host, row) for host, row in sums.items()]
+        ranked = sorted(items, key=lambda e: (-_host_rank(sort, e[2]), e[1], e[0] or ""))
         return {
             "monitor": name,
             "begin": first * 900,
             "end": stop * 900,
             "count": len(ranked),
-            "hosts": [_host_dict(h, row) for h, row in ranked[:limit]],
+            "hosts": [_host_dict(h, row) | _named(gw) for gw, h, row in ranked[:limit]],
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,7 @@ class CaptureSpec:
     rcvbuf: int = 8 * 1024 * 1024
     queues: int = 1  # consecutive queues from `queue`, one capture worker each
     stall_timeout: float = 1.0  # seconds a worker may hold waiting packets without a verdict
+    enabled: bool = True  # False: reporting only (no queue, no rules, no workers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,28 @@ class RetentionSpec:
     minutes: int = 7 * 86400
     flows: int = 30 * 86400
     quarters: int = 0
+
+
+def default_gateway() -> str:
+    """The host's name as a gateway name (characters a name may not hold become '-')."""
+    text = "".join(c if c.isalnum() or c in "_.-" else "-" for c in socket.gethostname())
+    return text[:64].strip(".") or "gateway"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSpec:
+    """Where flushes go: the embedded SQLite file (url "") or a PostgreSQL fleet store."""
+
+    url: str = field(default="", repr=False)  # a libpq URL; may hold a password: never shown
+    gateway: str = field(default_factory=lambda: default_gateway())  # name in the fleet store
+    pending_memory: int = 64 * 1024 * 1024  # bytes of unwritten flushes held before the journal
+    connect_timeout: float = 5.0  # seconds
+    statement_timeout: float = 15.0  # seconds
+
+    @property
+    def postgresql(self) -> bool:
+        """True when flushes go to PostgreSQL."""
+        return bool(self.url)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +144,14 @@ class Config:
     monitors: tuple[MonitorSpec, ...] = ()
     quotas: tuple[QuotaSpec, ...] = ()
     http: HttpSpec = field(default_factory=HttpSpec)
+    store: StoreSpec = field(default_factory=StoreSpec)
 
     @property
     def database(self) -> Path:
         """The SQLite store's path."""
         return self.state_dir / "trafmetux.sqlite3"
+
+    @property
+    def journal(self) -> Path:
+        """Where flushes wait while the PostgreSQL store cannot be reached (beyond memory)."""
+        return self.state_dir / "pending.sqlite3"

@@ -120,3 +120,21 @@ def test_page_renders_a_failed_and_a_skipped_benchmark(tmp_path: Path) -> None:
 def test_main_writes_one_result_file_per_benchmark_run(tmp_path: Path) -> None:
     assert main(["--smoke", "--only", "ctl", "--results", str(tmp_path)]) == 0
     assert [p.name for p in tmp_path.iterdir()] == ["ctl.json"]
+
+
+def test_fleet_times_flushes_to_both_stores_and_reports_from_postgresql() -> None:
+    from bench import fleet
+    from tests.harness import postgres
+
+    prereq_missing = postgres.missing()
+    if prereq_missing:
+        from harness import prereq
+
+        prereq.require(prereq_missing, "the fleet benchmark")
+    result = fleet.run(SMOKE)
+    assert set(result["flush_ms"]) == {"sqlite", "postgresql"}
+    assert all(s["n"] == 2 for s in result["flush_ms"].values())
+    assert len(result["latency_ms"]) == 2 * len(fleet.QUERIES)
+    assert result["params"]["rows"] > 0
+    _has_targets(result, 2)
+    assert "7. PostgreSQL fleet store" in render({"fleet": result}, machine(), SMOKE)

@@ -422,3 +422,14 @@ def test_live_hosts_prints_one_rate_line_per_host(
     assert run(fake, "live", "--once", "--hosts", "lan", "wan") == 2
     assert "give MONITOR... or --hosts, not both" in capsys.readouterr().err
     assert len(fake.seen) == 1
+
+
+def test_gateway_option_reads_names_or_all_and_refuses_empty_ones() -> None:
+    from trafmetuxctl.cli import UsageError, _parse
+
+    a = _parse(["show-daily", "--gateway", "east,west", "--sum", "input"])
+    assert (a.gateway, a.sum, a.monitors) == (["east", "west"], True, ["input"])
+    assert _parse(["top", "--gateway", "all"]).gateway == ["all"]
+    assert _parse(["quota", "--gateway", "all", "--sum"]).sum
+    with pytest.raises(UsageError, match="--gateway: expected NAME"):
+        _parse(["show-hosts", "lan", "--gateway", "east,,west"])

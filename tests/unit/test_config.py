@@ -528,3 +528,42 @@ def test_stall_timeout_out_of_range_refused(value):
 def test_stall_timeout_bounds_accepted():
     assert parse('[capture]\nstall_timeout = "200ms"').capture.stall_timeout == 0.2
     assert parse("[capture]\nstall_timeout = 60").capture.stall_timeout == 60.0
+
+
+def test_store_defaults_to_sqlite_and_the_gateway_to_the_hostname():
+    cfg = parse("")
+    assert not cfg.store.postgresql
+    assert cfg.store.gateway and cfg.store.gateway != "all"
+    assert cfg.capture.enabled
+
+
+def test_store_url_gateway_and_reporting_only_mode():
+    cfg = parse(
+        '[store]\nurl = "postgresql://meter@db.example/trafmetux"\ngateway = "branch-3"\n'
+        'pending_memory = "8 MiB"\nconnect_timeout = "3s"\n[capture]\nenabled = false\n'
+    )
+    assert cfg.store.postgresql and cfg.store.url == "postgresql://meter@db.example/trafmetux"
+    assert (cfg.store.gateway, cfg.store.pending_memory) == ("branch-3", 8 * 2**20)
+    assert cfg.store.connect_timeout == 3.0
+    assert not cfg.capture.enabled
+
+
+def test_store_url_problems_never_show_the_password(tmp_path: Path):
+    lines = problems('[store]\nurl = "mysql://meter:s3cret@db/x"\ngateway = "all"\n')
+    assert any("store.url = 'mysql://meter:***@db/x'" in line for line in lines)
+    assert any("store.gateway = 'all'" in line and "reserved" in line for line in lines)
+    assert all("s3cret" not in line for line in lines)
+    assert "s3cret" not in repr(parse('[store]\nurl = "postgresql://m:s3cret@db/x"\n'))
+
+
+def test_store_url_file_is_read_and_its_bad_text_not_echoed(tmp_path: Path):
+    good = tmp_path / "url"
+    good.write_text("postgresql://meter:s3cret@db/x\n")
+    assert parse(f'[store]\nurl_file = "{good}"\n').store.url == "postgresql://meter:s3cret@db/x"
+    bad = tmp_path / "bad"
+    bad.write_text("s3cret-password-only\n")
+    lines = problems(f'[store]\nurl_file = "{bad}"\n')
+    assert any("store.url_file" in line and "its first line" in line for line in lines)
+    assert all("s3cret" not in line for line in lines)
+    both = problems(f'[store]\nurl = "postgresql://db/x"\nurl_file = "{good}"\n')
+    assert any("not both" in line for line in both)

@@ -44,3 +44,35 @@ def test_the_handler_table_answers_exactly_the_protocol_commands(tmp_path: Path)
         reports.close()
         metering.close()
     assert set(table) == set(protocol.COMMANDS)
+
+
+def test_an_sqlite_store_answers_for_its_own_gateway_only(tmp_path: Path) -> None:
+    import asyncio
+
+    import pytest
+
+    from trafmetuxd.spec import StoreSpec
+
+    cfg = Config(
+        path=tmp_path / "t.toml",
+        state_dir=tmp_path,
+        monitors=(MonitorSpec("all"),),
+        store=StoreSpec(gateway="here"),
+    )
+    metering = Metering(cfg)
+    reports = Reports(metering)
+    table = Handlers(reports).table()
+    try:
+        own = asyncio.run(table["report"]({"period": "total", "gateways": ["here"]}))
+        assert own["monitors"] == ["all"]  # type: ignore[index]
+        with pytest.raises(protocol.ProtocolError) as caught:
+            asyncio.run(table["report"]({"period": "total", "gateways": ["branch-2"]}))
+        assert caught.value.code == protocol.BAD_ARGUMENT
+        assert "SQLite store holds this gateway (here) only" in caught.value.message
+        assert asyncio.run(metering.status())["store"] == {
+            "kind": "sqlite",
+            "path": str(tmp_path / "trafmetux.sqlite3"),
+        }
+    finally:
+        reports.close()
+        metering.close()

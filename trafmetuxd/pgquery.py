@@ -1,0 +1,223 @@
+"""Read-only report queries over the PostgreSQL fleet store, for any set of gateways.
+
+The same figures as query.py over SQLite: quarter buckets are summed from the UTC day and hour
+rollups where whole days and hours fit. Blocking: call in a worker thread. One connection,
+serialised by a lock, reconnected after an error; a store that cannot be reached is an
+`unavailable` reply naming it (never its password).
+"""
+
+from __future__ import annotations
+
+import threading
+from bisect import bisect_right
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from trafmetuxd.pgstore import connect, describe
+from trafmetuxd.protocol import UNAVAILABLE, ProtocolError
+from trafmetuxd.query import HostSums, Sums, TextFlows, split_quarters
+from trafmetuxd.schema import QUARTER_TOTALS, SECONDS_PER_QUARTER, TOTALS_UNITS
+from trafmetuxd.spec import StoreSpec
+
+_GRAIN = {"minute": ("minute_totals", 60), "quarter": (QUARTER_TOTALS, SECONDS_PER_QUARTER)}
+_HOST_TABLES = {"quarter_totals": "host_quarter_totals", "hour_totals": "host_hour_totals",
+                "day_totals": "host_day_totals"}  # fmt: skip
+
+
+class PgReader:
+    """Report reads for the gateways asked (default: this one)."""
+
+    def __init__(self, spec: StoreSpec) -> None:
+        self.spec = spec
+        self.where = describe(spec)
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection[Any] | None = None
+
+    @contextmanager
+    def _cursor(self) -> Iterator[psycopg.Cursor[Any]]:
+        """A cursor on the one connection (made when needed); errors as `unavailable`."""
+        with self._lock:
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = connect(self.spec)
+                with self._conn.transaction(), self._conn.cursor() as cur:
+                    yield cur
+            except psycopg.Error as exc:
+                self._drop()
+                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc)
+                msg = f"the store {self.where} cannot be read: {detail}"
+                raise ProtocolError(UNAVAILABLE, msg) from exc
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            with suppress(psycopg.Error):
+                self._conn.close()
+        self._conn = None
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._drop()
+
+    def _gws(self, gateways: Sequence[str] | None) -> list[str]:
+        return [self.spec.gateway] if gateways is None else list(gateways)
+
+    def gateways(self) -> list[str]:
+        """Every gateway with rows in the store, sorted."""
+        sql = "SELECT DISTINCT gateway FROM flush_sequence ORDER BY gateway"
+        with self._cursor() as cur:
+            if not _has_schema(cur):
+                return []
+            return [str(r[0]) for r in cur.execute(sql).fetchall()]
+
+    def bucket_sums(
+        self,
+        db: Path,
+        names: Sequence[str],
+        bounds: Sequence[int],
+        grain: str,
+        gateways: Sequence[str] | None = None,
+    ) -> Sums:
+        """Sum in/out bytes of the gateways into the buckets [bounds[i], bounds[i+1])."""
+        sums: Sums = {n: [[0, 0] for _ in range(len(bounds) - 1)] for n in names}
+        if len(bounds) < 2 or not names:
+            return sums
+        table, seconds = _GRAIN[grain]
+        edges = [-(-b // seconds) for b in bounds]
+        per_table: dict[str, list[tuple[int, int, int]]] = {}
+        for i, (lo, hi) in enumerate(pairwise(edges)):
+            if lo >= hi:
+                continue
+            pieces = split_quarters(lo, hi) if table == QUARTER_TOTALS else [(table, lo, hi)]
+            for piece, first, end in pieces:
+                per_table.setdefault(piece, []).append((i, first, end))
+        with self._cursor() as cur:
+            if not _has_schema(cur):
+                return sums
+            for piece, ranges in per_table.items():
+                for name, i, rx, tx in _range_sums(cur, piece, ranges, self._gws(gateways), names):
+                    sums[name][i][0] += rx
+                    sums[name][i][1] += tx
+        return sums
+
+    def stored_span(
+        self, db: Path, names: Sequence[str], gateways: Sequence[str] | None = None
+    ) -> tuple[int, int] | None:
+        """(start of the first, start of the last) stored quarter of these monitors."""
+        sql = (
+            "SELECT min(quarter), max(quarter) FROM quarter_totals "
+            "WHERE gateway = ANY(%s) AND monitor = ANY(%s)"
+        )
+        with self._cursor() as cur:
+            if not _has_schema(cur):
+                return None
+            row = cur.execute(sql, (self._gws(gateways), list(names))).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return int(row[0]) * SECONDS_PER_QUARTER, int(row[1]) * SECONDS_PER_QUARTER
+
+    def flows(
+        self,
+        db: Path,
+        monitor: str,
+        begin: float,
+        end: float,
+        gateways: Sequence[str] | None = None,
+    ) -> TextFlows:
+        """A monitor's flow positions summed over the gateways' flushes in [begin, end)."""
+        sql = (
+            "SELECT f.family, f.protocol, f.client, f.client_port, f.server, f.server_port, "
+            "SUM(f.sent), SUM(f.received), SUM(f.packets) FROM flow f "
+            "JOIN flush ON flush.id = f.flush WHERE flush.gateway = ANY(%s) "
+            "AND flush.monitor = %s AND flush.time >= %s AND flush.time < %s "
+            "GROUP BY f.family, f.protocol, f.client, f.client_port, f.server, f.server_port"
+        )
+        out: TextFlows = {}
+        with self._cursor() as cur:
+            if not _has_schema(cur):
+                return out
+            for fam, proto, cli, cport, srv, sport, sent, recv, pkts in cur.execute(
+                sql, (self._gws(gateways), monitor, begin, end)
+            ):
+                out[(fam, proto, cli, cport, srv, sport)] = [int(sent), int(recv), int(pkts)]
+        return out
+
+    def host_sums(
+        self,
+        db: Path,
+        monitor: str,
+        first: int,
+        end: int,
+        gateways: Sequence[str] | None = None,
+    ) -> HostSums:
+        """A monitor's per-host totals of the gateways over the UTC quarters [first, end)."""
+        out: HostSums = {}
+        with self._cursor() as cur:
+            if not _has_schema(cur):
+                return out
+            for table, lo, hi in split_quarters(first, end):
+                unit = TOTALS_UNITS[table]
+                sql = (
+                    "SELECT host, SUM(in_bytes), SUM(in_packets), SUM(out_bytes), "
+                    f"SUM(out_packets) FROM {_HOST_TABLES[table]} WHERE gateway = ANY(%s) "
+                    f"AND monitor = %s AND {unit} >= %s AND {unit} < %s GROUP BY host"
+                )
+                for host, *row in cur.execute(sql, (self._gws(gateways), monitor, lo, hi)):
+                    acc = out.setdefault(str(host), [0, 0, 0, 0])
+                    for i in range(4):
+                        acc[i] += int(row[i])
+        return out
+
+
+def _has_schema(cur: psycopg.Cursor[Any]) -> bool:
+    """Whether the daemons created the schema yet (a fresh database reads as empty)."""
+    row = cur.execute("SELECT to_regclass('flush_sequence') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
+def _range_sums(
+    cur: psycopg.Cursor[Any],
+    table: str,
+    ranges: Sequence[tuple[int, int, int]],
+    gateways: list[str],
+    names: Sequence[str],
+) -> list[tuple[str, int, int, int]]:
+    """(monitor, bucket, in, out) for rows lo <= unit < hi of each (bucket, lo, hi).
+
+    Nearby ranges are read as one span: per span one primary-key range scan for each
+    (gateway, monitor), the gateways summed on the server per monitor and unit, and the units
+    put in their buckets here (units between the ranges are read and left out). A scan per
+    range would descend the index gateways x monitors times for every bucket.
+    """
+    unit = TOTALS_UNITS[table]
+    ordered = sorted(ranges, key=lambda r: r[1])
+    spans: list[list[int]] = []
+    for _, lo, hi in ordered:
+        # join the last span when the gap is no longer than what the two cover
+        if spans and lo - spans[-1][1] <= (hi - lo) + (spans[-1][1] - spans[-1][0]):
+            spans[-1][1] = hi
+        else:
+            spans.append([lo, hi])
+    sql = (
+        "SELECT s.monitor, s.unit, s.rx, s.tx FROM unnest(%s::bigint[], %s::bigint[]) "
+        "AS c(lo, hi) CROSS JOIN LATERAL "
+        f"(SELECT t.monitor, t.{unit} AS unit, SUM(t.in_bytes) AS rx, "
+        f"SUM(t.out_bytes) AS tx FROM {table} t WHERE t.gateway = ANY(%s) "
+        f"AND t.monitor = ANY(%s) AND t.{unit} >= c.lo AND t.{unit} < c.hi "
+        f"GROUP BY t.monitor, t.{unit}) s"
+    )
+    params = ([s[0] for s in spans], [s[1] for s in spans], gateways, list(names))
+    starts = [r[1] for r in ordered]
+    out: dict[tuple[str, int], list[int]] = {}
+    for monitor, u, rx, tx in cur.execute(sql, params):
+        at = bisect_right(starts, int(u)) - 1
+        if at >= 0 and int(u) < ordered[at][2]:
+            acc = out.setdefault((str(monitor), ordered[at][0]), [0, 0])
+            acc[0] += int(rx)
+            acc[1] += int(tx)
+    return [(m, i, rx, tx) for (m, i), (rx, tx) in out.items()]
