@@ -137,4 +137,4 @@ def test_fleet_times_flushes_to_both_stores_and_reports_from_postgresql() -> Non
     assert len(result["latency_ms"]) == 2 * len(fleet.QUERIES)
     assert result["params"]["rows"] > 0
     _has_targets(result, 2)
-    assert "7. PostgreSQL fleet store" in render({"fleet": result}, machine(), SMOKE)
+    assert "8. PostgreSQL fleet store" in render({"fleet": result}, machine(), SMOKE)
