@@ -34,11 +34,12 @@ SECTIONS = {
     "`[capture]`": config._Capture,
     "`[retention]`": config._Retention,
     "`[http]`": config._Http,
+    "`[store]`": config._Store,
     "`[[monitor]]`": config._Monitor,
     "Rules": config._Rule,
     "`[[quota]]`": config._Quota,
 }
-SUBTABLES = {"capture", "retention", "http", "monitor", "quota"}  # own sections, not keys
+SUBTABLES = {"capture", "retention", "http", "store", "monitor", "quota"}  # own sections, not keys
 
 
 @pytest.fixture(scope="module")
