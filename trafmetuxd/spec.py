@@ -81,6 +81,16 @@ class QuotaSpec:
     period: str = "month"  # day | week | month
     start_day: int = 1  # billing day of month, 1..28
     warn: float = 0.8
+    action: str = "report"  # report | block | mark: what happens once used >= limit
+    mark: int = 0  # action "mark": the packet mark set under mask
+    mask: int = 0xFFFFFFFF
+    exempt: tuple[RuleSpec, ...] = ()  # packets matching any of these are never blocked/marked
+    strict: bool = False  # queue rules without --queue-bypass: no daemon, no traffic
+
+    @property
+    def enforces(self) -> bool:
+        """Whether the quota acts on packets (block or mark) rather than only reporting."""
+        return self.action != "report"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +112,7 @@ class Config:
     state_dir: Path = Path("/var/lib/trafmetux")
     socket: Path = Path("/run/trafmetux/trafmetuxd.sock")
     socket_group: str = "trafmetux"
+    admin_group: str = ""  # may run quota-extend and quota-reset besides root ("" = root only)
     timezone: str = "local"  # "local" or an IANA name
     week_start: int = 6  # 0 = Monday .. 6 = Sunday
     flush_interval: float = 60.0  # seconds
@@ -111,6 +122,11 @@ class Config:
     monitors: tuple[MonitorSpec, ...] = ()
     quotas: tuple[QuotaSpec, ...] = ()
     http: HttpSpec = field(default_factory=HttpSpec)
+
+    @property
+    def strict(self) -> bool:
+        """Whether a quota asks for the queue rules without --queue-bypass."""
+        return any(q.strict for q in self.quotas)
 
     @property
     def database(self) -> Path:
