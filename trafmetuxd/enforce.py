@@ -1,0 +1,206 @@
+"""Quota enforcement in the capture worker: which queued packets to drop or mark. Pure.
+
+The main process decides when a quota is over its limit and tells every worker (an ENFORCE
+frame: the enforcing quotas and which of them are over). While none is over, the worker does
+not look at its batches before accepting them: its packet path is exactly the one without
+enforcement. While one is, each batch is judged first: the packets that an over-limit quota's
+monitors match (and none of its exempt rules) get their own verdict, NF_DROP or NF_ACCEPT with
+a new mark, and one batch verdict then accepts the rest.
+
+Judging a packet costs a dict lookup: its flow's classification (the monitors and exempt rules
+it matches, as an index tuple) is cached by the header bytes the rules read, and what to do for
+an index tuple is cached until the over-limit state changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from trafmetuxd import nfqconfig, rules
+from trafmetuxd.nfbatch import headers
+from trafmetuxd.packet import PORTED, parse
+from trafmetuxd.spec import MonitorSpec, QuotaSpec, RuleSpec
+
+BLOCK, MARK = "block", "mark"
+CACHE_LIMIT = 65_536
+# What a quota counts per worker: packets and bytes it dropped, packets and bytes it marked.
+DROPPED_PACKETS, DROPPED_BYTES, MARKED_PACKETS, MARKED_BYTES = range(4)
+COUNT_NAMES = ("dropped_packets", "dropped_bytes", "marked_packets", "marked_bytes")
+STATS_PREFIX = "quota:"  # shipped stats keys: quota:NAME:dropped_packets ...
+# (index of the quota that drops or -1, ((quota index, mark, mask), ...) of the marking ones)
+Decision = tuple[int, tuple[tuple[int, int, int], ...]]
+_NOTHING: Decision = (-1, ())
+
+
+@dataclass(frozen=True, slots=True)
+class Over:
+    """One enforcing quota's over-limit state: the whole quota, or only these hosts."""
+
+    all: bool = False
+    hosts: frozenset[str] = frozenset()
+
+
+def new_mark(old: int, mark: int, mask: int) -> int:
+    """The packet mark after setting `mark` under `mask` (the bits outside mask are kept)."""
+    return (old & ~mask & 0xFFFFFFFF) | (mark & mask)
+
+
+def _flow_key(ip: bytes) -> bytes | None:
+    """The header bytes every rule reads (protocol, addresses, ports), None when uncacheable."""
+    size = len(ip)
+    if size >= 24 and ip[0] == 0x45 and not (ip[6] & 0x1F or ip[7]):
+        return ip[9:10] + (ip[12:24] if ip[9] in PORTED else ip[12:20])
+    if size >= 44 and ip[0] >> 4 == 6:
+        return ip[6:7] + (ip[8:44] if ip[6] in PORTED else ip[8:40])
+    return None  # options, fragments, extension headers: parsed each time
+
+
+def _ip_length(ip: bytes) -> int:
+    """The packet's IP length from its header (the queue copies only its first bytes)."""
+    if len(ip) >= 6 and ip[0] >> 4 == 6:
+        return (ip[4] << 8 | ip[5]) + 40
+    if len(ip) >= 4:
+        return ip[2] << 8 | ip[3]
+    return len(ip)
+
+
+class Enforcer:
+    """The enforcing quotas, their over-limit state and the caches that make judging O(1)."""
+
+    def __init__(self) -> None:
+        self.quotas: tuple[QuotaSpec, ...] = ()
+        self.over: tuple[Over, ...] = ()
+        self.active = False  # some quota is over its limit: batches are judged
+        self.counts: dict[str, list[int]] = {}
+        self._monitors: list[tuple[int, ...]] = []  # per quota: its monitors' classifier indices
+        self._exempt: list[int] = []  # per quota: its exempt pseudo-monitor's index, or -1
+        self._classifier = rules.compile(())
+        self._flows: dict[tuple[bytes, int, str], tuple[int, ...]] = {}
+        self._decisions: dict[tuple[int, ...], Decision] = {}
+
+    def configure(self, monitors: Sequence[MonitorSpec], quotas: Sequence[QuotaSpec]) -> None:
+        """The enforcing quotas over these monitors; every quota starts not over its limit."""
+        by_name = {m.name: m for m in monitors}
+        quotas = [q for q in quotas if q.enforces and all(n in by_name for n in q.monitors)]
+        names = list(dict.fromkeys(n for q in quotas for n in q.monitors))
+        specs = [by_name[n] for n in names]
+        self._monitors = [tuple(names.index(n) for n in q.monitors) for q in quotas]
+        self._exempt = []
+        for q in quotas:
+            # a monitor without rules matches everything: an empty exempt list is no entry
+            self._exempt.append(len(specs) if q.exempt else -1)
+            if q.exempt:
+                specs.append(MonitorSpec(f"exempt:{q.name}", q.exempt))
+        self._classifier = rules.compile(specs)
+        self.quotas = tuple(quotas)
+        self._flows = {}
+        self.set_over({})
+
+    def set_over(self, over: Mapping[str, Over]) -> None:
+        """Which quotas are over their limit now (those not named are not)."""
+        self.over = tuple(over.get(q.name, Over()) for q in self.quotas)
+        self.active = any(o.all or o.hosts for o in self.over)
+        self._decisions = {}
+
+    def judge(self, ip: bytes, direction: int, iface: str) -> Decision:
+        """What the over-limit quotas do to one packet."""
+        key = _flow_key(ip)
+        if key is None:
+            matched = self._match(ip, direction, iface)
+        else:
+            flow = (key, direction, iface)
+            cached = self._flows.get(flow)
+            if cached is None:
+                cached = self._match(ip, direction, iface)
+                if len(self._flows) >= CACHE_LIMIT:
+                    self._flows.clear()
+                self._flows[flow] = cached
+            matched = cached
+        decision = self._decisions.get(matched)
+        if decision is None:
+            decision = self._decisions[matched] = self._decide(matched)
+        return decision
+
+    def _match(self, ip: bytes, direction: int, iface: str) -> tuple[int, ...]:
+        """The classifier indices a packet matches (none when it cannot be parsed)."""
+        pkt = parse(ip)
+        return () if pkt is None else self._classifier.match(pkt, direction, iface)
+
+    def _decide(self, matched: tuple[int, ...]) -> Decision:
+        """Drop if an over-limit blocking quota applies, else the marks of the marking ones."""
+        marks: list[tuple[int, int, int]] = []
+        for index, quota in enumerate(self.quotas):
+            if not self.over[index].all or self._exempt[index] in matched:
+                continue
+            if not any(m in matched for m in self._monitors[index]):
+                continue
+            if quota.action == BLOCK:
+                return index, ()
+            marks.append((index, quota.mark, quota.mask))
+        return (-1, tuple(marks)) if marks else _NOTHING
+
+    def count(self, index: int, what: int, size: int) -> None:
+        """Count one packet of `size` bytes dropped or marked by quota `index`."""
+        row = self.counts.setdefault(self.quotas[index].name, [0, 0, 0, 0])
+        row[what] += 1
+        row[what + 1] += size
+
+    def take_counts(self) -> dict[str, int]:
+        """The counts since the last call as shipped stats keys (then zeroed)."""
+        out = {
+            f"{STATS_PREFIX}{name}:{COUNT_NAMES[i]}": value
+            for name, row in self.counts.items()
+            for i, value in enumerate(row)
+        }
+        self.counts = {}
+        return out
+
+
+def judge_batch(
+    enforcer: Enforcer,
+    queue: int,
+    buf: bytes,
+    count: int,
+    slot: int,
+    names: dict[int, str],
+    resolve: Callable[[int], str],
+) -> bytes:
+    """The individual verdicts (drops, marks) of a batch, as one send's worth of messages.
+
+    The batch verdict sent after them accepts every other packet of the batch.
+    """
+    out: list[bytes] = []
+    for ident, old, direction, ifindex, ip in headers(buf, count, slot):
+        drop, marks = enforcer.judge(ip, direction, names.get(ifindex) or resolve(ifindex))
+        if drop >= 0:
+            out.append(nfqconfig.verdict_message(queue, ident, nfqconfig.NF_DROP, None, 0))
+            enforcer.count(drop, DROPPED_PACKETS, _ip_length(ip))
+        elif marks:
+            mark = old
+            for index, value, mask in marks:
+                mark = new_mark(mark, value, mask)
+                enforcer.count(index, MARKED_PACKETS, _ip_length(ip))
+            out.append(nfqconfig.verdict_message(queue, ident, nfqconfig.NF_ACCEPT, mark, 0))
+    return b"".join(out)
+
+
+def control_exempt(quota: QuotaSpec, ports: Sequence[int]) -> QuotaSpec:
+    """The quota with the daemon's own TCP listening ports added to its exempt rules."""
+    extra = tuple(RuleSpec(protocol=6, port=((p, p),)) for p in sorted(set(ports)))
+    return replace(quota, exempt=quota.exempt + extra) if extra else quota
+
+
+def over_from_wire(value: Mapping[str, object]) -> dict[str, Over]:
+    """The over-limit state as the ENFORCE frame carries it: name -> {"all", "hosts"}."""
+    out: dict[str, Over] = {}
+    for name, state in value.items():
+        if isinstance(state, dict):
+            hosts = frozenset(str(h) for h in state.get("hosts", ()))
+            out[str(name)] = Over(bool(state.get("all")), hosts)
+    return out
+
+
+def over_to_wire(over: Mapping[str, Over]) -> dict[str, object]:
+    """The over-limit state as JSON-able values."""
+    return {name: {"all": o.all, "hosts": sorted(o.hosts)} for name, o in over.items()}
