@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 
 from trafmetuxctl.units import format_bytes, format_rate
@@ -99,8 +100,35 @@ def quota_summary(q: Mapping[str, Any], unit: str = "auto") -> str:
 
 
 def quota_lines(result: Mapping[str, Any], unit: str = "auto") -> list[str]:
-    """'OK       mobile: used ...' for each quota."""
-    return [f"{q['state']:<9}{quota_summary(q, unit)}" for q in result["quotas"]]
+    """'OK       mobile: used ...' for each quota, and what it enforces and who adjusted it."""
+    lines = []
+    for q in result["quotas"]:
+        lines.append(f"{q['state']:<9}{quota_summary(q, unit)}{enforcement_text(q, unit)}")
+        lines += [f"         {entry}" for entry in q.get("history", ())]
+    return lines
+
+
+def enforcement_text(q: Mapping[str, Any], unit: str = "auto") -> str:
+    """'; block, blocked since ..., 12 packets (17.58 KiB) dropped' ('' for report quotas)."""
+    action = q.get("action", "report")
+    if action == "report":
+        return ""
+    text = f"; {action}"
+    if q.get("extended"):
+        text += f", extended by {format_bytes(q['extended'], unit)}"
+    if q.get("reset_used"):
+        text += f", reset at {format_bytes(q['reset_used'], unit)}"
+    since = q.get("blocked_since")
+    if since is not None:
+        verb = "blocked" if action == "block" else "marked"
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(since))
+        text += f", {verb} since {stamp}"
+    counts = q.get("enforced") or {}
+    kind = "dropped" if action == "block" else "marked"
+    if counts.get(f"{kind}_packets"):
+        size = format_bytes(counts[f"{kind}_bytes"], unit)
+        text += f", {counts[f'{kind}_packets']} packets ({size}) {kind}"
+    return text
 
 
 def perfdata(q: Mapping[str, Any]) -> str:
@@ -111,4 +139,5 @@ def perfdata(q: Mapping[str, Any]) -> str:
 def check_quota_line(q: Mapping[str, Any]) -> tuple[int, str]:
     """(exit status, 'QUOTA WARNING - mobile: ... | used=...') per plugin conventions."""
     state = q["state"]
-    return QUOTA_STATES.get(state, 3), f"QUOTA {state} - {quota_summary(q)} | {perfdata(q)}"
+    summary = quota_summary(q) + enforcement_text(q)
+    return QUOTA_STATES.get(state, 3), f"QUOTA {state} - {summary} | {perfdata(q)}"

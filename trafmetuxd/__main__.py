@@ -64,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.check:
         print(f"{args.config}: OK ({len(cfg.monitors)} monitors)")
+        if cfg.strict:
+            from trafmetuxd.quota import STRICT_WARNING
+
+            print(f"{args.config}: WARNING: {STRICT_WARNING}")
         return 0
     return _start(cfg, args)
 

@@ -10,6 +10,11 @@ from trafmetuxd.periods import Calendar, Period
 from trafmetuxd.spec import QuotaSpec
 
 OK, WARNING, CRITICAL = "OK", "WARNING", "CRITICAL"
+STRICT_WARNING = (
+    "a quota has strict = true: the queue rules are installed without --queue-bypass, so "
+    "while trafmetuxd is stopped, restarting or crashed, ALL traffic of the metered "
+    "interfaces is dropped (not only the quota's)"
+)
 _LEVEL = {OK: 0, WARNING: 1, CRITICAL: 2}
 _KIND = {"day": "day", "week": "week", "month": "billing"}
 
@@ -29,11 +34,18 @@ class QuotaStatus:
     period_label: str
     estimate: int  # linear extrapolation of `used` to the period end
     state: str
+    action: str = "report"
+    extended: int = 0  # bytes added to the limit for this period (quota-extend)
+    reset_used: int = 0  # bytes of `used` not counted against the limit (quota-reset)
+    blocked_since: int | None = None  # UTC seconds the action took effect, None if it has not
+    enforced: dict[str, int] | None = None  # dropped/marked packets and bytes, since start
+    history: tuple[str, ...] = ()  # the operator's adjustments in this period
 
     def as_dict(self) -> dict[str, object]:
         """JSON-able form (monitors as a list)."""
         d = asdict(self)
         d["monitors"] = list(self.monitors)
+        d["history"] = list(self.history)
         return d
 
 
@@ -49,11 +61,32 @@ def warn_threshold(spec: QuotaSpec) -> int:
     return math.ceil(spec.limit * spec.warn)
 
 
-def state_of(used: int, spec: QuotaSpec) -> str:
+def state_of(used: int, spec: QuotaSpec, extended: int = 0) -> str:
     """CRITICAL over the limit, WARNING at or above warn, else OK."""
-    if used > spec.limit:
+    if used > spec.limit + extended:
         return CRITICAL
-    return WARNING if used >= warn_threshold(spec) else OK
+    return WARNING if used >= warn_threshold(spec) + extended else OK
+
+
+@dataclass(frozen=True, slots=True)
+class Adjustment:
+    """What the operator changed of a quota for one period: more bytes, a fresh start."""
+
+    period: int  # the period's begin (UTC seconds); another period's adjustment is void
+    extended: int = 0
+    reset_used: int = 0
+    history: tuple[str, ...] = ()
+
+
+def counted(used: int, adj: Adjustment | None) -> int:
+    """The bytes counted against the limit: used, less what a reset set aside."""
+    return used - adj.reset_used if adj is not None else used
+
+
+def over_limit(spec: QuotaSpec, used: int, adj: Adjustment | None) -> bool:
+    """Whether an enforcing quota acts now: its counted bytes reached limit + extension."""
+    extended = adj.extended if adj is not None else 0
+    return spec.enforces and counted(used, adj) >= spec.limit + extended
 
 
 def estimate(used: int, now: int, period: Period) -> int:
@@ -64,9 +97,15 @@ def estimate(used: int, now: int, period: Period) -> int:
     return round(used * (period.end - period.begin) / elapsed)
 
 
-def evaluate(spec: QuotaSpec, used: int, now: int, period: Period) -> QuotaStatus:
+def evaluate(
+    spec: QuotaSpec, used: int, now: int, period: Period, adj: Adjustment | None = None
+) -> QuotaStatus:
     """All figures for one quota given its usage in `period` up to `now`."""
-    percent = 100.0 * used / spec.limit if spec.limit > 0 else 0.0
+    if adj is not None and adj.period != period.begin:
+        adj = None  # an adjustment of an earlier period
+    extended = adj.extended if adj is not None else 0
+    left = counted(used, adj)
+    percent = 100.0 * left / (spec.limit + extended) if spec.limit > 0 else 0.0
     return QuotaStatus(
         name=spec.name,
         monitors=spec.monitors,
@@ -78,7 +117,11 @@ def evaluate(spec: QuotaSpec, used: int, now: int, period: Period) -> QuotaStatu
         end=period.end,
         period_label=period.label,
         estimate=estimate(used, now, period),
-        state=state_of(used, spec),
+        state=state_of(left, spec, extended),
+        action=spec.action,
+        extended=extended,
+        reset_used=adj.reset_used if adj is not None else 0,
+        history=adj.history if adj is not None else (),
     )
 
 

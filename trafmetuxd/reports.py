@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from trafmetuxd import ipproto, query
@@ -13,7 +13,7 @@ from trafmetuxd.addresses import host_text
 from trafmetuxd.collector import OTHER, FlowKey, Flows, Hosts, Totals
 from trafmetuxd.periods import Calendar, Period, resolve_zone
 from trafmetuxd.protocol import BAD_ARGUMENT, ProtocolError
-from trafmetuxd.quota import QuotaStatus, evaluate, quota_period
+from trafmetuxd.quota import Adjustment, QuotaStatus, evaluate, quota_period
 from trafmetuxd.spec import Config, QuotaSpec
 
 
@@ -174,11 +174,17 @@ class Reports:
         ws = cfg.week_start if week_start is None else week_start
         return Calendar(resolve_zone(cfg.timezone), ws)
 
-    async def sums(self, names: Sequence[str], bounds: Sequence[int], grain: str) -> query.Sums:
-        """Stored sums plus unflushed minutes, read under the flush lock: nothing counts twice."""
+    async def sums(
+        self, names: Sequence[str], bounds: Sequence[int], grain: str, fresh: bool = True
+    ) -> query.Sums:
+        """Stored sums plus unflushed minutes, read under the flush lock: nothing counts twice.
+
+        fresh: have the capture workers ship first (the caller may just have had them ship).
+        """
         backend = self.backend
         db = backend.config.database
-        await backend.refresh()  # the capture workers' counts up to this request
+        if fresh:
+            await backend.refresh()  # the capture workers' counts up to this request
         async with backend.flush_lock:
             result = await asyncio.to_thread(self.reader.bucket_sums, db, names, bounds, grain)
             pending = backend.unflushed()
@@ -309,15 +315,25 @@ class Reports:
             "entries": [{"key": k, "bytes": b} for k, b in ranked],
         }
 
-    async def quotas(self, specs: Sequence[QuotaSpec] | None = None) -> list[QuotaStatus]:
-        """Each quota's usage so far in its current period (stored + unflushed); all by default."""
+    async def quotas(
+        self,
+        specs: Sequence[QuotaSpec] | None = None,
+        fresh: bool = True,
+        adjustments: Mapping[str, Adjustment] | None = None,
+    ) -> list[QuotaStatus]:
+        """Each quota's usage so far in its current period (stored + unflushed); all by default.
+
+        adjustments: the operator's extensions and resets by quota name.
+        """
         cal, now = self.calendar(), self.now()
         out = []
+        adjusted = adjustments or {}
         for spec in self.backend.config.quotas if specs is None else specs:
             period = quota_period(spec, cal, now)
-            figures = await self.sums(spec.monitors, [period.begin, period.end], "quarter")
+            bounds = [period.begin, period.end]
+            figures = await self.sums(spec.monitors, bounds, "quarter", fresh)
             used = sum(rx + tx for per in figures.values() for rx, tx in per)
-            out.append(evaluate(spec, used, now, period))
+            out.append(evaluate(spec, used, now, period, adjusted.get(spec.name)))
         return out
 
     async def hosts(

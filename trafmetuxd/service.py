@@ -14,10 +14,11 @@ from trafmetuxd.api import local_answer
 from trafmetuxd.audit import Audit, capture_status
 from trafmetuxd.handlers import Handlers
 from trafmetuxd.kernel import KernelError, QueueRules, queue_table
+from trafmetuxd.limits import Limits
 from trafmetuxd.link import Front
 from trafmetuxd.metering import Metering, tune_switch_interval
 from trafmetuxd.notify import Notifier
-from trafmetuxd.quota import QuotaWatcher
+from trafmetuxd.quota import STRICT_WARNING, QuotaWatcher
 from trafmetuxd.reports import Reports
 from trafmetuxd.spec import Config
 from trafmetuxd.workers import Workers
@@ -54,7 +55,8 @@ class Service:
         self.flush_tick = time.monotonic()  # when the flush timer last came round
         self.flush_busy_since: float | None = None  # a flush running since then
         self.reports = Reports(metering, clock)
-        self.handlers = Handlers(self.reports, status=self.status)
+        self.limits = Limits(self.reports, self._push_enforcement, metering.shipped)
+        self.handlers = Handlers(self.reports, status=self.status, limits=self.limits)
         self.quotas = QuotaWatcher()
         self.front: Front | None = None
         self.audit: Audit | None = None
@@ -100,9 +102,15 @@ class Service:
         metering.reconfigure_workers = self._reconfigure_workers
         await self.workers.start()  # every queue bound, fail-open set: before any rule
         if spec.manage_rules:
-            self.rules = QueueRules(spec)
+            self.rules = QueueRules(spec, strict=metering.config.strict)
+            if metering.config.strict:
+                log.warning("%s", STRICT_WARNING)
             self.audit = Audit(self.rules, metering.meter_stats)
             await asyncio.to_thread(self.rules.install)
+
+    def _push_enforcement(self, value: dict[str, object]) -> None:
+        if self.workers is not None:
+            self.workers.enforce(value)
 
     async def _reconfigure_workers(self, cfg: Config) -> None:
         if self.workers is not None:
@@ -147,6 +155,8 @@ class Service:
     async def _reload(self) -> None:
         self.notifier.reloading()
         result = await self.metering.reload()
+        if result["reloaded"]:
+            await self.limits.check()  # a quota removed or no longer enforcing: lifted now
         self.notifier.ready()
         self._set_status(None if result["reloaded"] else "reload rejected: see the log")
 
@@ -173,6 +183,10 @@ class Service:
         while True:
             await self.metering.refresh()  # the workers' counts up to now, for one-second rates
             self.metering.rates_sampler.sample(time.time(), self.metering.cumulative_bytes())
+            try:
+                await self.limits.check()  # from the counts just shipped: at most 1 s late
+            except Exception:  # a failing read must not end the sampling (nor the rates)
+                log.exception("quota enforcement check failed")
             await asyncio.sleep(RATE_SAMPLE_EVERY)
 
     def _set_status(self, note: str | None = None) -> None:
@@ -190,6 +204,14 @@ class Service:
         out = await self.metering.status()
         # "socket" (connections, evictions) is added by the front, which alone knows them
         out["front"] = self.front.info() if self.front else None
+        out["enforcement"] = {
+            st.name: {"action": st.action, "blocked_since": st.blocked_since, **(st.enforced or {})}
+            for st in self.limits.decorate(
+                await self.reports.quotas(
+                    self.limits.enforcing(), fresh=False, adjustments=self.limits.adjustments
+                )
+            )
+        }
         if self.workers is None:
             out["capture"] = None
             return out

@@ -1,0 +1,162 @@
+"""The main process's side of quota enforcement: over-limit state, operator adjustments, pushes.
+
+Every second (after the workers shipped their counts) each enforcing quota's usage in its
+period is evaluated from the stored totals plus what is not flushed yet; the set of quotas over
+their limit goes to every capture worker whenever it changes (a quota crossed its limit, its
+period rolled over, an operator extended or reset it, a reload changed the quotas). The
+operator's extensions and resets are stored in state_dir, so a restart within the period keeps
+them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from trafmetuxd import enforce, specwire
+from trafmetuxd.quota import Adjustment, QuotaStatus, counted, over_limit
+from trafmetuxd.reports import Reports
+from trafmetuxd.spec import QuotaSpec
+
+log = logging.getLogger("trafmetuxd.quota")
+ADJUSTMENTS_FILE = "quota-adjustments.json"
+HISTORY_LIMIT = 20  # adjustments shown per quota and period
+Push = Callable[[dict[str, object]], None]
+
+
+def load_adjustments(path: Path) -> dict[str, Adjustment]:
+    """The stored adjustments ({} when there is no file or it cannot be read: logged)."""
+    try:
+        data = json.loads(path.read_text())
+        return {str(name): _adjustment(v) for name, v in data.items()}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        log.error("%s: cannot read the quota adjustments, starting without them: %s", path, exc)
+        return {}
+
+
+def _adjustment(v: dict[str, Any]) -> Adjustment:
+    history = tuple(str(h) for h in v.get("history", ()))
+    return Adjustment(int(v["period"]), int(v["extended"]), int(v["reset_used"]), history)
+
+
+def save_adjustments(path: Path, adjustments: Mapping[str, Adjustment]) -> None:
+    """Write the adjustments atomically (a new file renamed over the old one)."""
+    data: dict[str, Any] = {
+        name: {"period": a.period, "extended": a.extended, "reset_used": a.reset_used,
+               "history": list(a.history)}
+        for name, a in adjustments.items()
+    }  # fmt: skip
+    fd, tmp = tempfile.mkstemp(prefix=".quota-adjustments.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as file:
+            json.dump(data, file, indent=1, sort_keys=True)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+
+
+class Limits:
+    """Which enforcing quotas are over their limit, told to the workers when it changes."""
+
+    def __init__(self, reports: Reports, push: Push, shipped: Mapping[str, int]) -> None:
+        self.reports = reports
+        self.push = push
+        self.shipped = shipped  # the workers' summed stats: the dropped/marked counts
+        self.path = reports.backend.config.state_dir / ADJUSTMENTS_FILE
+        self.adjustments = load_adjustments(self.path)
+        self.since: dict[str, tuple[int, int]] = {}  # name -> (period begin, blocked since)
+        self.sent: dict[str, object] | None = None
+
+    def enforcing(self) -> list[QuotaSpec]:
+        """The quotas that block or mark, as configured now."""
+        return [q for q in self.reports.backend.config.quotas if q.enforces]
+
+    async def check(self) -> None:
+        """Evaluate every enforcing quota; push the over-limit state when it changed."""
+        specs = self.enforcing()
+        statuses = await self.reports.quotas(specs, fresh=False, adjustments=self.adjustments)
+        over: dict[str, enforce.Over] = {}
+        for spec, st in zip(specs, statuses, strict=True):
+            if over_limit(spec, st.used, self._current(spec.name, st.begin)):
+                over[spec.name] = enforce.Over(all=True)
+                self._note_over(spec, st)
+            elif spec.name in self.since:
+                del self.since[spec.name]
+                log.warning("quota %s: %s lifted (period %s)", spec.name, spec.action,
+                            st.period_label)  # fmt: skip
+        for name in [n for n in self.since if n not in over]:
+            del self.since[name]  # removed by a reload
+            log.warning("quota %s: no longer enforced", name)
+        self.send(specs, over)
+
+    def _note_over(self, spec: QuotaSpec, st: QuotaStatus) -> None:
+        began = self.since.get(spec.name)
+        if began is None or began[0] != st.begin:
+            self.since[spec.name] = (st.begin, int(self.reports.now()))
+            verb = "blocking" if spec.action == enforce.BLOCK else f"marking {spec.mark:#x}"
+            log.warning("quota %s over its limit (%d B used in %s): %s its traffic",
+                        spec.name, st.used, st.period_label, verb)  # fmt: skip
+
+    def send(self, specs: Sequence[QuotaSpec], over: Mapping[str, enforce.Over]) -> None:
+        """Push the quotas and their state to the workers, if it differs from the last push."""
+        ports = [port for _host, port in self.reports.backend.config.http.listen]
+        payload: dict[str, object] = {
+            "quotas": [specwire.quota_to_wire(enforce.control_exempt(q, ports)) for q in specs],
+            "over": enforce.over_to_wire(over),
+        }
+        if payload != self.sent:
+            self.push(payload)
+            self.sent = payload
+
+    def _current(self, name: str, begin: int) -> Adjustment | None:
+        adj = self.adjustments.get(name)
+        return adj if adj is not None and adj.period == begin else None
+
+    def decorate(self, statuses: Sequence[QuotaStatus]) -> list[QuotaStatus]:
+        """The statuses with when their action took effect and what it dropped or marked."""
+        out = []
+        for st in statuses:
+            began = self.since.get(st.name)
+            since = began[1] if began is not None and began[0] == st.begin else None
+            prefix = f"{enforce.STATS_PREFIX}{st.name}:"
+            counts = {k: self.shipped.get(prefix + k, 0) for k in enforce.COUNT_NAMES}
+            enforced = counts if st.action != "report" else None
+            out.append(replace(st, blocked_since=since, enforced=enforced))
+        return out
+
+    async def adjust(self, spec: QuotaSpec, extend: int | None, who: str) -> QuotaStatus:
+        """Extend the quota by `extend` bytes for this period, or reset it (None)."""
+        (st,) = await self.reports.quotas([spec], adjustments=self.adjustments)
+        adj = self._current(spec.name, st.begin) or Adjustment(st.begin)
+        now = self.reports.now()
+        if extend is None:
+            adj = replace(adj, reset_used=st.used)
+            line = f"{_when(now)} reset by {who} at {counted(st.used, None)} B used"
+        else:
+            adj = replace(adj, extended=adj.extended + extend)
+            line = f"{_when(now)} extended by {extend} B by {who}"
+        adj = replace(adj, history=(*adj.history, line)[-HISTORY_LIMIT:])
+        adjustments = {**self.adjustments, spec.name: adj}
+        await asyncio.to_thread(save_adjustments, self.path, adjustments)
+        self.adjustments = adjustments
+        log.warning("quota %s %s", spec.name, line.split(" ", 3)[3])
+        await self.check()
+        (st,) = await self.reports.quotas([spec], fresh=False, adjustments=self.adjustments)
+        return self.decorate([st])[0]
