@@ -142,16 +142,23 @@ class Limits:
         return out
 
     async def adjust(self, spec: QuotaSpec, extend: int | None, who: str) -> QuotaStatus:
-        """Extend the quota by `extend` bytes for this period, or reset it (None)."""
+        """Let `extend` more bytes through from now on in this period, or reset it (None).
+
+        Over its limit, the quota's use already holds what was dropped (or marked) since: an
+        extension counts from the use now, so it lets `extend` bytes pass, not fewer.
+        """
         (st,) = await self.reports.quotas([spec], adjustments=self.adjustments)
         adj = self._current(spec.name, st.begin) or Adjustment(st.begin)
         now = self.reports.now()
         if extend is None:
             adj = replace(adj, reset_used=st.used)
-            line = f"{_when(now)} reset by {who} at {counted(st.used, None)} B used"
+            line = f"{_when(now)} reset by {who} at {st.used} B used"
         else:
-            adj = replace(adj, extended=adj.extended + extend)
+            beyond = max(0, counted(st.used, adj) - (spec.limit + adj.extended))
+            adj = replace(adj, extended=adj.extended + beyond + extend)
             line = f"{_when(now)} extended by {extend} B by {who}"
+            if beyond:
+                line += f" (from the use now, {beyond} B over the limit)"
         adj = replace(adj, history=(*adj.history, line)[-HISTORY_LIMIT:])
         adjustments = {**self.adjustments, spec.name: adj}
         await asyncio.to_thread(save_adjustments, self.path, adjustments)

@@ -26,6 +26,7 @@ from trafmetuxd.workers import Workers
 log = logging.getLogger("trafmetuxd")
 
 RATE_SAMPLE_EVERY = 1.0
+ENFORCE_EVERY = 0.5  # seconds between two evaluations of the enforcing quotas
 # The watchdog is fed only while the packet path and the flush path make progress: the stall
 # guard has looked within this many seconds and no queue has been without a worker for as long,
 # and no flush has been running (or been overdue) for longer than FLUSH_PATIENCE.
@@ -129,6 +130,7 @@ class Service:
         loop = asyncio.get_running_loop()
         next_flush = loop.time() + interval
         tasks = [asyncio.create_task(self._watchdog()), asyncio.create_task(self._sample())]
+        tasks.append(asyncio.create_task(self._enforce()))
         try:
             while not self.stop.is_set():
                 await _wait_any((self.stop, self.hup), next_flush - loop.time())
@@ -183,9 +185,21 @@ class Service:
         while True:
             await self.metering.refresh()  # the workers' counts up to now, for one-second rates
             self.metering.rates_sampler.sample(time.time(), self.metering.cumulative_bytes())
+
+    async def _enforce(self) -> None:
+        """While a quota blocks or marks: ship and evaluate every ENFORCE_EVERY seconds.
+
+        Twice a second, so that from the byte crossing a limit to the workers' first drop
+        less than a second passes (a shipment, a read of the stored totals, one frame).
+        """
+        while True:
+            await asyncio.sleep(ENFORCE_EVERY)
+            if not self.limits.enforcing():
+                continue  # nothing enforces: no extra shipment, no read
             try:
-                await self.limits.check()  # from the counts just shipped: at most 1 s late
-            except Exception:  # a failing read must not end the sampling (nor the rates)
+                await self.metering.refresh()
+                await self.limits.check()
+            except Exception:  # a failing read must not end enforcement's loop
                 log.exception("quota enforcement check failed")
             await asyncio.sleep(RATE_SAMPLE_EVERY)
 
