@@ -1,11 +1,14 @@
 """Quota enforcement in the capture worker: which queued packets to drop or mark. Pure.
 
-The main process decides when a quota is over its limit and tells every worker (an ENFORCE
-frame: the enforcing quotas and which of them are over). While none is over, the worker does
-not look at its batches before accepting them: its packet path is exactly the one without
-enforcement. While one is, each batch is judged first: the packets that an over-limit quota's
-monitors match (and none of its exempt rules) get their own verdict, NF_DROP or NF_ACCEPT with
-a new mark, and one batch verdict then accepts the rest.
+The main process evaluates the quotas and tells every worker (an ENFORCE frame) which
+enforcing quotas exist, which are over their limit and how many bytes each of the others has
+left. Without an enforcing quota the worker does not look at its batches before accepting them:
+its packet path is exactly the one without enforcement. With one, each batch is judged first:
+the packets that an over-limit quota's monitors match (and none of its exempt rules) get their
+own verdict, NF_DROP or NF_ACCEPT with a new mark, and one batch verdict then accepts the rest.
+Under the limit, the judge spends the quota's bytes left as its monitors' packets pass: the
+packet that uses up the last byte is the last one let through unchanged, so a worker cuts at
+the limit itself, without waiting for the main process's next look (which would confirm it).
 
 Judging a packet costs a dict lookup: its flow's classification (the monitors and exempt rules
 it matches, as an index tuple) is cached by the header bytes the rules read, and what to do for
@@ -28,9 +31,10 @@ CACHE_LIMIT = 65_536
 DROPPED_PACKETS, DROPPED_BYTES, MARKED_PACKETS, MARKED_BYTES = range(4)
 COUNT_NAMES = ("dropped_packets", "dropped_bytes", "marked_packets", "marked_bytes")
 STATS_PREFIX = "quota:"  # shipped stats keys: quota:NAME:dropped_packets ...
-# (index of the quota that drops or -1, ((quota index, mark, mask), ...) of the marking ones)
-Decision = tuple[int, tuple[tuple[int, int, int], ...]]
-_NOTHING: Decision = (-1, ())
+# (index of the quota that drops or -1, ((quota index, mark, mask), ...) of the marking ones,
+# ((quota index, how many of its monitors match), ...) of those under their limit)
+Decision = tuple[int, tuple[tuple[int, int, int], ...], tuple[tuple[int, int], ...]]
+_NOTHING: Decision = (-1, (), ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +74,12 @@ class Enforcer:
 
     def __init__(self) -> None:
         self.quotas: tuple[QuotaSpec, ...] = ()
-        self.over: tuple[Over, ...] = ()
-        self.active = False  # some quota is over its limit: batches are judged
+        self.over: list[Over] = []
+        self.left: list[int] = []  # per quota: bytes left before its limit, -1 when not known
+        # per quota name: bytes spent since the worker's last shipment, which the main
+        # process's figure of bytes left cannot hold yet
+        self.unshipped: dict[str, int] = {}
+        self.active = False  # some quota enforces: batches are judged
         self.counts: dict[str, list[int]] = {}
         self._monitors: list[tuple[int, ...]] = []  # per quota: its monitors' classifier indices
         self._exempt: list[int] = []  # per quota: its exempt pseudo-monitor's index, or -1
@@ -97,11 +105,38 @@ class Enforcer:
         self._flows = {}
         self.set_over({})
 
-    def set_over(self, over: Mapping[str, Over]) -> None:
-        """Which quotas are over their limit now (those not named are not)."""
-        self.over = tuple(over.get(q.name, Over()) for q in self.quotas)
-        self.active = any(o.all or o.hosts for o in self.over)
+    def set_over(self, over: Mapping[str, Over], left: Mapping[str, int] | None = None) -> None:
+        """Which quotas are over their limit now, and the bytes the others have left."""
+        self.over = [over.get(q.name, Over()) for q in self.quotas]
+        left = left or {}
+        self.left = [left.get(q.name, -1) for q in self.quotas]
+        self.active = bool(self.quotas)
         self._decisions = {}
+
+    def told(self, over: Mapping[str, Over], left: Mapping[str, int]) -> None:
+        """The main process's state, its bytes left counted from the last shipment."""
+        self.set_over(over)
+        for index, quota in enumerate(self.quotas):
+            have = left.get(quota.name)
+            if have is None or self.over[index].all:
+                continue
+            have -= self.unshipped.get(quota.name, 0)
+            if have > 0:
+                self.left[index] = have
+            else:  # spent since the shipment the figure counts from: over already
+                self.over[index] = Over(True, self.over[index].hosts)
+
+    def spend(self, index: int, size: int) -> None:
+        """A packet of `size` bytes counted by quota `index`: over its limit once none are left."""
+        name = self.quotas[index].name
+        self.unshipped[name] = self.unshipped.get(name, 0) + size
+        left = self.left[index] - size
+        if left > 0:
+            self.left[index] = left
+            return
+        self.left[index] = -1
+        self.over[index] = Over(True, self.over[index].hosts)
+        self._decisions = {}  # the next packets see the quota over its limit
 
     def judge(self, ip: bytes, direction: int, iface: str) -> Decision:
         """What the over-limit quotas do to one packet."""
@@ -128,17 +163,30 @@ class Enforcer:
         return () if pkt is None else self._classifier.match(pkt, direction, iface)
 
     def _decide(self, matched: tuple[int, ...]) -> Decision:
-        """Drop if an over-limit blocking quota applies, else the marks of the marking ones."""
+        """Drop if an over-limit blocking quota applies, else the marks of the marking ones;
+        and the quotas under their limit whose bytes the packet spends."""
+        drop = -1
         marks: list[tuple[int, int, int]] = []
+        spends: list[tuple[int, int]] = []
         for index, quota in enumerate(self.quotas):
-            if not self.over[index].all or self._exempt[index] in matched:
+            # a packet counts in a quota's use once per monitor of it that it matches
+            times = sum(1 for m in self._monitors[index] if m in matched)
+            if not times:
                 continue
-            if not any(m in matched for m in self._monitors[index]):
+            if not self.over[index].all:
+                if self.left[index] >= 0:
+                    spends.append((index, times))  # exempt traffic is used traffic too
+            elif self._exempt[index] in matched:
                 continue
-            if quota.action == BLOCK:
-                return index, ()
-            marks.append((index, quota.mark, quota.mask))
-        return (-1, tuple(marks)) if marks else _NOTHING
+            elif quota.action == BLOCK:
+                drop = index if drop < 0 else drop
+            else:
+                marks.append((index, quota.mark, quota.mask))
+        if drop >= 0:
+            marks = []
+        if drop < 0 and not marks and not spends:
+            return _NOTHING
+        return drop, tuple(marks), tuple(spends)
 
     def count(self, index: int, what: int, size: int) -> None:
         """Count one packet of `size` bytes dropped or marked by quota `index`."""
@@ -172,7 +220,7 @@ def judge_batch(
     """
     out: list[bytes] = []
     for ident, old, direction, ifindex, ip in headers(buf, count, slot):
-        drop, marks = enforcer.judge(ip, direction, names.get(ifindex) or resolve(ifindex))
+        drop, marks, spends = enforcer.judge(ip, direction, names.get(ifindex) or resolve(ifindex))
         if drop >= 0:
             out.append(nfqconfig.verdict_message(queue, ident, nfqconfig.NF_DROP, None, 0))
             enforcer.count(drop, DROPPED_PACKETS, _ip_length(ip))
@@ -182,6 +230,8 @@ def judge_batch(
                 mark = new_mark(mark, value, mask)
                 enforcer.count(index, MARKED_PACKETS, _ip_length(ip))
             out.append(nfqconfig.verdict_message(queue, ident, nfqconfig.NF_ACCEPT, mark, 0))
+        for index, times in spends:  # after the verdict: the packet that crosses passes
+            enforcer.spend(index, times * _ip_length(ip))
     return b"".join(out)
 
 

@@ -93,18 +93,23 @@ class Limits:
         specs = self.enforcing()
         statuses = await self.reports.quotas(specs, fresh=False, adjustments=self.adjustments)
         over: dict[str, enforce.Over] = {}
+        left: dict[str, int] = {}
         for spec, st in zip(specs, statuses, strict=True):
-            if over_limit(spec, st.used, self._current(spec.name, st.begin)):
+            adj = self._current(spec.name, st.begin)
+            if over_limit(spec, st.used, adj):
                 over[spec.name] = enforce.Over(all=True)
                 self._note_over(spec, st)
-            elif spec.name in self.since:
+                continue
+            extended = adj.extended if adj is not None else 0
+            left[spec.name] = spec.limit + extended - counted(st.used, adj)
+            if spec.name in self.since:
                 del self.since[spec.name]
                 log.warning("quota %s: %s lifted (period %s)", spec.name, spec.action,
                             st.period_label)  # fmt: skip
         for name in [n for n in self.since if n not in over]:
             del self.since[name]  # removed by a reload
             log.warning("quota %s: no longer enforced", name)
-        self.send(specs, over)
+        self.send(specs, over, left)
 
     def _note_over(self, spec: QuotaSpec, st: QuotaStatus) -> None:
         began = self.since.get(spec.name)
@@ -114,12 +119,18 @@ class Limits:
             log.warning("quota %s over its limit (%d B used in %s): %s its traffic",
                         spec.name, st.used, st.period_label, verb)  # fmt: skip
 
-    def send(self, specs: Sequence[QuotaSpec], over: Mapping[str, enforce.Over]) -> None:
+    def send(
+        self,
+        specs: Sequence[QuotaSpec],
+        over: Mapping[str, enforce.Over],
+        left: Mapping[str, int] | None = None,
+    ) -> None:
         """Push the quotas and their state to the workers, if it differs from the last push."""
         ports = [port for _host, port in self.reports.backend.config.http.listen]
         payload: dict[str, object] = {
             "quotas": [specwire.quota_to_wire(enforce.control_exempt(q, ports)) for q in specs],
             "over": enforce.over_to_wire(over),
+            "left": dict(left or {}),
         }
         if payload != self.sent:
             self.push(payload)

@@ -72,7 +72,8 @@ class Worker:
         if quotas != self.enforcing:
             self.enforcing = quotas
             self.enforcer.configure(self.meter.monitors, quotas)
-        self.enforcer.set_over(enforce.over_from_wire(value.get("over", {})))
+        left = {str(k): int(v) for k, v in value.get("left", {}).items()}
+        self.enforcer.told(enforce.over_from_wire(value.get("over", {})), left)
         self.capture.judge = self._judge if self.enforcer.active else None
 
     def _resolve(self, ifindex: int) -> str:
@@ -87,9 +88,11 @@ class Worker:
     def configure(self, monitors: Sequence[MonitorSpec]) -> None:
         """New monitors; what dropped or rebuilt collectors held goes out in a shipment."""
         retired = self.meter.reconfigure(monitors)
-        over = dict(zip((q.name for q in self.enforcer.quotas), self.enforcer.over, strict=True))
+        names = [q.name for q in self.enforcer.quotas]
+        over = dict(zip(names, self.enforcer.over, strict=True))
+        left = dict(zip(names, self.enforcer.left, strict=True))
         self.enforcer.configure(monitors, self.enforcing)
-        self.enforcer.set_over(over)  # until the main process says otherwise
+        self.enforcer.set_over(over, left)  # until the main process says otherwise
         self.capture.judge = self._judge if self.enforcer.active else None
         if any(snap.totals or snap.flows for _, snap in retired):
             self.outbox += b"".join(wire.shipment(retired, -1, {}))
@@ -108,6 +111,7 @@ class Worker:
     def start_shipment(self) -> None:
         """Swap every collector now and encode the shipment piece by piece from here on."""
         request, self.asked = self.asked, -1
+        self.enforcer.unshipped = {}  # the main process counts all of it from this shipment
         self.pending = wire.shipment(self.meter.swap(), request, self.stats())
 
     def encode_some(self) -> None:
