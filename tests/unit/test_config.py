@@ -315,6 +315,23 @@ INVALID = [
      "monitor[0].host_prefix_v6", "129", "less than or equal to 128"),
     ("max_hosts zero", monitor("max_hosts = 0"),
      "monitor[0].max_hosts", "0", "greater than or equal to 1"),
+    ("unknown quota action", quota('limit = 1\naction = "drop"'),
+     "quota[0].action", "'drop'", "report, block, mark"),
+    ("mark action without mark", quota('limit = 1\naction = "mark"'),
+     "quota[0].mark", "None", 'required with action = "mark"'),
+    ("mark outside its mask", quota('limit = 1\naction = "mark"\nmark = 0x100\nmask = 0xff'),
+     "quota[0].mark", "256", "bits outside mask 0xff"),
+    ("mark above 32 bits", quota('limit = 1\naction = "mark"\nmark = 0x100000000'),
+     "quota[0].mark", "4294967296", "less than or equal to 4294967295"),
+    ("mark with block", quota('limit = 1\naction = "block"\nmark = 16'),
+     "quota[0].mark", "16", 'only used with action = "mark"'),
+    ("exempt on a report quota", quota('limit = 1\nexempt = [{ protocol = "udp" }]'),
+     "quota[0].exempt", "[{'protocol': 'udp'}]", 'only used with action = "block" or "mark"'),
+    ("strict on a report quota", quota("limit = 1\nstrict = true"),
+     "quota[0].strict", "True", 'only used with action = "block" or "mark"'),
+    ("bad exempt rule",
+     quota('limit = 1\naction = "block"\nexempt = [{ protocol = "icmp", port = 53 }]'),
+     "quota[0].exempt[0].port", "53", "protocol 'icmp' has no ports"),
 ]  # fmt: skip
 
 
@@ -487,3 +504,23 @@ def test_stall_timeout_out_of_range_refused(value):
 def test_stall_timeout_bounds_accepted():
     assert parse('[capture]\nstall_timeout = "200ms"').capture.stall_timeout == 0.2
     assert parse("[capture]\nstall_timeout = 60").capture.stall_timeout == 60.0
+
+
+def test_an_enforcing_quota_keeps_its_action_mark_exempt_rules_and_strictness():
+    cfg = parse(
+        'admin_group = "netadmin"\n'
+        + quota('limit = "1MiB"\naction = "mark"\nmark = 0x10\nmask = 0xf0\nstrict = true\n'
+                'exempt = [{ protocol = "udp", port = 53 }, { host = "192.168.1.10" }]')
+    )  # fmt: skip
+    (q,) = cfg.quotas
+    assert (q.action, q.mark, q.mask, q.strict, q.enforces) == ("mark", 0x10, 0xF0, True, True)
+    assert [r.port for r in q.exempt] == [((53, 53),), None]
+    assert q.exempt[1].host == (ipaddress.ip_network("192.168.1.10/32"),)
+    assert cfg.admin_group == "netadmin" and cfg.strict
+
+
+def test_a_quota_only_reports_unless_told_otherwise():
+    cfg = parse(quota("limit = 1"))
+    (q,) = cfg.quotas
+    assert (q.action, q.enforces, q.exempt, q.strict) == ("report", False, (), False)
+    assert cfg.admin_group == "" and not cfg.strict
