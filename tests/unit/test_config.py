@@ -6,6 +6,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -524,3 +526,16 @@ def test_a_quota_only_reports_unless_told_otherwise():
     (q,) = cfg.quotas
     assert (q.action, q.enforces, q.exempt, q.strict) == ("report", False, (), False)
     assert cfg.admin_group == "" and not cfg.strict
+
+
+def test_check_warns_that_a_strict_quota_cuts_traffic_while_the_daemon_is_stopped(tmp_path):
+    path = tmp_path / "strict.toml"
+    path.write_text(quota('limit = 1\naction = "block"\nstrict = true'))
+    run = [sys.executable, "-m", "trafmetuxd", "--config", str(path), "--check"]
+    done = subprocess.run(run, capture_output=True, text=True, timeout=60, check=True)
+    assert f"{path}: OK (1 monitors)" in done.stdout
+    assert "WARNING: a quota has strict = true" in done.stdout
+    assert "ALL traffic of the metered interfaces is dropped" in done.stdout
+    path.write_text(quota('limit = 1\naction = "block"'))
+    done = subprocess.run(run, capture_output=True, text=True, timeout=60, check=True)
+    assert "WARNING" not in done.stdout
