@@ -185,6 +185,7 @@ class Service:
         while True:
             await self.metering.refresh()  # the workers' counts up to now, for one-second rates
             self.metering.rates_sampler.sample(time.time(), self.metering.cumulative_bytes())
+            await asyncio.sleep(RATE_SAMPLE_EVERY)
 
     async def _enforce(self) -> None:
         """While a quota blocks or marks: ship and evaluate every ENFORCE_EVERY seconds.
@@ -201,7 +202,6 @@ class Service:
                 await self.limits.check()
             except Exception:  # a failing read must not end enforcement's loop
                 log.exception("quota enforcement check failed")
-            await asyncio.sleep(RATE_SAMPLE_EVERY)
 
     def _set_status(self, note: str | None = None) -> None:
         stats = self.metering.meter_stats()
