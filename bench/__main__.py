@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from bench import ctl, e2e, memory, pipeline, reports, stall
+from bench import ctl, e2e, enforce, memory, pipeline, reports, stall
 from bench.common import RESULTS, Result, machine, write_result
 from bench.page import PAGE, render
 
@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, Callable[[str], Result]] = {
     "stall": stall.run,
     "memory": memory.run,
     "ctl": ctl.run,
+    "enforce": enforce.run,
 }
 
 

@@ -236,14 +236,18 @@ class Capture:
                 break
             taken += count
             self.stats.messages += count
-            if self.judge is not None:
-                self._judged(sock, self.judge, buf, count, receiver.slot)
-            self._verdict(sock, last_packet_id(buf, count, receiver.slot))
-            try:
-                self._consume(self._clock(), buf, count, receiver.slot)
-            except Exception as exc:  # a metering bug must never stop the verdicts
-                self._fail(exc)
+            self.handle_batch(sock, buf, count, receiver.slot)
         return taken
+
+    def handle_batch(self, sock: socket.socket, buf: bytes, count: int, slot: int) -> None:
+        """Verdicts for a batch received (judged first only while a quota enforces), then meter."""
+        if self.judge is not None:
+            self._judged(sock, self.judge, buf, count, slot)
+        self._verdict(sock, last_packet_id(buf, count, slot))
+        try:
+            self._consume(self._clock(), buf, count, slot)
+        except Exception as exc:  # a metering bug must never stop the verdicts
+            self._fail(exc)
 
     def _verdict(self, sock: socket.socket, last_id: int) -> None:
         """Accept every queued packet up to last_id (the verdict comes before any metering)."""
