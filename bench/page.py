@@ -197,8 +197,9 @@ def _enforce(r: Result) -> list[str]:
     p = r["params"]
     lines = [
         f"{p['packets']:,} packets in batches of 64 as the worker receives them, 20 monitors, "
-        f"a block quota on {p['quota'].split()[-1]}; best of {p['repeats']} passes, core "
-        f"{p['core']}. Ratios are to the batch path before enforcement, timed in the same run.",
+        f"a block quota on {p['quota'].split()[-1]}; the stages take turns batch by batch, each "
+        f"batch's best of {p['repeats']} passes, core {p['core']}. Ratios are to the batch "
+        "path before enforcement, timed in the same run.",
         "",
         "| stage | ns/packet | packets/s | x baseline |",
         "|---|---|---|---|",
