@@ -92,8 +92,9 @@ def live_lines(result: Mapping[str, Any], unit: str = "auto") -> list[str]:
 
 def quota_summary(q: Mapping[str, Any], unit: str = "auto") -> str:
     """'mobile: used 1.20 GiB of 3.00 GiB (40.0%), 2026-11-01 - 2026-11-30, estimate ...'."""
+    allowance = q["limit"] + q.get("extended", 0)  # what quota-extend added, this period
     return (
-        f"{q['name']}: used {format_bytes(q['used'], unit)} of {format_bytes(q['limit'], unit)} "
+        f"{q['name']}: used {format_bytes(q['used'], unit)} of {format_bytes(allowance, unit)} "
         f"({q['percent']:.1f}%), period {q['period_label']}, "
         f"estimate {format_bytes(q['estimate'], unit)} at period end"
     )

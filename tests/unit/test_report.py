@@ -132,6 +132,8 @@ def test_a_blocking_quota_says_since_when_and_what_it_dropped() -> None:
         "history": ["2026-10-26 09:00:00 UTC extended by 1048576 B by uid 0 (pid 7)"],
     }  # fmt: skip
     first, history = quota_lines({"quotas": [blocked]})
+    assert "used 2.50 GiB of 3.00 GiB (83.3%)" not in first  # the extension is in the figure
+    assert "used 2.50 GiB of 3.00 GiB" not in first and " of 3.00 GiB" not in first
     assert first.endswith(
         f"; block, extended by 1.00 MiB, blocked since {since}, 12 packets (11.72 KiB) dropped"
     )
