@@ -124,7 +124,7 @@ same machine, the ratio was 2.00 and 2.00 before and 2.00-2.12 in five runs afte
 
 ENFORCE = """**What it shows.** Without a quota that blocks or marks, the worker's batch path is
 the one before enforcement: the only addition is one test of `Capture.judge` per batch of up
-to 64 packets, and the ratio stays at 1.00 (0.99 and 1.00 in the two runs of this session, on
+to 64 packets, and the ratio stays at 1.00 (0.99 and 1.00 in two runs one after the other, on
 a 2-core machine under a load of 4 to 6 from other work, which is why absolute figures are
 several times those of the pipeline section). With one, every packet is judged before the
 batch verdict: a flow-cache lookup and a decision-cache lookup per packet, plus the single
