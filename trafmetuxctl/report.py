@@ -91,21 +91,55 @@ def live_lines(result: Mapping[str, Any], unit: str = "auto") -> list[str]:
 
 
 def quota_summary(q: Mapping[str, Any], unit: str = "auto") -> str:
-    """'mobile: used 1.20 GiB of 3.00 GiB (40.0%), 2026-11-01 - 2026-11-30, estimate ...'."""
+    """'mobile: used 1.20 GiB of 3.00 GiB (40.0%), 2026-11-01 - 2026-11-30, estimate ...'.
+
+    A per-host quota's figures are its worst host's, named, with the hosts over each level.
+    """
+    per_host = q.get("per_host", False)
+    who = f"host {q['host']} " if per_host and q.get("host") else ""
+    each = " per host" if per_host else ""
     allowance = q["limit"] + q.get("extended", 0)  # what quota-extend added, this period
-    return (
-        f"{q['name']}: used {format_bytes(q['used'], unit)} of {format_bytes(allowance, unit)} "
-        f"({q['percent']:.1f}%), period {q['period_label']}, "
+    text = (
+        f"{q['name']}: {who}used {format_bytes(q['used'], unit)} of "
+        f"{format_bytes(allowance, unit)}{each} ({q['percent']:.1f}%), "
+        f"period {q['period_label']}, "
         f"estimate {format_bytes(q['estimate'], unit)} at period end"
     )
+    if per_host:
+        text += f"; {_hosts(q['hosts_critical'])} over limit, {q['hosts_warning']} over warn"
+    return text
+
+
+def _hosts(n: int) -> str:
+    return f"{n} host" if n == 1 else f"{n} hosts"
 
 
 def quota_lines(result: Mapping[str, Any], unit: str = "auto") -> list[str]:
-    """'OK       mobile: used ...' for each quota, and what it enforces and who adjusted it."""
+    """'OK       mobile: used ...' for each quota, what it enforces and who adjusted it; below
+    a per-host one its hosts over warn."""
     lines = []
     for q in result["quotas"]:
         lines.append(f"{q['state']:<9}{quota_summary(q, unit)}{enforcement_text(q, unit)}")
         lines += [f"         {entry}" for entry in q.get("history", ())]
+        if q.get("per_host"):
+            lines += _host_lines(q, unit)
+    return lines
+
+
+def _host_lines(q: Mapping[str, Any], unit: str) -> list[str]:
+    """A per-host quota's listed hosts over warn (largest first), the rest counted, 'other'."""
+    over = [h for h in q["hosts"] if h["state"] != "OK"]
+    lines = [
+        f"         {h['state']:<9}{h['host']}: used {format_bytes(h['used'], unit)} "
+        f"({h['percent']:.1f}%)"
+        for h in over
+    ]
+    rest = q["hosts_warning"] + q["hosts_critical"] - len(over)
+    if rest > 0:
+        lines.append(f"         ... and {rest} more over warn")
+    if q["other"]:
+        used = format_bytes(q["other"], unit)
+        lines.append(f"         other (hosts beyond max_hosts, no limit): used {used}")
     return lines
 
 
@@ -133,8 +167,12 @@ def enforcement_text(q: Mapping[str, Any], unit: str = "auto") -> str:
 
 
 def perfdata(q: Mapping[str, Any]) -> str:
-    """Nagios perfdata: 'used=123B;warn;crit;0;limit'."""
-    return f"used={q['used']}B;{q['warn_bytes']};{q['limit']};0;{q['limit']}"
+    """Nagios perfdata: 'used=123B;warn;crit;0;limit', then each listed host of a per-host quota."""
+    levels = f"{q['warn_bytes']};{q['limit']};0;{q['limit']}"
+    items = [f"used={q['used']}B;{levels}"]
+    if q.get("per_host"):
+        items += [f"'{h['host']}'={h['used']}B;{levels}" for h in q["hosts"]]
+    return " ".join(items)
 
 
 def check_quota_line(q: Mapping[str, Any]) -> tuple[int, str]:

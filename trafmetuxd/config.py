@@ -86,6 +86,7 @@ class _Quota(_Model):
     mask: Annotated[int, Field(ge=1, le=0xFFFFFFFF)] = 0xFFFFFFFF
     exempt: list[Any] = []  # rules, validated one by one as a monitor's
     strict: bool = False
+    per_host: bool = False
 
 
 _QUEUE_MAX = 65535
@@ -335,6 +336,20 @@ def _quota(
     )
 
 
+def _check_per_host(
+    quota: spec.QuotaSpec, index: int, monitors: Sequence[spec.MonitorSpec], p: _Problems
+) -> None:
+    """A per-host quota's monitors all have `hosts` (else it would have no host to limit)."""
+    if not quota.per_host:
+        return
+    for monitor in monitors:
+        if monitor.name in quota.monitors and not monitor.hosts:
+            message = (
+                f"expected monitor {monitor.name!r} to have `hosts` (a per-host quota needs them)"
+            )
+            p.add(("quota", index, "per_host"), True, message)
+
+
 # --- building the plain values ------------------------------------------------------------
 
 
@@ -399,6 +414,9 @@ def _config(data: dict[str, Any], path: Path, p: _Problems) -> spec.Config:
     _check_names(names, "monitor", p)
     _check_flow_logs(monitors, p)
     quotas = [_quota(raw, index, names, p) for index, raw in _dicts(data, "quota")]
+    for index, quota in enumerate(quotas):
+        if quota is not None:
+            _check_per_host(quota, index, [monitor for _, _, monitor in monitors], p)
     _check_names([raw.get("name") for _, raw in _dicts(data, "quota")], "quota", p)
     if root is None:
         return spec.Config(path=path)

@@ -11,8 +11,11 @@ packet that uses up the last byte is the last one let through unchanged, so a wo
 the limit itself, without waiting for the main process's next look (which would confirm it).
 
 Judging a packet costs a dict lookup: its flow's classification (the monitors and exempt rules
-it matches, as an index tuple) is cached by the header bytes the rules read, and what to do for
-an index tuple is cached until the over-limit state changes.
+it matches, as an index tuple, and for per-host quotas the hosts it counts for) is cached by the
+header bytes the rules read, and what to do for an index tuple is cached until the over-limit
+state changes. A per-host quota (`per_host`) is over for some hosts only: a packet is dropped
+or marked when its sending or receiving host (as the monitor's `hosts` group it: an IPv4
+address or an IPv6 prefix) is one of them, a set lookup per such quota.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from trafmetuxd import nfqconfig, rules
+from trafmetuxd.addresses import host_text
+from trafmetuxd.collector import HostMatcher
 from trafmetuxd.nfbatch import headers
-from trafmetuxd.packet import PORTED, parse
+from trafmetuxd.packet import PORTED, PacketInfo, parse
 from trafmetuxd.spec import MonitorSpec, QuotaSpec, RuleSpec
 
 BLOCK, MARK = "block", "mark"
@@ -34,6 +39,8 @@ STATS_PREFIX = "quota:"  # shipped stats keys: quota:NAME:dropped_packets ...
 # (index of the quota that drops or -1, ((quota index, mark, mask), ...) of the marking ones,
 # ((quota index, how many of its monitors match), ...) of those under their limit)
 Decision = tuple[int, tuple[tuple[int, int, int], ...], tuple[tuple[int, int], ...]]
+Hosts = tuple[frozenset[str], ...]  # per quota: the host texts a packet counts for
+Flow = tuple[tuple[int, ...], Hosts]  # a flow's classifier indices and hosts
 _NOTHING: Decision = (-1, (), ())
 
 
@@ -84,7 +91,10 @@ class Enforcer:
         self._monitors: list[tuple[int, ...]] = []  # per quota: its monitors' classifier indices
         self._exempt: list[int] = []  # per quota: its exempt pseudo-monitor's index, or -1
         self._classifier = rules.compile(())
-        self._flows: dict[tuple[bytes, int, str], tuple[int, ...]] = {}
+        # per quota: the host matchers of its monitors (per-host quotas), else ()
+        self._matchers: list[tuple[HostMatcher, ...]] = []
+        self._host_over: list[int] = []  # the per-host quotas with hosts over their limit
+        self._flows: dict[tuple[bytes, int, str], Flow] = {}
         self._decisions: dict[tuple[int, ...], Decision] = {}
 
     def configure(self, monitors: Sequence[MonitorSpec], quotas: Sequence[QuotaSpec]) -> None:
@@ -94,6 +104,11 @@ class Enforcer:
         names = list(dict.fromkeys(n for q in quotas for n in q.monitors))
         specs = [by_name[n] for n in names]
         self._monitors = [tuple(names.index(n) for n in q.monitors) for q in quotas]
+        self._matchers = [
+            tuple(HostMatcher(by_name[n]) for n in q.monitors if by_name[n].hosts)
+            if q.per_host else ()
+            for q in quotas
+        ]  # fmt: skip
         self._exempt = []
         for q in quotas:
             # a monitor without rules matches everything: an empty exempt list is no entry
@@ -108,6 +123,7 @@ class Enforcer:
     def set_over(self, over: Mapping[str, Over], left: Mapping[str, int] | None = None) -> None:
         """Which quotas are over their limit now, and the bytes the others have left."""
         self.over = [over.get(q.name, Over()) for q in self.quotas]
+        self._host_over = [i for i, o in enumerate(self.over) if o.hosts and self._matchers[i]]
         left = left or {}
         self.left = [left.get(q.name, -1) for q in self.quotas]
         self.active = bool(self.quotas)
@@ -142,7 +158,7 @@ class Enforcer:
         """What the over-limit quotas do to one packet."""
         key = _flow_key(ip)
         if key is None:
-            matched = self._match(ip, direction, iface)
+            matched, hosts = self._match(ip, direction, iface)
         else:
             flow = (key, direction, iface)
             cached = self._flows.get(flow)
@@ -151,16 +167,50 @@ class Enforcer:
                 if len(self._flows) >= CACHE_LIMIT:
                     self._flows.clear()
                 self._flows[flow] = cached
-            matched = cached
+            matched, hosts = cached
         decision = self._decisions.get(matched)
         if decision is None:
             decision = self._decisions[matched] = self._decide(matched)
+        if self._host_over and decision[0] < 0:
+            return self._by_host(decision, matched, hosts)
         return decision
 
-    def _match(self, ip: bytes, direction: int, iface: str) -> tuple[int, ...]:
-        """The classifier indices a packet matches (none when it cannot be parsed)."""
+    def _by_host(self, decision: Decision, matched: tuple[int, ...], hosts: Hosts) -> Decision:
+        """The decision with the per-host quotas over the limit for the packet's hosts."""
+        _drop, marks, spends = decision
+        added: list[tuple[int, int, int]] = []
+        for index in self._host_over:
+            if not hosts[index] & self.over[index].hosts or self._exempt[index] in matched:
+                continue
+            if not any(m in matched for m in self._monitors[index]):
+                continue
+            quota = self.quotas[index]
+            if quota.action == BLOCK:
+                return index, (), spends
+            added.append((index, quota.mark, quota.mask))
+        return (-1, marks + tuple(added), spends) if added else decision
+
+    def _match(self, ip: bytes, direction: int, iface: str) -> Flow:
+        """The classifier indices a packet matches (none when it cannot be parsed) and, per
+        quota, the hosts it counts for (per-host quotas whose monitors it matches)."""
         pkt = parse(ip)
-        return () if pkt is None else self._classifier.match(pkt, direction, iface)
+        if pkt is None:
+            return (), self._no_hosts()
+        matched = self._classifier.match(pkt, direction, iface)
+        return matched, tuple(self._hosts_of(i, pkt, matched) for i in range(len(self.quotas)))
+
+    def _no_hosts(self) -> Hosts:
+        return tuple(frozenset() for _ in self.quotas)
+
+    def _hosts_of(self, index: int, pkt: PacketInfo, matched: tuple[int, ...]) -> frozenset[str]:
+        """The host texts a packet counts for in per-host quota `index` (its two ends)."""
+        matchers = self._matchers[index]
+        if not matchers or not any(m in matched for m in self._monitors[index]):
+            return frozenset()
+        keys = {
+            matcher.key(pkt.family, addr) for matcher in matchers for addr in (pkt.src, pkt.dst)
+        }
+        return frozenset(host_text(k) for k in keys if k is not None)
 
     def _decide(self, matched: tuple[int, ...]) -> Decision:
         """Drop if an over-limit blocking quota applies, else the marks of the marking ones;

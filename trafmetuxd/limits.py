@@ -22,7 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from trafmetuxd import enforce, specwire
-from trafmetuxd.quota import Adjustment, QuotaStatus, counted, over_limit
+from trafmetuxd.periods import Period
+from trafmetuxd.quota import (
+    OTHER_HOST,
+    Adjustment,
+    OverLimit,
+    QuotaStatus,
+    Usage,
+    bytes_left,
+    counted,
+    enforced_over,
+    host_counted,
+    quota_period,
+)
 from trafmetuxd.reports import Reports
 from trafmetuxd.spec import QuotaSpec
 
@@ -46,14 +58,15 @@ def load_adjustments(path: Path) -> dict[str, Adjustment]:
 
 def _adjustment(v: dict[str, Any]) -> Adjustment:
     history = tuple(str(h) for h in v.get("history", ()))
-    return Adjustment(int(v["period"]), int(v["extended"]), int(v["reset_used"]), history)
+    hosts = {str(h): int(u) for h, u in v.get("reset_hosts", {}).items()}
+    return Adjustment(int(v["period"]), int(v["extended"]), int(v["reset_used"]), history, hosts)
 
 
 def save_adjustments(path: Path, adjustments: Mapping[str, Adjustment]) -> None:
     """Write the adjustments atomically (a new file renamed over the old one)."""
     data: dict[str, Any] = {
         name: {"period": a.period, "extended": a.extended, "reset_used": a.reset_used,
-               "history": list(a.history)}
+               "history": list(a.history), "reset_hosts": dict(a.reset_hosts)}
         for name, a in adjustments.items()
     }  # fmt: skip
     fd, tmp = tempfile.mkstemp(prefix=".quota-adjustments.", dir=path.parent)
@@ -82,42 +95,66 @@ class Limits:
         self.path = reports.backend.config.state_dir / ADJUSTMENTS_FILE
         self.adjustments = load_adjustments(self.path)
         self.since: dict[str, tuple[int, int]] = {}  # name -> (period begin, blocked since)
+        self.hosts_over: dict[str, frozenset[str]] = {}  # per-host quotas: the hosts logged
         self.sent: dict[str, object] | None = None
 
     def enforcing(self) -> list[QuotaSpec]:
         """The quotas that block or mark, as configured now."""
         return [q for q in self.reports.backend.config.quotas if q.enforces]
 
+    async def _usages(
+        self, specs: Sequence[QuotaSpec], fresh: bool
+    ) -> list[tuple[QuotaSpec, Period, Usage]]:
+        """Each quota's current period and use in it (stored + unflushed)."""
+        cal, now = self.reports.calendar(), self.reports.now()
+        out = []
+        for spec in specs:
+            period = quota_period(spec, cal, now)
+            out.append((spec, period, await self.reports.usage(spec, period, now, fresh)))
+        return out
+
     async def check(self) -> None:
         """Evaluate every enforcing quota; push the over-limit state when it changed."""
         specs = self.enforcing()
-        statuses = await self.reports.quotas(specs, fresh=False, adjustments=self.adjustments)
         over: dict[str, enforce.Over] = {}
         left: dict[str, int] = {}
-        for spec, st in zip(specs, statuses, strict=True):
-            adj = self._current(spec.name, st.begin)
-            if over_limit(spec, st.used, adj):
-                over[spec.name] = enforce.Over(all=True)
-                self._note_over(spec, st)
+        for spec, period, usage in await self._usages(specs, fresh=False):
+            adj = self._current(spec.name, period.begin)
+            state = enforced_over(spec, usage, adj)
+            if state.whole or state.hosts:
+                over[spec.name] = enforce.Over(state.whole, state.hosts)
+                self._note_over(spec, period, usage, state)
                 continue
-            extended = adj.extended if adj is not None else 0
-            left[spec.name] = spec.limit + extended - counted(st.used, adj)
+            if not spec.per_host:
+                left[spec.name] = bytes_left(spec, usage, adj)
             if spec.name in self.since:
                 del self.since[spec.name]
+                self.hosts_over.pop(spec.name, None)
                 log.warning("quota %s: %s lifted (period %s)", spec.name, spec.action,
-                            st.period_label)  # fmt: skip
+                            period.label)  # fmt: skip
         for name in [n for n in self.since if n not in over]:
             del self.since[name]  # removed by a reload
+            self.hosts_over.pop(name, None)
             log.warning("quota %s: no longer enforced", name)
         self.send(specs, over, left)
 
-    def _note_over(self, spec: QuotaSpec, st: QuotaStatus) -> None:
+    def _note_over(self, spec: QuotaSpec, period: Period, usage: Usage, state: OverLimit) -> None:
+        """Log a quota going over its limit (a per-host one: each host as it goes over)."""
         began = self.since.get(spec.name)
-        if began is None or began[0] != st.begin:
-            self.since[spec.name] = (st.begin, int(self.reports.now()))
-            verb = "blocking" if spec.action == enforce.BLOCK else f"marking {spec.mark:#x}"
-            log.warning("quota %s over its limit (%d B used in %s): %s its traffic",
-                        spec.name, st.used, st.period_label, verb)  # fmt: skip
+        new = began is None or began[0] != period.begin
+        if new:
+            self.since[spec.name] = (period.begin, int(self.reports.now()))
+            self.hosts_over[spec.name] = frozenset()
+        verb = "blocking" if spec.action == enforce.BLOCK else f"marking {spec.mark:#x}"
+        if not spec.per_host:
+            if new:
+                log.warning("quota %s over its limit (%d B used in %s): %s its traffic",
+                            spec.name, usage.total, period.label, verb)  # fmt: skip
+            return
+        for host in sorted(state.hosts - self.hosts_over.get(spec.name, frozenset())):
+            log.warning("quota %s: host %s over its limit (%d B used in %s): %s its traffic",
+                        spec.name, host, usage.hosts.get(host, 0), period.label, verb)  # fmt: skip
+        self.hosts_over[spec.name] = state.hosts
 
     def send(
         self,
@@ -156,16 +193,20 @@ class Limits:
         """Let `extend` more bytes through from now on in this period, or reset it (None).
 
         Over its limit, the quota's use already holds what was dropped (or marked) since: an
-        extension counts from the use now, so it lets `extend` bytes pass, not fewer.
+        extension counts from the use now (a per-host quota's: its worst host's), so it lets
+        `extend` bytes pass, not fewer. A reset sets the use (every host's) aside.
         """
-        (st,) = await self.reports.quotas([spec], adjustments=self.adjustments)
-        adj = self._current(spec.name, st.begin) or Adjustment(st.begin)
+        ((_, period, usage),) = await self._usages([spec], fresh=True)
+        adj = self._current(spec.name, period.begin) or Adjustment(period.begin)
         now = self.reports.now()
         if extend is None:
-            adj = replace(adj, reset_used=st.used)
-            line = f"{_when(now)} reset by {who} at {st.used} B used"
+            adj = replace(adj, reset_used=usage.total, reset_hosts=dict(usage.hosts))
+            line = f"{_when(now)} reset by {who} at {usage.total} B used"
         else:
-            beyond = max(0, counted(st.used, adj) - (spec.limit + adj.extended))
+            worst = max((host_counted(h, u, adj) for h, u in usage.hosts.items()
+                         if h != OTHER_HOST), default=0)  # fmt: skip
+            used = worst if spec.per_host else counted(usage.total, adj)
+            beyond = max(0, used - (spec.limit + adj.extended))
             adj = replace(adj, extended=adj.extended + beyond + extend)
             line = f"{_when(now)} extended by {extend} B by {who}"
             if beyond:

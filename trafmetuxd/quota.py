@@ -1,10 +1,16 @@
-"""Quota evaluation: usage against a limit over a day, week or billing month. Pure."""
+"""Quota evaluation: usage against a limit over a day, week or billing month. Pure.
+
+A per-host quota (`per_host = true`) gives each host of its monitors the limit of its own. The
+host `other` (the hosts beyond a monitor's `max_hosts`, summed) gets none: it is many hosts
+whose share is unknown, so it is reported beside the hosts but never over a limit.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from trafmetuxd.periods import Calendar, Period
 from trafmetuxd.spec import QuotaSpec
@@ -17,6 +23,35 @@ STRICT_WARNING = (
 )
 _LEVEL = {OK: 0, WARNING: 1, CRITICAL: 2}
 _KIND = {"day": "day", "week": "week", "month": "billing"}
+OTHER_HOST = "other"  # the host text of the hosts beyond max_hosts: no limit of its own
+HOSTS_LISTED = 10  # hosts listed per per-host quota, largest first
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """A quota's bytes (in + out, summed over its monitors) so far in its current period."""
+
+    total: int
+    hosts: Mapping[str, int] = field(default_factory=dict)  # per-host quotas: host text -> bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OverLimit:
+    """What of one quota is over its limit now: the whole quota, or hosts of a per-host quota."""
+
+    quota: str
+    whole: bool  # a quota without per_host used more than its limit
+    hosts: frozenset[str]  # a per-host quota: the hosts (text, never "other") over the limit
+
+
+@dataclass(frozen=True, slots=True)
+class HostUse:
+    """One host of a per-host quota: its bytes and state."""
+
+    host: str
+    used: int
+    percent: float
+    state: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +69,14 @@ class QuotaStatus:
     period_label: str
     estimate: int  # linear extrapolation of `used` to the period end
     state: str
+    # per-host quotas: `used`, `percent`, `estimate` and `state` are the worst host's (`host`)
+    per_host: bool = False
+    host: str | None = None
+    host_count: int = 0  # hosts with traffic in the period, "other" aside
+    hosts_warning: int = 0
+    hosts_critical: int = 0
+    other: int = 0  # bytes of the host "other" (no limit of its own)
+    hosts: tuple[HostUse, ...] = ()  # the HOSTS_LISTED largest, largest first
     action: str = "report"
     extended: int = 0  # bytes added to the limit for this period (quota-extend)
     reset_used: int = 0  # bytes of `used` not counted against the limit (quota-reset)
@@ -42,10 +85,15 @@ class QuotaStatus:
     history: tuple[str, ...] = ()  # the operator's adjustments in this period
 
     def as_dict(self) -> dict[str, object]:
-        """JSON-able form (monitors as a list)."""
+        """JSON-able form (monitors as a list; the host fields only for per-host quotas)."""
         d = asdict(self)
         d["monitors"] = list(self.monitors)
         d["history"] = list(self.history)
+        if not self.per_host:
+            for key in ("host", "host_count", "hosts_warning", "hosts_critical", "other", "hosts"):
+                del d[key]
+        else:
+            d["hosts"] = [asdict(h) for h in self.hosts]
         return d
 
 
@@ -76,6 +124,7 @@ class Adjustment:
     extended: int = 0
     reset_used: int = 0
     history: tuple[str, ...] = ()
+    reset_hosts: Mapping[str, int] = field(default_factory=dict)  # per-host: each host's use
 
 
 def counted(used: int, adj: Adjustment | None) -> int:
@@ -83,10 +132,26 @@ def counted(used: int, adj: Adjustment | None) -> int:
     return used - adj.reset_used if adj is not None else used
 
 
-def over_limit(spec: QuotaSpec, used: int, adj: Adjustment | None) -> bool:
-    """Whether an enforcing quota acts now: its counted bytes reached limit + extension."""
-    extended = adj.extended if adj is not None else 0
-    return spec.enforces and counted(used, adj) >= spec.limit + extended
+def host_counted(host: str, used: int, adj: Adjustment | None) -> int:
+    """A host's bytes counted against a per-host quota's limit."""
+    return used - adj.reset_hosts.get(host, 0) if adj is not None else used
+
+
+def enforced_over(spec: QuotaSpec, usage: Usage, adj: Adjustment | None) -> OverLimit:
+    """What an enforcing quota acts on now: the whole quota or the hosts whose counted bytes
+    reached the limit (with this period's extension); "other" never, it is many hosts."""
+    limit = spec.limit + (adj.extended if adj is not None else 0)
+    if not spec.per_host:
+        return OverLimit(spec.name, counted(usage.total, adj) >= limit, frozenset())
+    over = frozenset(
+        h for h, u in usage.hosts.items() if h != OTHER_HOST and host_counted(h, u, adj) >= limit
+    )
+    return OverLimit(spec.name, False, over)
+
+
+def bytes_left(spec: QuotaSpec, usage: Usage, adj: Adjustment | None) -> int:
+    """Bytes a whole quota (not per-host) may still pass before its limit."""
+    return spec.limit + (adj.extended if adj is not None else 0) - counted(usage.total, adj)
 
 
 def estimate(used: int, now: int, period: Period) -> int:
@@ -97,31 +162,102 @@ def estimate(used: int, now: int, period: Period) -> int:
     return round(used * (period.end - period.begin) / elapsed)
 
 
+def percent_of(used: int, spec: QuotaSpec, extended: int = 0) -> float:
+    """Usage as a percentage of the limit (with this period's extension), two decimals."""
+    limit = spec.limit + extended
+    return round(100.0 * used / limit if limit > 0 else 0.0, 2)
+
+
+def ranked_hosts(hosts: Mapping[str, int]) -> list[tuple[str, int]]:
+    """The hosts that have a limit ("other" aside), largest first, then by name."""
+    return sorted(
+        ((h, used) for h, used in hosts.items() if h != OTHER_HOST), key=lambda kv: (-kv[1], kv[0])
+    )
+
+
+def over_limit(spec: QuotaSpec, usage: Usage) -> OverLimit:
+    """What of the quota is over its limit: cheap (one pass over the hosts), for every second."""
+    if not spec.per_host:
+        return OverLimit(spec.name, usage.total > spec.limit, frozenset())
+    limit = spec.limit
+    over = frozenset(h for h, used in usage.hosts.items() if used > limit and h != OTHER_HOST)
+    return OverLimit(spec.name, False, over)
+
+
 def evaluate(
-    spec: QuotaSpec, used: int, now: int, period: Period, adj: Adjustment | None = None
+    spec: QuotaSpec, usage: Usage | int, now: int, period: Period, adj: Adjustment | None = None
 ) -> QuotaStatus:
     """All figures for one quota given its usage in `period` up to `now`."""
+    usage = usage if isinstance(usage, Usage) else Usage(usage)
     if adj is not None and adj.period != period.begin:
         adj = None  # an adjustment of an earlier period
+    if spec.per_host:
+        return _evaluate_hosts(spec, usage.hosts, now, period, adj)
+    used = usage.total
     extended = adj.extended if adj is not None else 0
     left = counted(used, adj)
-    percent = 100.0 * left / (spec.limit + extended) if spec.limit > 0 else 0.0
     return QuotaStatus(
         name=spec.name,
         monitors=spec.monitors,
         used=used,
         limit=spec.limit,
         warn_bytes=warn_threshold(spec),
-        percent=round(percent, 2),
+        percent=percent_of(left, spec, extended),
         begin=period.begin,
         end=period.end,
         period_label=period.label,
         estimate=estimate(used, now, period),
         state=state_of(left, spec, extended),
-        action=spec.action,
-        extended=extended,
-        reset_used=adj.reset_used if adj is not None else 0,
-        history=adj.history if adj is not None else (),
+        **_adjusted(spec, adj),
+    )
+
+
+def _adjusted(spec: QuotaSpec, adj: Adjustment | None) -> dict[str, Any]:
+    """The status fields of the action and this period's adjustments."""
+    return {
+        "action": spec.action,
+        "extended": adj.extended if adj is not None else 0,
+        "reset_used": adj.reset_used if adj is not None else 0,
+        "history": adj.history if adj is not None else (),
+    }
+
+
+def _evaluate_hosts(
+    spec: QuotaSpec, hosts: Mapping[str, int], now: int, period: Period, adj: Adjustment | None
+) -> QuotaStatus:
+    """A per-host quota: the worst host's figures, the counts by state, the largest hosts.
+
+    A reset sets each host's use at that moment aside; an extension raises every host's limit.
+    """
+    extended = adj.extended if adj is not None else 0
+    hosts = {h: host_counted(h, u, adj) for h, u in hosts.items()}
+    ranked = ranked_hosts(hosts)
+    host, used = ranked[0] if ranked else (None, 0)
+    states = [state_of(u, spec, extended) for _, u in ranked]
+    listed = tuple(
+        HostUse(h, u, percent_of(u, spec, extended), state_of(u, spec, extended))
+        for h, u in ranked[:HOSTS_LISTED]
+    )
+    return QuotaStatus(
+        name=spec.name,
+        monitors=spec.monitors,
+        used=used,
+        limit=spec.limit,
+        warn_bytes=warn_threshold(spec),
+        percent=percent_of(used, spec, extended),
+        begin=period.begin,
+        end=period.end,
+        period_label=period.label,
+        estimate=estimate(used, now, period),
+        state=state_of(used, spec, extended),
+        **_adjusted(spec, adj),
+        per_host=True,
+        host=host,
+        host_count=len(ranked),
+        hosts_warning=states.count(WARNING),
+        hosts_critical=states.count(CRITICAL),
+        other=hosts.get(OTHER_HOST, 0),
+        hosts=listed,
     )
 
 
@@ -148,6 +284,8 @@ class QuotaWatcher:
 
 
 def _line(st: QuotaStatus, what: str) -> str:
+    who = f"host {st.host} " if st.host is not None else ""
     return (
-        f"quota {st.name} {what}: used {st.used} B ({st.percent:.1f}%) in period {st.period_label}"
+        f"quota {st.name} {what}: {who}used {st.used} B ({st.percent:.1f}%) "
+        f"in period {st.period_label}"
     )

@@ -13,7 +13,15 @@ from trafmetuxd.addresses import host_text
 from trafmetuxd.collector import OTHER, FlowKey, Flows, Hosts, Totals
 from trafmetuxd.periods import Calendar, Period, resolve_zone
 from trafmetuxd.protocol import BAD_ARGUMENT, ProtocolError
-from trafmetuxd.quota import Adjustment, QuotaStatus, evaluate, quota_period
+from trafmetuxd.quota import (
+    Adjustment,
+    OverLimit,
+    QuotaStatus,
+    Usage,
+    evaluate,
+    over_limit,
+    quota_period,
+)
 from trafmetuxd.spec import Config, QuotaSpec
 
 
@@ -315,6 +323,22 @@ class Reports:
             "entries": [{"key": k, "bytes": b} for k, b in ranked],
         }
 
+    async def usage(self, spec: QuotaSpec, period: Period, now: int, fresh: bool = True) -> Usage:
+        """A quota's bytes in its period (stored + unflushed): per host too for a per-host one.
+
+        fresh: have the capture workers ship first (the caller may just have had them ship).
+        """
+        if spec.per_host:
+            per_host: dict[str, int] = {}
+            first, stop = period.begin // 900, -(-period.end // 900)
+            for name in spec.monitors:
+                figures = await self.host_figures(name, first, stop, now, fresh)
+                for host, row in figures.items():
+                    per_host[host] = per_host.get(host, 0) + row[0] + row[2]
+            return Usage(sum(per_host.values()), per_host)
+        sums = await self.sums(spec.monitors, [period.begin, period.end], "quarter", fresh)
+        return Usage(sum(rx + tx for per in sums.values() for rx, tx in per))
+
     async def quotas(
         self,
         specs: Sequence[QuotaSpec] | None = None,
@@ -330,10 +354,41 @@ class Reports:
         adjusted = adjustments or {}
         for spec in self.backend.config.quotas if specs is None else specs:
             period = quota_period(spec, cal, now)
-            bounds = [period.begin, period.end]
-            figures = await self.sums(spec.monitors, bounds, "quarter", fresh)
-            used = sum(rx + tx for per in figures.values() for rx, tx in per)
-            out.append(evaluate(spec, used, now, period, adjusted.get(spec.name)))
+            usage = await self.usage(spec, period, now, fresh)
+            out.append(evaluate(spec, usage, now, period, adjusted.get(spec.name)))
+        return out
+
+    async def over_limits(self, specs: Sequence[QuotaSpec] | None = None) -> list[OverLimit]:
+        """Per quota, what is over its limit now: the whole quota or the hosts of a per-host one."""
+        cal, now = self.calendar(), self.now()
+        out = []
+        for spec in self.backend.config.quotas if specs is None else specs:
+            period = quota_period(spec, cal, now)
+            out.append(over_limit(spec, await self.usage(spec, period, now)))
+        return out
+
+    async def host_figures(
+        self, name: str, first: int, stop: int, now: int, fresh: bool = True
+    ) -> query.HostSums:
+        """A monitor's hosts over the UTC quarters [first, stop): stored rows plus unflushed.
+
+        Read under the flush lock, so nothing is missed or counted twice.
+        """
+        backend = self.backend
+        db = backend.config.database
+        live = stop * 900 > now
+        if live and fresh:
+            await backend.refresh()  # the capture workers' counts up to this request
+        async with backend.flush_lock:
+            out = await asyncio.to_thread(query.host_sums, db, name, first, stop)
+            pending = backend.unflushed_hosts(name) if live else {}
+        for key, minutes in pending.items():
+            rows = [r for m, r in minutes.items() if first * 15 <= m < stop * 15]
+            if rows:
+                acc = out.setdefault(host_text(key), [0, 0, 0, 0])
+                for row in rows:
+                    for i in range(4):
+                        acc[i] += row[i]
         return out
 
     async def hosts(
@@ -343,21 +398,8 @@ class Reports:
 
         Stored rows plus the unflushed minutes in the same quarters, under the flush lock.
         """
-        backend = self.backend
         first, stop = begin // 900, -(-end // 900)
-        db = backend.config.database
-        if stop * 900 > now:
-            await backend.refresh()  # the capture workers' counts up to this request
-        async with backend.flush_lock:
-            out = await asyncio.to_thread(query.host_sums, db, name, first, stop)
-            pending = backend.unflushed_hosts(name) if stop * 900 > now else {}
-        for key, minutes in pending.items():
-            rows = [r for m, r in minutes.items() if first * 15 <= m < stop * 15]
-            if rows:
-                acc = out.setdefault(host_text(key), [0, 0, 0, 0])
-                for row in rows:
-                    for i in range(4):
-                        acc[i] += row[i]
+        out = await self.host_figures(name, first, stop, now)
         ranked = sorted(out.items(), key=lambda kv: (-_host_rank(sort, kv[1]), kv[0]))
         return {
             "monitor": name,

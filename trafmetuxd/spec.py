@@ -81,6 +81,7 @@ class QuotaSpec:
     period: str = "month"  # day | week | month
     start_day: int = 1  # billing day of month, 1..28
     warn: float = 0.8
+    per_host: bool = False  # each host of the monitors' `hosts` gets the limit of its own
     action: str = "report"  # report | block | mark: what happens once used >= limit
     mark: int = 0  # action "mark": the packet mark set under mask
     mask: int = 0xFFFFFFFF

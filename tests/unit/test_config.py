@@ -334,6 +334,10 @@ INVALID = [
     ("bad exempt rule",
      quota('limit = 1\naction = "block"\nexempt = [{ protocol = "icmp", port = 53 }]'),
      "quota[0].exempt[0].port", "53", "protocol 'icmp' has no ports"),
+    ("per_host quota on a monitor without hosts", quota("limit = 1\nper_host = true"),
+     "quota[0].per_host", "True", "expected monitor 'm' to have `hosts`"),
+    ("per_host not a boolean", quota('limit = 1\nper_host = "yes"'),
+     "quota[0].per_host", "'yes'", "valid boolean"),
 ]  # fmt: skip
 
 
@@ -348,6 +352,31 @@ def test_invalid_config_names_file_key_value_and_expectation(text, key_path, val
     lines = [line for line in found if line.startswith(prefix)]
     assert lines, f"no problem starts with {prefix!r} in {found}"
     assert hint in lines[0]
+
+
+def test_per_host_quota_names_each_monitor_without_hosts():
+    text = (
+        monitor('hosts = ["10.0.0.0/8"]', name="lan")
+        + monitor("", name="wan")
+        + monitor("", name="dmz")
+        + '[[quota]]\nname = "q"\nmonitors = ["lan", "wan", "dmz"]\nlimit = 1\nper_host = true'
+    )
+    assert problems(text) == [
+        f"{FILE}: quota[0].per_host = True: expected monitor 'wan' to have `hosts` "
+        "(a per-host quota needs them)",
+        f"{FILE}: quota[0].per_host = True: expected monitor 'dmz' to have `hosts` "
+        "(a per-host quota needs them)",
+    ]
+
+
+def test_per_host_quota_on_monitors_with_hosts_loads():
+    cfg = parse(
+        monitor('hosts = ["10.0.0.0/8"]', name="lan")
+        + '[[quota]]\nname = "q"\nmonitors = ["lan"]\nlimit = "1GiB"\nper_host = true'
+    )
+    (q,) = cfg.quotas
+    assert q.per_host is True and q.monitors == ("lan",) and q.limit == 2**30
+    assert parse(quota("limit = 1")).quotas[0].per_host is False
 
 
 def test_missing_monitor_name_is_named_as_missing():

@@ -140,3 +140,69 @@ def test_a_blocking_quota_says_since_when_and_what_it_dropped() -> None:
     status, line = check_quota_line(blocked)
     assert status == 2 and f"blocked since {since}, 12 packets" in line
     assert quota_lines({"quotas": [QUOTA]})[0].endswith("at period end")  # report: as before
+
+
+HOSTLY = {
+    "name": "lan",
+    "monitors": ["lan"],
+    "used": 1_288_490_189,  # the worst host's
+    "limit": 1024**3,
+    "warn_bytes": 858_993_460,
+    "percent": 120.0,
+    "period_label": "2026-11-10",
+    "estimate": 2_576_980_378,
+    "state": "CRITICAL",
+    "per_host": True,
+    "host": "192.168.1.23",
+    "host_count": 14,
+    "hosts_warning": 2,
+    "hosts_critical": 1,
+    "other": 0,
+    "hosts": [
+        {"host": "192.168.1.23", "used": 1_288_490_189, "percent": 120.0, "state": "CRITICAL"},
+        {"host": "fd00:1::/64", "used": 966_367_641, "percent": 90.0, "state": "WARNING"},
+        *[
+            {"host": f"192.168.1.{i}", "used": 1000 - i, "percent": 0.0, "state": "OK"}
+            for i in range(1, 9)
+        ],
+    ],
+}
+
+
+def test_per_host_check_names_the_worst_host_and_gives_each_listed_hosts_perfdata() -> None:
+    status, line = check_quota_line(HOSTLY)
+    assert status == 2
+    summary, perf = line.split(" | ")
+    assert summary == (
+        "QUOTA CRITICAL - lan: host 192.168.1.23 used 1.20 GiB of 1.00 GiB per host (120.0%), "
+        "period 2026-11-10, estimate 2.40 GiB at period end; 1 host over limit, 2 over warn"
+    )
+    items = perf.split(" ")
+    levels = "858993460;1073741824;0;1073741824"
+    assert items[:3] == [
+        f"used=1288490189B;{levels}",
+        f"'192.168.1.23'=1288490189B;{levels}",
+        f"'fd00:1::/64'=966367641B;{levels}",
+    ]
+    assert len(items) == 1 + 10
+
+
+def test_per_host_quota_lines_list_the_hosts_over_warn_and_count_the_rest() -> None:
+    listed = {**HOSTLY, "hosts_warning": 5, "other": 2048}
+    lines = quota_lines({"quotas": [listed]})
+    assert lines[0].startswith("CRITICAL lan: host 192.168.1.23 used 1.20 GiB of 1.00 GiB per host")
+    assert lines[1:] == [
+        "         CRITICAL 192.168.1.23: used 1.20 GiB (120.0%)",
+        "         WARNING  fd00:1::/64: used 921.60 MiB (90.0%)",
+        "         ... and 4 more over warn",
+        "         other (hosts beyond max_hosts, no limit): used 2.00 KiB",
+    ]
+
+
+def test_per_host_quota_without_traffic_names_no_host() -> None:
+    empty = {**HOSTLY, "used": 0, "percent": 0.0, "estimate": 0, "state": "OK", "host": None,
+             "host_count": 0, "hosts_warning": 0, "hosts_critical": 0, "hosts": []}  # fmt: skip
+    status, line = check_quota_line(empty)
+    assert status == 0
+    assert line.startswith("QUOTA OK - lan: used 0 B of 1.00 GiB per host (0.0%)")
+    assert line.endswith("| used=0B;858993460;1073741824;0;1073741824")
