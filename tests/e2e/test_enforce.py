@@ -36,6 +36,20 @@ period = "day"
 action = "block"
 exempt = [{ protocol = "udp", port = 53 }]
 """
+PER_HOST = """
+[[monitor]]
+name = "lan"
+rules = [{ direction = "out" }]
+hosts = ["10.231.0.0/24", "fd00:231::/64"]
+
+[[quota]]
+name = "each"
+monitors = ["lan"]
+limit = "1MiB"
+period = "day"
+action = "block"
+per_host = true
+"""
 MARK = """
 [[quota]]
 name = "cap"
@@ -58,34 +72,38 @@ MARK_COUNTER = """table inet tmxmark {
 """
 
 
-def received(pair: Pair) -> int:
-    """IPv4 UDP bytes b has seen arrive."""
-    return pair.b.nft_counters()["ip_udp"][1]
+def received(pair: Pair, counter: str = "ip_udp") -> int:
+    """UDP bytes (IPv4 unless told) b has seen arrive."""
+    return pair.b.nft_counters()[counter][1]
 
 
-def send(pair: Pair, count: int, port: int = PORT) -> list[tuple[float, int]]:
-    """Send `count` paced datagrams a -> b; b's received bytes sampled every 50 ms meanwhile."""
+def send(pair: Pair, count: int, port: int = PORT, v6: bool = False) -> list[tuple[float, int]]:
+    """Send `count` paced datagrams of SIZE IP bytes a -> b (over IPv6 if asked); b's received
+    bytes sampled every 50 ms meanwhile."""
     sink = start_sink(pair.b, "udp-sink", str(port), str(count), str(count / PPS + 5))
+    addr, payload, counter = (
+        (pair.b6, SIZE - 48, "ip6_udp") if v6 else (pair.b4, SIZE - 28, "ip_udp")
+    )
     sender = pair.a.popen(
-        pair.a.python(str(HERE / "traffic.py"), "udp-send", pair.b4, str(port), str(count),
-                      str(SIZE - 28), str(PPS))
+        pair.a.python(str(HERE / "traffic.py"), "udp-send", addr, str(port), str(count),
+                      str(payload), str(PPS))
     )  # fmt: skip
     samples = []
     deadline = time.monotonic() + count / PPS + 30
     while sender.poll() is None and time.monotonic() < deadline:
-        samples.append((time.monotonic(), received(pair)))
+        samples.append((time.monotonic(), received(pair, counter)))
         time.sleep(0.05)
     assert sender.wait(timeout=10) == 0
     time.sleep(0.3)  # the last datagrams land
-    samples.append((time.monotonic(), received(pair)))
+    samples.append((time.monotonic(), received(pair, counter)))
     sink.send_signal(signal.SIGTERM)
     sink.communicate(timeout=10)
     return samples
 
 
-def quota(daemon: Daemon) -> dict[str, object]:
-    """The quota command's answer for "cap"."""
-    reply = daemon.request("quota", name="cap")
+def quota(daemon: Daemon, name: str = "cap") -> dict[str, object]:
+    """The quota command's answer for one quota."""
+    reply = daemon.request("quota", name=name)
     assert reply["ok"], reply
     (q,) = reply["result"]["quotas"]  # type: ignore[index]
     return q  # type: ignore[no-any-return]
@@ -182,4 +200,27 @@ def test_a_mark_quota_marks_past_its_limit_and_drops_nothing(pair: Pair, tmp_pat
     assert done.returncode == 0, done.stderr
     shown = done.stdout
     assert "; mark, marked since " in shown and " packets (" in shown
+    daemon.stop()
+
+
+def test_a_per_host_quota_blocks_only_the_hosts_over_their_limit(
+    pair: Pair, tmp_path: Path
+) -> None:
+    fresh_counters(pair)
+    daemon = Daemon(pair, tmp_path, PER_HOST).start()
+
+    samples = send(pair, 2 * MIB // SIZE)  # IPv4: 10.231.0.1 -> 10.231.0.2 go over
+    got = received(pair)
+    assert MIB <= got <= MIB + RATE, got
+    assert cut_after(samples, 0, MIB) <= 1.0 + 0.1
+    q = quota(daemon, "each")
+    assert q["state"] == "CRITICAL" and q["blocked_since"] is not None
+    assert {h["host"] for h in q["hosts"] if h["state"] == "CRITICAL"} == {  # type: ignore[union-attr]
+        pair.a4,
+        pair.b4,
+    }
+    # The IPv6 hosts (fd00:231::1 and ::2) are under their limit: their traffic passes whole.
+    send(pair, 500, v6=True)
+    assert received(pair, "ip6_udp") == 500 * SIZE
+    assert f"quota each: host {pair.a4} over its limit" in daemon.log()
     daemon.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from ipaddress import ip_network
 
 from harness.packets import ipv4, tcp, udp
 from trafmetuxd import nfqconfig
@@ -168,3 +169,24 @@ def test_the_daemons_listening_ports_are_added_to_every_exempt_list() -> None:
     )  # fmt: skip
     e = enforcer(quota, over=("cap",))
     assert judged(e, packet_message(1, 4, ipv4(6, tcp(9100, 50000)))) == []
+
+
+def test_a_per_host_quota_cuts_only_the_hosts_over_their_limit() -> None:
+    lan = (MonitorSpec("lan", (RuleSpec(direction=DIR_OUT),), hosts=(ip_network("192.0.2.0/24"),)),)
+    quota = QuotaSpec("each", ("lan",), limit=1000, action="block", per_host=True)
+    e = Enforcer()
+    e.configure(lan, [quota])
+    e.set_over({"each": Over(hosts=frozenset({"192.0.2.1"}))})
+    over_host = ipv4(17, udp(40000, 5001, bytes(72)), src="192.0.2.1")
+    other_host = ipv4(17, udp(40000, 5001, bytes(72)), src="192.0.2.7")
+    to_over_host = ipv4(17, udp(5001, 40000, bytes(72)), src="192.0.2.7", dst="192.0.2.1")
+    got = judged(
+        e,
+        packet_message(1, 4, over_host),
+        packet_message(2, 4, other_host),
+        packet_message(3, 4, to_over_host),  # its receiving host is over: cut as well
+        packet_message(4, 0, over_host),  # in: not the quota's monitor
+    )
+    assert got == [(1, 0, None), (3, 0, None)]
+    e.set_over({})
+    assert judged(e, packet_message(5, 4, over_host)) == []

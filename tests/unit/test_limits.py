@@ -9,6 +9,8 @@ import struct
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from trafmetuxd import config
 from trafmetuxd.limits import ADJUSTMENTS_FILE, Limits
 from trafmetuxd.metering import Metering
@@ -29,21 +31,25 @@ class Clock:
         return self.now
 
 
-def udp4(total_length: int) -> bytes:
+def udp4(total_length: int, src: bytes = bytes([10, 0, 0, 1])) -> bytes:
     """The first bytes of an outgoing IPv4 UDP packet of the given total length."""
     header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total_length, 1, 0, 64, 17, 0,
-                         bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]))  # fmt: skip
+                         src, bytes([10, 0, 0, 2]))  # fmt: skip
     return header + struct.pack("!HHHH", 40000, 5001, total_length - 20, 0)
 
 
-def setup(tmp: Path) -> tuple[Metering, Clock, Limits, list[dict[str, object]]]:
-    """A daily 10 kB block quota on outgoing traffic; the pushes are collected."""
+def setup(
+    tmp: Path, per_host: bool = False
+) -> tuple[Metering, Clock, Limits, list[dict[str, object]]]:
+    """A daily 10 kB block quota on outgoing traffic (per host of 192.0.2.0/24 if asked);
+    the pushes are collected."""
     path = tmp / "trafmetux.toml"
+    hosts = 'hosts = ["192.0.2.0/24"]\n' if per_host else ""
     path.write_text(
         f'state_dir = "{tmp / "state"}"\nsocket = "{tmp / "sock"}"\ntimezone = "UTC"\n'
-        '[[monitor]]\nname = "out"\nrules = [{ direction = "out" }]\n'
+        f'[[monitor]]\nname = "out"\nrules = [{{ direction = "out" }}]\n{hosts}'
         '[[quota]]\nname = "cap"\nmonitors = ["out"]\nlimit = "10kB"\nperiod = "day"\n'
-        'action = "block"\n'
+        f'action = "block"\nper_host = {str(per_host).lower()}\n'
     )
     (tmp / "state").mkdir()
     clock = Clock(T0)
@@ -53,10 +59,11 @@ def setup(tmp: Path) -> tuple[Metering, Clock, Limits, list[dict[str, object]]]:
     return metering, clock, limits, pushes
 
 
-def send(metering: Metering, clock: Clock, packets: int, size: int = 1000) -> None:
-    """Meter outgoing packets at the clock's time."""
+def send(metering: Metering, clock: Clock, packets: int, size: int = 1000, host: int = 0) -> None:
+    """Meter outgoing packets at the clock's time (from 192.0.2.host when host is given)."""
+    src = bytes([192, 0, 2, host]) if host else bytes([10, 0, 0, 1])
     for _ in range(packets):
-        metering.meter.feed(clock.now, udp4(size), DIR_OUT, "eth0")
+        metering.meter.feed(clock.now, udp4(size, src), DIR_OUT, "eth0")
 
 
 def test_a_quota_crossing_its_limit_is_pushed_over_and_lifted_when_its_day_ends(
@@ -141,4 +148,34 @@ def test_an_unreadable_adjustments_file_is_logged_and_ignored(tmp_path: Path, ca
     again = Limits(limits.reports, pushes.append, metering.shipped)
     assert again.adjustments == {}
     assert "cannot read the quota adjustments" in caplog.text
+    metering.close()
+
+
+def test_a_per_host_quota_is_over_for_the_hosts_over_their_limit_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    metering, clock, limits, pushes = setup(tmp_path, per_host=True)
+
+    async def scenario() -> None:
+        send(metering, clock, 10, host=1)  # 192.0.2.1 reaches the limit
+        send(metering, clock, 3, host=2)
+        await limits.check()
+        assert pushes[-1]["over"] == {"cap": {"all": False, "hosts": ["192.0.2.1"]}}
+        assert pushes[-1]["left"] == {}  # per host: the main process's look decides
+        send(metering, clock, 8, host=2)
+        await limits.check()
+        assert pushes[-1]["over"] == {"cap": {"all": False, "hosts": ["192.0.2.1", "192.0.2.2"]}}
+        status = await limits.adjust(metering.config.quotas[0], 2000, "uid 0 (pid 1)")
+        # from the worst host's use now (11,000 B): 1,000 B over, so the limit is 13,000 B
+        assert status.extended == 3000 and pushes[-1]["over"] == {}
+        await limits.adjust(metering.config.quotas[0], None, "uid 0 (pid 1)")
+        send(metering, clock, 1, host=1)
+        await limits.check()
+        assert pushes[-1]["over"] == {}  # each host counts from its use at the reset
+        (st,) = await limits.reports.quotas(adjustments=limits.adjustments)
+        assert (st.host, st.used) == ("192.0.2.1", 1000)
+
+    asyncio.run(scenario())
+    assert "quota cap: host 192.0.2.1 over its limit (10000 B used in 2025-01-15)" in caplog.text
+    assert caplog.text.count("host 192.0.2.1 over its limit") == 1  # logged once per going over
     metering.close()
