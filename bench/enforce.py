@@ -24,12 +24,21 @@ from trafmetuxd import enforce, nfqconfig
 from trafmetuxd.capture import Capture
 from trafmetuxd.enforce import Enforcer, Over
 from trafmetuxd.meter import Meter
-from trafmetuxd.nfbatch import BatchStats, feed_batch, last_packet_id
+from trafmetuxd.nfbatch import BatchStats, Interfaces, feed_batch, last_packet_id
 from trafmetuxd.spec import CaptureSpec, QuotaSpec
 
 FULL = {"packets": 100_000, "flows": 10_000, "repeats": 5}
 SMOKE = {"packets": 2_000, "flows": 200, "repeats": 1}
 NAMES = {index: name for name, index in IFINDEX.items()}
+
+
+def interfaces() -> Interfaces:
+    """The benchmark's interfaces, all metered."""
+    found = Interfaces((), lambda: dict(NAMES))
+    found.refresh()
+    return found
+
+
 QUOTA = QuotaSpec("wifi-cap", ("wifi",), limit=1 << 40, action="block")
 
 
@@ -51,11 +60,12 @@ Stage = Callable[[int], None]  # handles batch number i of the pre-built reads
 def baseline_stage(reads: Sequence[tuple[float, bytes, int]]) -> Stage:
     """The batch path before enforcement: accept up to the highest id, then meter."""
     meter, stats, sock = Meter(twenty_monitors()), BatchStats(), CountingSocket()
+    names = interfaces()
 
     def one(i: int) -> None:
         ts, buf, count = reads[i]
         sock.send(nfqconfig.verdict_batch_message(0, last_packet_id(buf, count, SLOT), 1))
-        feed_batch(meter, stats, ts, buf, count, SLOT, NAMES, str)
+        feed_batch(meter, stats, ts, buf, count, SLOT, names)
 
     return one
 
@@ -63,9 +73,10 @@ def baseline_stage(reads: Sequence[tuple[float, bytes, int]]) -> Stage:
 def capture_stage(reads: Sequence[tuple[float, bytes, int]], state: str) -> tuple[Stage, Enforcer]:
     """Capture.handle_batch with no enforcing quota, or one "under" or "over" its limit."""
     meter, stats = Meter(twenty_monitors()), BatchStats()
+    names = interfaces()
 
     def consume(ts: float, buf: bytes, count: int, slot: int) -> None:
-        feed_batch(meter, stats, ts, buf, count, slot, NAMES, str)
+        feed_batch(meter, stats, ts, buf, count, slot, names)
 
     capture = Capture(CaptureSpec(), 0, consume)
     sock = CountingSocket()
@@ -74,7 +85,7 @@ def capture_stage(reads: Sequence[tuple[float, bytes, int]], state: str) -> tupl
         enforcer.configure(meter.monitors, [QUOTA])
 
         def judge(buf: bytes, count: int, slot: int) -> bytes:
-            return enforce.judge_batch(enforcer, 0, buf, count, slot, NAMES, str)
+            return enforce.judge_batch(enforcer, 0, buf, count, slot, names)
 
         capture.judge = judge
 

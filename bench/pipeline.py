@@ -15,7 +15,7 @@ from bench.common import Result, target
 from bench.mix import Item, one_hosts_monitor, one_monitor, packets, twenty_monitors
 from trafmetuxd import pcap, rules
 from trafmetuxd.meter import LocalNetworks, Meter
-from trafmetuxd.nfbatch import BatchStats, feed_batch
+from trafmetuxd.nfbatch import BatchStats, Interfaces, feed_batch
 from trafmetuxd.packet import parse
 from trafmetuxd.spec import DIR_IN
 
@@ -108,12 +108,13 @@ def batch_timer(meter: Meter, items: Sequence[Item]) -> Callable[[Sequence[Item]
     """A timer for the capture worker's entry: a read's batch of messages in one call."""
     reads = batches(items)
     names = {index: name for name, index in IFINDEX.items()}
+    interfaces = Interfaces((), lambda: names)
     stats = BatchStats()
 
     def run(_items: Sequence[Item]) -> int:
         start = time.perf_counter_ns()
         for ts, buf, count in reads:
-            feed_batch(meter, stats, ts, buf, count, SLOT, names, str)
+            feed_batch(meter, stats, ts, buf, count, SLOT, interfaces)
         return time.perf_counter_ns() - start
 
     return run

@@ -33,6 +33,7 @@ SHOW = {
 }
 DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 MAX_FLOWS, MAX_TOP, MAX_LAST = 100_000, 10_000, 20_000  # as the daemon's protocol allows
+HOST_PERIODS = ("hour", "day", "week", "month", "year")
 TIMES = (
     f"Times are local (the daemon's zone): {times.FORMATS}. A date (or month) given as the end "
     "includes that whole day (or month); an end with a time of day is exclusive."
@@ -170,13 +171,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"how many hosts (default: %(default)s, at most {MAX_FLOWS})")  # fmt: skip
     s.add_argument("--sort", choices=("total", "in", "out"), default="total",
                    help="what to rank by (default: %(default)s)")  # fmt: skip
+    s.add_argument("--period", choices=HOST_PERIODS,
+                   help="the hosts per period: the last N (-t) or those of -b .. -e")  # fmt: skip
+    s.add_argument("-t", "--last", type=counted(MAX_LAST), metavar="N",
+                   help="with --period: the last N periods, up to -e or now")  # fmt: skip
+    s.add_argument("-f", "--week-start", type=week_day, metavar="DAY",
+                   help="first day of the week (default: the daemon's week_start)")  # fmt: skip
     _unit_arg(s)
     s = add("top", help="top clients, servers or ports", description=_TOP_TEXT, epilog=TIMES)
-    s.add_argument("--by", choices=("client", "server", "port"), default="client",
+    s.add_argument("--by", choices=("client", "server", "port", "host"), default="client",
                    help="what to rank (default: %(default)s)")  # fmt: skip
     s.add_argument("monitors", nargs="*", metavar="MONITOR", help="default: all")
     _range_args(s, 10, MAX_TOP, "entries")
-    s = add("live", help="current rates per monitor", description="Bytes per second, in and out.")
+    s = add("live", help="current rates per monitor", description=_LIVE_TEXT)
+    s.add_argument("--hosts", metavar="MONITOR",
+                   help="rates per host of this monitor (with `hosts`), largest first")  # fmt: skip
+    s.add_argument("-n", type=counted(MAX_FLOWS), default=None,
+                   help="with --hosts: how many hosts (default: 20)")  # fmt: skip
     s.add_argument("--once", action="store_true", help="one sample, then exit")
     s.add_argument("-i", "--interval", type=float, default=1.0,
                    help="seconds between samples (default: %(default)s)")  # fmt: skip
@@ -220,11 +231,18 @@ _SHOW_TEXT["total"] = "Bytes per monitor since the first data (-t, -b and -e do 
 _FLOWS_TEXT = "A monitor's flows, largest (sent + received) first, over the last 24 hours."
 _HOSTS_TEXT = (
     "The hosts of a monitor with `hosts`, largest first, over the last 24 hours (widened to "
-    "whole quarter hours): in = bytes to the host, out = bytes from it."
+    "whole quarter hours): in = bytes to the host, out = bytes from it. With --period, the "
+    "hosts of each period: the last N (-t; defaults as show-*), or those of -b .. -e."
 )
 _TOP_TEXT = (
     "Top clients, servers or server ports by bytes, over the last 24 hours. Over several "
-    "monitors a flow counts once (the largest figure any of them has), never once per monitor."
+    "monitors a flow counts once (the largest figure any of them has), never once per monitor. "
+    "--by host ranks the hosts of one monitor with `hosts` (the only one by default) by the "
+    "figures of show-hosts (in + out)."
+)
+_LIVE_TEXT = (
+    "Bytes per second, in and out, over the last few seconds. --hosts MONITOR: per host of "
+    "that monitor, largest first (in = to the host, out = from it), counted with its totals."
 )
 _CHECK_TEXT = "One status line with perfdata; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."
 _EXTEND_TEXT = (
@@ -256,6 +274,9 @@ def _show_args(s: argparse.ArgumentParser, period: str) -> None:
                    help="first period: the one holding TIME (not with -t)")  # fmt: skip
     s.add_argument("-e", "--end", type=end_time, metavar="TIME",
                    help="end of the range (default: now); a date includes its day")  # fmt: skip
+    s.add_argument("--host", metavar="ADDR",
+                   help="one host's traffic (an address, an IPv6 group such as fd00:1::/64, "
+                   "or 'other'), in the monitors with `hosts` that count it")  # fmt: skip
     s.add_argument("monitors", nargs="*", metavar="MONITOR", help="default: all")
     s.set_defaults(period=period)
 
@@ -298,6 +319,7 @@ def _show(c: Client, a: argparse.Namespace) -> int:
         end=a.end,
         monitors=a.monitors or None,
         week_start=a.week_start,
+        host=a.host,
     )
     if a.json:
         _dump(result)
@@ -313,9 +335,35 @@ def _flows(c: Client, a: argparse.Namespace) -> int:
 
 
 def _hosts(c: Client, a: argparse.Namespace) -> int:
-    result = c.call("hosts", monitor=a.monitor, begin=a.begin, end=a.end, limit=a.n, sort=a.sort)
-    _dump(result) if a.json else _print(report.host_lines(result, a.unit))
+    result = c.call(
+        "hosts",
+        monitor=a.monitor,
+        begin=a.begin,
+        end=a.end,
+        limit=a.n,
+        sort=a.sort,
+        period=a.period,
+        last=a.last,
+        week_start=a.week_start,
+    )
+    if a.json:
+        _dump(result)
+    elif a.period is None:
+        _print(report.host_lines(result, a.unit))
+    else:
+        _print(report.host_period_lines(result, a.unit))
     return EXIT_OK
+
+
+def _check_hosts(a: argparse.Namespace) -> None:
+    """-t and -f count periods: they need --period; -t counts back from -e, not from -b."""
+    message = ""
+    if a.period is None and (a.last is not None or a.week_start is not None):
+        message = "-t and -f apply to periods: give --period"
+    elif a.last is not None and a.begin is not None:
+        message = "-t counts back from -e (or now): give -b and -e, or -t (with -e), not -b and -t"
+    if message:
+        raise UsageError("", f"trafmetuxctl {a.command}: error: {message}")
 
 
 def _top(c: Client, a: argparse.Namespace) -> int:
@@ -329,12 +377,13 @@ def _live(c: Client, a: argparse.Namespace) -> int:
     tty = sys.stdout.isatty() and not a.json
     try:
         while True:
-            result = c.call("live", monitors=a.monitors or None)
+            result = c.call("live", monitors=a.monitors or None, hosts=a.hosts, limit=a.n)
             if a.json:
                 _dump(result)
             else:
                 _print(["\033[H\033[J" * tty + time.strftime("%H:%M:%S")])
-                _print(report.live_lines(result, a.unit))
+                lines = report.live_host_lines if a.hosts else report.live_lines
+                _print(lines(result, a.unit))
             if a.once:
                 return EXIT_OK
             sys.stdout.flush()
@@ -430,6 +479,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     a = build_parser().parse_args(argv)
     if a.command in SHOW:
         _check_show(a)
+    elif a.command == "live" and a.hosts is None and a.n is not None:
+        raise UsageError("", "trafmetuxctl live: error: -n counts hosts: give --hosts")
+    elif a.command == "live" and a.hosts is not None and a.monitors:
+        raise UsageError("", "trafmetuxctl live: error: give MONITOR... or --hosts, not both")
+    elif a.command == "show-hosts":
+        _check_hosts(a)
     return a
 
 

@@ -82,12 +82,30 @@ def host_lines(result: Mapping[str, Any], unit: str = "auto") -> list[str]:
     ]
 
 
+def host_period_lines(result: Mapping[str, Any], unit: str = "auto") -> list[str]:
+    """Per period, oldest first: its label line, then its host lines indented (or '(none)')."""
+    lines = []
+    for period in result["periods"]:
+        hosts = host_lines(period, unit) or ["(none)"]
+        lines += [f"{period['label']}:", *("  " + line for line in hosts)]
+    return lines
+
+
 def live_lines(result: Mapping[str, Any], unit: str = "auto") -> list[str]:
     """'input: in= 1.00 KiB/s out= 0 B/s' per monitor."""
     return [
         f"{name}: in= {format_rate(r[0], unit)} out= {format_rate(r[1], unit)}"
         for name, r in result["rates"].items()
     ]
+
+
+def live_host_lines(result: Mapping[str, Any], unit: str = "auto") -> list[str]:
+    """'192.168.1.23: in= 1.00 KiB/s out= 0 B/s' per host, largest first; '(none)' if idle."""
+    lines = [
+        f"{h['host']}: in= {format_rate(h['in'], unit)} out= {format_rate(h['out'], unit)}"
+        for h in result["hosts"]
+    ]
+    return lines or ["(none)"]
 
 
 def quota_summary(q: Mapping[str, Any], unit: str = "auto") -> str:

@@ -95,6 +95,7 @@ _QUEUE_MAX = 65535
 class _Capture(_Model):
     queue: Annotated[int, Field(ge=0, le=_QUEUE_MAX)] = 0
     interfaces: Annotated[tuple[str, ...], _v(cv.capture_interfaces)] = ()
+    hooks: Annotated[str, _v(cv.capture_hooks)] = spec.HOOKS_PREROUTING
     manage_rules: bool = True
     fail_open: bool = True
     copy_range: Annotated[int, Field(ge=64, le=65535)] = 128

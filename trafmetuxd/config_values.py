@@ -16,7 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from trafmetuxd.ipproto import NUMBERS as _PROTOCOLS
-from trafmetuxd.spec import DIR_ANY, DIR_IN, DIR_OUT, Network, PortRange
+from trafmetuxd.spec import DIR_ANY, DIR_IN, DIR_OUT, HOOKS, Network, PortRange
 
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 _SIZE_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -256,6 +256,16 @@ def capture_interfaces(value: Any) -> tuple[str, ...]:
     if duplicates:
         raise EntriesError(duplicates)
     return () if "*" in names else names
+
+
+def capture_hooks(value: Any) -> str:
+    """Where the queue rules sit: one of spec.HOOKS."""
+    if isinstance(value, str) and value in HOOKS:
+        return value
+    raise ValueError(
+        'expected "prerouting" (mangle PREROUTING and POSTROUTING) or "forward" (mangle INPUT,'
+        " FORWARD and OUTPUT: LAN addresses on both sides of a NAT gateway)"
+    )
 
 
 def timezone(value: Any) -> str:

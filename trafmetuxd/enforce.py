@@ -20,15 +20,15 @@ address or an IPv6 prefix) is one of them, a set lookup per such quota.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from trafmetuxd import nfqconfig, rules
 from trafmetuxd.addresses import host_text
 from trafmetuxd.collector import HostMatcher
-from trafmetuxd.nfbatch import headers
+from trafmetuxd.nfbatch import NF_INET_FORWARD, NF_INET_LOCAL_IN, Interfaces, headers
 from trafmetuxd.packet import PORTED, PacketInfo, parse
-from trafmetuxd.spec import MonitorSpec, QuotaSpec, RuleSpec
+from trafmetuxd.spec import DIR_IN, DIR_OUT, MonitorSpec, QuotaSpec, RuleSpec
 
 BLOCK, MARK = "block", "mark"
 CACHE_LIMIT = 65_536
@@ -255,33 +255,56 @@ class Enforcer:
         return out
 
 
+def _sides(hook: int, indev: int, outdev: int, interfaces: Interfaces) -> list[tuple[int, str]]:
+    """(direction, interface) a queued packet is metered as: a forwarded one (FORWARD hook)
+    in on its input and out on its output interface, each when metered; others once."""
+    if hook == NF_INET_FORWARD:
+        sides = [
+            (DIR_IN, interfaces.metered_name(indev)),
+            (DIR_OUT, interfaces.metered_name(outdev)),
+        ]
+        return [(d, name) for d, name in sides if name]
+    if hook <= NF_INET_LOCAL_IN:
+        return [(DIR_IN, interfaces.name(indev))]
+    return [(DIR_OUT, interfaces.name(outdev))]
+
+
+def _verdict_of(enforcer: Enforcer, ip: bytes, sides: list[tuple[int, str]]) -> Decision:
+    """The decision for a packet metered on one side, or both combined (a drop wins)."""
+    if len(sides) == 1:
+        return enforcer.judge(ip, *sides[0])
+    drop = -1
+    marks: tuple[tuple[int, int, int], ...] = ()
+    spends: tuple[tuple[int, int], ...] = ()
+    for direction, name in sides:
+        d, m, sp = enforcer.judge(ip, direction, name)
+        drop = d if drop < 0 else drop
+        marks, spends = marks + m, spends + sp
+    return drop, () if drop >= 0 else marks, spends
+
+
 def judge_batch(
-    enforcer: Enforcer,
-    queue: int,
-    buf: bytes,
-    count: int,
-    slot: int,
-    names: dict[int, str],
-    resolve: Callable[[int], str],
+    enforcer: Enforcer, queue: int, buf: bytes, count: int, slot: int, interfaces: Interfaces
 ) -> bytes:
     """The individual verdicts (drops, marks) of a batch, as one send's worth of messages.
 
     The batch verdict sent after them accepts every other packet of the batch.
     """
     out: list[bytes] = []
-    for ident, old, direction, ifindex, ip in headers(buf, count, slot):
-        drop, marks, spends = enforcer.judge(ip, direction, names.get(ifindex) or resolve(ifindex))
+    for ident, old, hook, indev, outdev, ip in headers(buf, count, slot):
+        drop, marks, spends = _verdict_of(enforcer, ip, _sides(hook, indev, outdev, interfaces))
+        size = _ip_length(ip)
         if drop >= 0:
             out.append(nfqconfig.verdict_message(queue, ident, nfqconfig.NF_DROP, None, 0))
-            enforcer.count(drop, DROPPED_PACKETS, _ip_length(ip))
+            enforcer.count(drop, DROPPED_PACKETS, size)
         elif marks:
             mark = old
-            for index, value, mask in marks:
+            for index, value, mask in dict.fromkeys(marks):  # a quota marks once
                 mark = new_mark(mark, value, mask)
-                enforcer.count(index, MARKED_PACKETS, _ip_length(ip))
+                enforcer.count(index, MARKED_PACKETS, size)
             out.append(nfqconfig.verdict_message(queue, ident, nfqconfig.NF_ACCEPT, mark, 0))
         for index, times in spends:  # after the verdict: the packet that crosses passes
-            enforcer.spend(index, times * _ip_length(ip))
+            enforcer.spend(index, times * size)
     return b"".join(out)
 
 

@@ -8,7 +8,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from trafmetuxd import metrics
+from trafmetuxd.addresses import host_text
 from trafmetuxd.api import Peer, may_operate
+from trafmetuxd.hostreports import HostReports
 from trafmetuxd.periods import Calendar, check_instant, parse_local, resolve_zone
 from trafmetuxd.protocol import (
     BAD_ARGUMENT,
@@ -40,6 +42,7 @@ class Handlers:
         self.reports = reports
         self.limits = limits  # quota enforcement (the running daemon only)
         self.backend = reports.backend
+        self.host_reports = HostReports(reports)
         # the running daemon's status: the service's, composed around its metering core
         self.daemon_status = self.backend.status if status is None else status
 
@@ -105,7 +108,11 @@ class Handlers:
         }
 
     async def live(self, args: Mapping[str, Any]) -> object:
-        """Current rates per monitor, bytes per second."""
+        """Current rates per monitor, bytes per second; with `hosts`, per host of one monitor."""
+        if args.get("hosts") is not None:
+            return self.host_reports.live(args)
+        if args.get("limit") is not None:
+            raise ProtocolError(BAD_ARGUMENT, "live: 'limit' counts hosts: give 'hosts'")
         names = self.monitor_names(args.get("monitors"))
         rates = self.backend.rates()
         return {"rates": {n: list(rates.get(n, (0.0, 0.0))) for n in names}}
@@ -120,7 +127,15 @@ class Handlers:
             message = "'last' counts back from 'end' (or now): give begin and end, or last"
             raise ProtocolError(BAD_ARGUMENT, f"report: {message}, not begin and last")
         kind, last = args["period"], args.get("last")
-        return await self.reports.report(cal, names, kind, last, begin, end, self.reports.now())
+        host = args.get("host")
+        if host is None:
+            return await self.reports.report(cal, names, kind, last, begin, end, self.reports.now())
+        # one host's history: the monitors asked for, else every monitor counting that host
+        keys = self.host_reports.keys(names if args.get("monitors") else None, host)
+        source = self.host_reports.series(keys)
+        now = self.reports.now()
+        result = await self.reports.report(cal, list(keys), kind, last, begin, end, now, source)
+        return {**result, "host": host, "hosts": {n: host_text(k) for n, k in keys.items()}}
 
     async def flows(self, args: Mapping[str, Any]) -> object:
         """A monitor's flow positions over a range, largest first."""
@@ -136,20 +151,38 @@ class Handlers:
         names = self.monitor_names(args.get("monitors"))
         begin, end = self._range(args, cal)
         by, limit = args.get("by", "client"), args.get("limit", 10)
+        if by == "host":
+            name = self.host_reports.host_monitor(args.get("monitors") and names)
+            return await self.host_reports.top(name, begin, end, limit, self.reports.now())
         return await self.reports.top(names, begin, end, by, limit, self.reports.now())
 
     async def hosts(self, args: Mapping[str, Any]) -> object:
-        """A monitor's hosts over a range (the last day by default), largest first."""
+        """A monitor's hosts over a range (the last day by default), largest first.
+
+        With a period: the hosts of each period (the last n, or those covering begin..end).
+        """
         (name,) = self.monitor_names([args["monitor"]])
-        cal = self.reports.calendar()
-        begin, end = self._range(args, cal)
+        cal = self.reports.calendar(args.get("week_start"))
         limit, sort = args.get("limit", 20), args.get("sort", "total")
-        result = await self.reports.hosts(name, begin, end, limit, sort, self.reports.now())
-        for key in ("begin", "end"):  # local ISO 8601 with its offset
-            value = result[key]
-            assert isinstance(value, int)
-            result[key] = datetime.fromtimestamp(value, cal.zone).isoformat()
-        return result
+        kind = args.get("period")
+        if kind is None:
+            for field in ("last", "week_start"):
+                if args.get(field) is not None:
+                    message = f"hosts: {field!r} applies to periods: give 'period'"
+                    raise ProtocolError(BAD_ARGUMENT, message)
+            begin, end = self._range(args, cal)
+            result = await self.reports.hosts(name, begin, end, limit, sort, self.reports.now())
+            return _local_times(result, cal)
+        span = (args.get("last"), self.instant(args, "begin", cal), self.instant(args, "end", cal))
+        if span[0] is not None and span[1] is not None:
+            message = "'last' counts back from 'end' (or now): give begin and end, or last"
+            raise ProtocolError(BAD_ARGUMENT, f"hosts: {message}, not begin and last")
+        now = self.reports.now()
+        result = await self.host_reports.by_period(cal, name, kind, span, limit, sort, now)
+        periods = result["periods"]
+        assert isinstance(periods, list)
+        result["periods"] = [_local_times(p, cal) for p in periods]
+        return _local_times(result, cal)
 
     async def quota(self, args: Mapping[str, Any]) -> object:
         """One quota (by name) or all of them."""
@@ -217,3 +250,12 @@ class Handlers:
         if begin >= end:
             raise ProtocolError(BAD_ARGUMENT, "begin must be before end")
         return begin, end
+
+
+def _local_times(result: dict[str, object], cal: Calendar) -> dict[str, object]:
+    """The result with its begin and end (unix seconds) as local ISO 8601 with the offset."""
+    for key in ("begin", "end"):
+        value = result[key]
+        assert isinstance(value, int)
+        result[key] = datetime.fromtimestamp(value, cal.zone).isoformat()
+    return result

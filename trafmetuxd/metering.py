@@ -20,7 +20,7 @@ from trafmetuxd import __version__, config, periods
 from trafmetuxd.collector import Flows, Hosts, Snapshot, Totals
 from trafmetuxd.flush import Flusher
 from trafmetuxd.meter import Meter
-from trafmetuxd.rates import RateSampler
+from trafmetuxd.rates import HostRates, RateSampler
 from trafmetuxd.spec import Config
 from trafmetuxd.store import Store
 
@@ -79,6 +79,7 @@ class Metering:
         self.flusher = Flusher(self.store, cfg.monitors, zone, started=self.started)
         self.flush_lock = asyncio.Lock()
         self.rates_sampler = RateSampler()
+        self.host_sampler = HostRates()
         self.reload_error = ""
         self._swapped: dict[str, tuple[int, int]] = {}
         # Live: the capture workers' shipments wait here for the next flush (loop thread only).
@@ -118,6 +119,7 @@ class Metering:
             was_in, was_out = self._swapped.get(name, (0, 0))
             moved_in, moved_out = _bytes(snap.totals)
             self._swapped[name] = (was_in + moved_in, was_out + moved_out)
+            self.host_sampler.moved(name, snap.hosts)
 
     def _after_write(self, ok: bool) -> None:
         if ok:
@@ -204,6 +206,16 @@ class Metering:
     def rates(self) -> dict[str, tuple[float, float]]:
         """Per monitor: (in B/s, out B/s) over the last sampling window."""
         return self.rates_sampler.rates()
+
+    def sample_rates(self, when: float) -> None:
+        """Sample the monitors' and their hosts' counts for the live rates (once a second)."""
+        self.rates_sampler.sample(when, self.cumulative_bytes())
+        pairs = zip(self.meter.monitors, self.meter.collectors, strict=True)
+        self.host_sampler.sample(when, {m.name: c.hosts for m, c in pairs if m.hosts})
+
+    def host_rates(self, monitor: str) -> dict[str, tuple[float, float]]:
+        """A monitor's hosts: (in B/s, out B/s) over the last sampling window."""
+        return self.host_sampler.rates(monitor)
 
     async def status(self) -> dict[str, object]:
         """The daemon's state as a JSON-able dict (the workers' counts up to now included)."""

@@ -24,9 +24,12 @@ NFQA_IFINDEX_OUTDEV = 6
 NFQA_PAYLOAD = 10
 _ATTR_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 _HEADERS = 20  # struct nlmsghdr (16) + struct nfgenmsg (4)
-# Hooks up to LOCAL_IN (PREROUTING 0, INPUT 1) see arriving packets; the others (FORWARD 2,
-# OUTPUT 3, POSTROUTING 4) are told by their output interface.
+# Hooks up to LOCAL_IN (PREROUTING 0, INPUT 1) see arriving packets, told by their input
+# interface; OUTPUT 3 and POSTROUTING 4 leaving ones, by their output interface. FORWARD 2 sees
+# a forwarded packet once: it counts in on its input and out on its output interface (each
+# when metered), as the PREROUTING and POSTROUTING rules would have queued it twice.
 NF_INET_LOCAL_IN = 1
+NF_INET_FORWARD = 2
 _LITTLE = sys.byteorder == "little"
 
 
@@ -107,7 +110,10 @@ def _attributes(buf: bytes, base: int, end: int) -> tuple[int, int, int, int, in
 
 
 def packets(buf: bytes, count: int, slot: int) -> list[tuple[int, int, bytes]]:
-    """(direction, ifindex, IP bytes) of each whole packet message of a batch (probes, tests)."""
+    """(direction, ifindex, IP bytes) of each whole packet message of a batch (probes, tests).
+
+    A forwarded packet gives two: in by its input interface, then out by its output one.
+    """
     out: list[tuple[int, int, bytes]] = []
     for i in range(count):
         base = i * slot
@@ -115,11 +121,65 @@ def packets(buf: bytes, count: int, slot: int) -> list[tuple[int, int, bytes]]:
         if end == base:
             continue
         hook, indev, outdev, payload, size = _attributes(buf, base, end)
-        if payload >= 0:
-            inbound = hook <= NF_INET_LOCAL_IN
-            direction = DIR_IN if inbound else DIR_OUT
-            out.append((direction, indev if inbound else outdev, buf[payload : payload + size]))
+        if payload < 0:
+            continue
+        ip = buf[payload : payload + size]
+        if hook <= NF_INET_FORWARD:
+            out.append((DIR_IN, indev, ip))
+        if hook >= NF_INET_FORWARD:
+            out.append((DIR_OUT, outdev, ip))
     return out
+
+
+def is_metered(name: str, patterns: tuple[str, ...]) -> bool:
+    """Whether capture.interfaces meters the interface, as the queue rules match it."""
+    if name == "lo":
+        return False
+    if not patterns:
+        return True
+    for pattern in patterns:
+        if pattern.endswith("*"):
+            if name.startswith(pattern[:-1]):
+                return True
+        elif name == pattern:
+            return True
+    return False
+
+
+class Interfaces:
+    """Interface names by index, and which of them capture.interfaces meters.
+
+    Both maps are read again whole on a miss (interfaces come and go); `lookup` returns the
+    system's index -> name map (the worker's I/O, injected).
+    """
+
+    def __init__(self, patterns: tuple[str, ...], lookup: Callable[[], dict[int, str]]) -> None:
+        self.patterns = () if "*" in patterns else patterns
+        self.lookup = lookup
+        self.names: dict[int, str] = {}
+        self.metered: dict[int, str] = {}  # index -> name if metered, else ""
+
+    def refresh(self) -> None:
+        """Read the system's interfaces again."""
+        self.names = self.lookup()
+        patterns = self.patterns
+        self.metered = {i: n if is_metered(n, patterns) else "" for i, n in self.names.items()}
+
+    def name(self, ifindex: int) -> str:
+        """An interface's name; 'ifN' for one that is gone already (not cached: retried)."""
+        name = self.names.get(ifindex)
+        if name is None:
+            self.refresh()
+            name = self.names.get(ifindex)
+        return f"if{ifindex}" if name is None else name
+
+    def metered_name(self, ifindex: int) -> str:
+        """An interface's name when it is metered, else ''."""
+        name = self.metered.get(ifindex)
+        if name is None:
+            name = self.name(ifindex)
+            return name if is_metered(name, self.patterns) else ""
+        return name
 
 
 def _id_and_mark(buf: bytes, base: int, end: int) -> tuple[int, int]:
@@ -140,13 +200,13 @@ def _id_and_mark(buf: bytes, base: int, end: int) -> tuple[int, int]:
     return ident, mark
 
 
-def headers(buf: bytes, count: int, slot: int) -> list[tuple[int, int, int, int, bytes]]:
-    """(packet id, mark, direction, ifindex, IP bytes) of each whole packet message of a batch.
+def headers(buf: bytes, count: int, slot: int) -> list[tuple[int, int, int, int, int, bytes]]:
+    """(packet id, mark, hook, in ifindex, out ifindex, IP bytes) of each whole packet message.
 
     What the enforcing verdicts are decided from; a truncated message is left out (it is
     accepted by the batch verdict, as it is left unmetered).
     """
-    out: list[tuple[int, int, int, int, bytes]] = []
+    out: list[tuple[int, int, int, int, int, bytes]] = []
     for i in range(count):
         base = i * slot
         end = _end(buf, base, slot)
@@ -156,10 +216,7 @@ def headers(buf: bytes, count: int, slot: int) -> list[tuple[int, int, int, int,
         ident, mark = _id_and_mark(buf, base, end)
         if payload < 0 or ident < 0:
             continue
-        if hook <= NF_INET_LOCAL_IN:
-            out.append((ident, mark, DIR_IN, indev, buf[payload : payload + size]))
-        else:
-            out.append((ident, mark, DIR_OUT, outdev, buf[payload : payload + size]))
+        out.append((ident, mark, hook, indev, outdev, buf[payload : payload + size]))
     return out
 
 
@@ -178,8 +235,7 @@ def feed_batch(
     buf: bytes,
     count: int,
     slot: int,
-    names: dict[int, str],
-    resolve: Callable[[int], str],
+    interfaces: Interfaces,
 ) -> None:
     """Meter every packet message of a batch received into count slots of buf."""
     for i in range(count):
@@ -192,13 +248,32 @@ def feed_batch(
         if payload < 0:
             stats.truncated += 1
             continue
+        if hook == NF_INET_FORWARD:
+            _forwarded(meter, ts, buf[payload : payload + size], indev, outdev, interfaces)
+            continue
         if hook <= NF_INET_LOCAL_IN:
             direction = DIR_IN
             ifindex = indev
         else:
             direction = DIR_OUT
             ifindex = outdev
-        name = names.get(ifindex)
+        name = interfaces.names.get(ifindex)
         if name is None:
-            name = resolve(ifindex)
+            name = interfaces.name(ifindex)
         meter.feed(ts, buf[payload : payload + size], direction, name)
+
+
+def _forwarded(
+    meter: Meter, ts: float, ip: bytes, indev: int, outdev: int, interfaces: Interfaces
+) -> None:
+    """A forwarded packet: in on its input interface, out on its output one, each if metered."""
+    name = interfaces.metered.get(indev)
+    if name is None:
+        name = interfaces.metered_name(indev)
+    if name:
+        meter.feed(ts, ip, DIR_IN, name)
+    name = interfaces.metered.get(outdev)
+    if name is None:
+        name = interfaces.metered_name(outdev)
+    if name:
+        meter.feed(ts, ip, DIR_OUT, name)

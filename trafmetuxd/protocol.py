@@ -43,7 +43,7 @@ OPERATE = "operate"
 PEER = "peer"  # the argument under which the daemon hands an OPERATE handler its peer
 
 PERIODS = ("minute", "hour", "day", "week", "month", "year", "total")
-TOP_KEYS = ("client", "server", "port")
+TOP_KEYS = ("client", "server", "port", "host")
 
 
 class ProtocolError(Exception):
@@ -125,6 +125,7 @@ _is_bool = Check(lambda v: type(v) is bool, "true or false")
 
 _RANGE = {"begin": _is_time, "end": _is_time}
 HOST_SORTS = ("total", "in", "out")  # what the hosts command ranks by, largest first
+HOST_PERIODS = ("hour", "day", "week", "month", "year")  # the hosts command's periods
 COMMANDS: Mapping[str, Command] = {
     "status": Command(READ),
     "monitors": Command(READ),
@@ -136,6 +137,7 @@ COMMANDS: Mapping[str, Command] = {
             "monitors": _is_names,
             "week_start": _is_int(0, 6),
             "split": _is_bool,
+            "host": _is_str,
             **_RANGE,
         },
         required=("period",),
@@ -153,11 +155,14 @@ COMMANDS: Mapping[str, Command] = {
             "monitor": _is_str,
             "limit": _is_int(1, 100_000),
             "sort": _one_of(*HOST_SORTS),
+            "period": _one_of(*HOST_PERIODS),
+            "last": _is_int(1, 100_000),
+            "week_start": _is_int(0, 6),
             **_RANGE,
         },
         ("monitor",),
     ),
-    "live": Command(READ, {"monitors": _is_names}),
+    "live": Command(READ, {"monitors": _is_names, "hosts": _is_str, "limit": _is_int(1, 100_000)}),
     "quota": Command(READ, {"name": _is_str}),
     "quota-extend": Command(
         OPERATE, {"name": _is_str, "bytes": _is_int(1, 2**53)}, ("name", "bytes")

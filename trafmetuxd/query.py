@@ -296,28 +296,115 @@ def flows(db: Path, monitor: str, begin: float, end: float) -> TextFlows:
 
 # host text -> [in_bytes, in_packets, out_bytes, out_packets]
 HostSums = dict[str, list[int]]
-_HOST_TABLES = {"quarter_totals": "host_quarter_totals", "hour_totals": "host_hour_totals",
-                "day_totals": "host_day_totals"}  # fmt: skip
+_HOST_TABLES = {"minute_totals": "host_minute_totals", "quarter_totals": "host_quarter_totals",
+                "hour_totals": "host_hour_totals", "day_totals": "host_day_totals"}  # fmt: skip
 
 
 def host_sums(db: Path, monitor: str, first: int, end: int) -> HostSums:
     """A monitor's per-host totals over the UTC quarters [first, end): days, hours, quarters."""
-    out: HostSums = {}
-    con = open_readonly(db)
+    return host_sums_over(db, monitor, [(first, end)])[0]
+
+
+def host_sums_over(db: Path, monitor: str, ranges: Sequence[tuple[int, int]]) -> list[HostSums]:
+    """A monitor's per-host totals over each range of UTC quarters [first, end), one snapshot."""
+    out: list[HostSums] = [{} for _ in ranges]
+    con = _open_hosts(db)
     if con is None:
         return out
-    with closing(con):
-        if con.execute("PRAGMA user_version").fetchone()[0] < HOSTS_VERSION:
-            return out
-        for table, lo, hi in split_quarters(first, end):
-            unit = TOTALS_UNITS[table]
-            sql = (
-                "SELECT host, SUM(in_bytes), SUM(in_packets), SUM(out_bytes), SUM(out_packets) "
-                f"FROM {_HOST_TABLES[table]} t JOIN monitor m ON m.id = t.monitor "
-                f"WHERE m.name = ? AND t.{unit} >= ? AND t.{unit} < ? GROUP BY host"
-            )
-            for host, *row in con.execute(sql, (monitor, lo, hi)):
-                acc = out.setdefault(host, [0, 0, 0, 0])
-                for i in range(4):
-                    acc[i] += int(row[i])
+    with closing(con), _read(con):
+        for sums, (first, end) in zip(out, ranges, strict=True):
+            for table, lo, hi in split_quarters(first, end):
+                for host, *row in con.execute(host_range_sql(table), (monitor, lo, hi)):
+                    acc = sums.setdefault(host, [0, 0, 0, 0])
+                    for i in range(4):
+                        acc[i] += int(row[i])
     return out
+
+
+def host_range_sql(table: str) -> str:
+    """A monitor's per-host sums over a range of one totals table's units (by its index).
+
+    "GROUP BY +host": grouping by the bare column would make SQLite walk the primary key
+    (monitor, host, unit) for its host order, reading every row the monitor ever stored; the
+    unary plus leaves it the (monitor, unit) index, which reads only the range (schema.py).
+    """
+    unit = TOTALS_UNITS[table]
+    return (
+        "SELECT host, SUM(in_bytes), SUM(in_packets), SUM(out_bytes), SUM(out_packets) "
+        f"FROM {_HOST_TABLES[table]} t JOIN monitor m ON m.id = t.monitor "
+        f"WHERE m.name = ? AND t.{unit} >= ? AND t.{unit} < ? GROUP BY +host"
+    )
+
+
+def host_series(
+    db: Path, monitor: str, host: str, ranges: Sequence[tuple[int, int]], grain: str
+) -> list[list[int]]:
+    """One host's [in_bytes, in_packets, out_bytes, out_packets] over each range of units.
+
+    grain "quarter": ranges of UTC quarters, read from the day, hour and quarter rollups;
+    "minute": ranges of UTC minutes. Primary-key range scans, a batch of ranges per statement.
+    """
+    sums = [[0, 0, 0, 0] for _ in ranges]
+    con = _open_hosts(db)
+    if con is None:
+        return sums
+    per_table: dict[str, list[tuple[int, int, int]]] = {}
+    for index, (lo, hi) in enumerate(ranges):
+        pieces = split_quarters(lo, hi) if grain == "quarter" else [(MINUTE_TOTALS, lo, hi)]
+        for table, first, end in pieces:
+            per_table.setdefault(table, []).append((index, first, end))
+    with closing(con), _read(con):
+        row = con.execute("SELECT id FROM monitor WHERE name = ?", (monitor,)).fetchone()
+        if row is None:
+            return sums
+        for table, parts in per_table.items():
+            for start in range(0, len(parts), BATCH):
+                for index, *figures in _host_range_sums(
+                    con, table, int(row[0]), host, parts[start : start + BATCH]
+                ):
+                    for i in range(4):
+                        sums[index][i] += figures[i]
+    return sums
+
+
+def _host_range_sums(
+    con: sqlite3.Connection,
+    table: str,
+    monitor: int,
+    host: str,
+    ranges: Sequence[tuple[int, int, int]],
+) -> list[tuple[int, ...]]:
+    """(index, in_bytes, in_packets, out_bytes, out_packets) per (index, lo, hi) with rows."""
+    unit = TOTALS_UNITS[table]
+    marks = ",".join(["(?, ?, ?)"] * len(ranges))
+    sql = (
+        f"WITH r(i, lo, hi) AS (VALUES {marks}) "
+        "SELECT r.i, SUM(t.in_bytes), SUM(t.in_packets), SUM(t.out_bytes), SUM(t.out_packets) "
+        f"FROM r CROSS JOIN {_HOST_TABLES[table]} t "
+        f"WHERE t.monitor = ? AND t.host = ? AND t.{unit} >= r.lo AND t.{unit} < r.hi "
+        "GROUP BY r.i"
+    )
+    params = [value for r in ranges for value in r] + [monitor, host]
+    return [tuple(int(v) for v in row) for row in con.execute(sql, params)]
+
+
+def _open_hosts(db: Path) -> sqlite3.Connection | None:
+    """A read-only connection in autocommit mode, or None while there are no host tables."""
+    con = open_readonly(db)
+    if con is None:
+        return None
+    if con.execute("PRAGMA user_version").fetchone()[0] < HOSTS_VERSION:
+        con.close()
+        return None
+    con.isolation_level = None  # explicit BEGIN: one snapshot for every statement of a call
+    return con
+
+
+@contextmanager
+def _read(con: sqlite3.Connection) -> Iterator[None]:
+    """One read transaction around the statements of a call."""
+    con.execute("BEGIN")
+    try:
+        yield
+    finally:
+        con.execute("COMMIT")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 from trafmetuxd import ipproto, query
@@ -23,6 +23,9 @@ from trafmetuxd.quota import (
     quota_period,
 )
 from trafmetuxd.spec import Config, QuotaSpec
+
+# (monitors, bucket bounds, grain) -> per monitor one [in, out] per bucket
+SumsSource = Callable[[Sequence[str], Sequence[int], str], Awaitable[query.Sums]]
 
 
 class Backend(Protocol):
@@ -48,6 +51,9 @@ class Backend(Protocol):
 
     def rates(self) -> dict[str, tuple[float, float]]:
         """Monitor -> (in B/s, out B/s)."""
+
+    def host_rates(self, monitor: str) -> dict[str, tuple[float, float]]:
+        """A monitor's host text -> (in B/s, out B/s), the hosts that counted lately."""
 
     async def flush(self) -> dict[str, object]:
         """Flush now; returns what was written."""
@@ -232,8 +238,12 @@ class Reports:
         begin: int | None,
         end: int | None,
         now: int,
+        source: SumsSource | None = None,
     ) -> dict[str, object]:
-        """Rows of [in, out] bytes per monitor per period, oldest first."""
+        """Rows of [in, out] bytes per monitor per period, oldest first.
+
+        source: where the figures come from (default: the monitors' totals, self.sums).
+        """
         if kind == "total":
             periods = await self._total_period(cal, names, now)
         else:
@@ -241,7 +251,7 @@ class Reports:
         check_cells(len(periods), len(names))
         bounds = [p.begin for p in periods] + [periods[-1].end]
         grain = "minute" if kind == "minute" else "quarter"
-        figures = await self.sums(names, bounds, grain)
+        figures = await (source or self.sums)(names, bounds, grain)
         rows = [
             {
                 "label": p.label,

@@ -184,7 +184,7 @@ class Service:
     async def _sample(self) -> None:
         while True:
             await self.metering.refresh()  # the workers' counts up to now, for one-second rates
-            self.metering.rates_sampler.sample(time.time(), self.metering.cumulative_bytes())
+            self.metering.sample_rates(time.time())
             await asyncio.sleep(RATE_SAMPLE_EVERY)
 
     async def _enforce(self) -> None:

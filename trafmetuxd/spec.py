@@ -15,6 +15,12 @@ DIR_IN = 1
 DIR_OUT = 2
 DIR_ANY = DIR_IN | DIR_OUT
 
+# Where the queue rules sit (capture.hooks): mangle PREROUTING + POSTROUTING, or mangle INPUT +
+# FORWARD + OUTPUT, which see forwarded packets between de-NAT and SNAT (a NAT gateway's LAN).
+HOOKS_PREROUTING = "prerouting"
+HOOKS_FORWARD = "forward"
+HOOKS = (HOOKS_PREROUTING, HOOKS_FORWARD)
+
 
 @dataclass(frozen=True, slots=True)
 class RuleSpec:
@@ -53,6 +59,7 @@ class CaptureSpec:
 
     queue: int = 0
     interfaces: tuple[str, ...] = ()  # empty: every interface but lo
+    hooks: str = HOOKS_PREROUTING  # one of HOOKS
     manage_rules: bool = True
     fail_open: bool = True
     copy_range: int = 128

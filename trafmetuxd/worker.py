@@ -25,7 +25,7 @@ from trafmetuxd import enforce, logs, specwire, wire
 from trafmetuxd.capture import Capture, CaptureError
 from trafmetuxd.child import die_with_parent
 from trafmetuxd.meter import Meter, MeterStats
-from trafmetuxd.nfbatch import BatchStats, feed_batch
+from trafmetuxd.nfbatch import BatchStats, Interfaces, feed_batch
 from trafmetuxd.spec import CaptureSpec, MonitorSpec, Network, QuotaSpec
 
 log = logging.getLogger("trafmetuxd.worker")
@@ -46,7 +46,7 @@ class Worker:
         self.progress = progress
         self.meter = Meter(())
         self.batch_stats = BatchStats()
-        self.names: dict[int, str] = {}
+        self.interfaces = Interfaces(spec.interfaces, _interface_names)
         self.capture = Capture(spec, queue, self._consume)
         self.enforcer = enforce.Enforcer()
         self.enforcing: list[QuotaSpec] = []  # the enforcing quotas, as the main process sent
@@ -58,12 +58,10 @@ class Worker:
         self.loops = 0
 
     def _consume(self, ts: float, buf: bytes, count: int, slot: int) -> None:
-        feed_batch(self.meter, self.batch_stats, ts, buf, count, slot, self.names, self._resolve)
+        feed_batch(self.meter, self.batch_stats, ts, buf, count, slot, self.interfaces)
 
     def _judge(self, buf: bytes, count: int, slot: int) -> bytes:
-        return enforce.judge_batch(
-            self.enforcer, self.queue, buf, count, slot, self.names, self._resolve
-        )
+        return enforce.judge_batch(self.enforcer, self.queue, buf, count, slot, self.interfaces)
 
     def enforce(self, body: bytes) -> None:
         """New enforcing quotas and over-limit state (an ENFORCE frame)."""
@@ -75,15 +73,6 @@ class Worker:
         left = {str(k): int(v) for k, v in value.get("left", {}).items()}
         self.enforcer.told(enforce.over_from_wire(value.get("over", {})), left)
         self.capture.judge = self._judge if self.enforcer.active else None
-
-    def _resolve(self, ifindex: int) -> str:
-        """Interface name for an index, refreshing the whole map (interfaces come and go)."""
-        try:
-            self.names = dict(socket.if_nameindex())
-        except OSError:
-            self.names = {}
-        name = self.names.get(ifindex)
-        return f"if{ifindex}" if name is None else name  # gone already: not cached, retried
 
     def configure(self, monitors: Sequence[MonitorSpec]) -> None:
         """New monitors; what dropped or rebuilt collectors held goes out in a shipment."""
@@ -185,6 +174,14 @@ class Worker:
             self.link.sendall(self.outbox)
             self.outbox.clear()
         return 0
+
+
+def _interface_names() -> dict[int, str]:
+    """The system's interfaces, index -> name (none when they cannot be read)."""
+    try:
+        return dict(socket.if_nameindex())
+    except OSError:
+        return {}
 
 
 def _monitors(body: bytes) -> list[MonitorSpec]:

@@ -36,6 +36,7 @@ class FakeBackend:
     pending_flows: dict[str, Flows] = field(default_factory=dict)
     pending_hosts: dict[str, Hosts] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
+    pending_host_rates: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
     refreshes: int = 0
 
     async def refresh(self) -> object:
@@ -57,6 +58,9 @@ class FakeBackend:
     def rates(self) -> dict[str, tuple[float, float]]:
         return {"input": (1536.0, 0.0), "output": (0.0, 2048.0)}
 
+    def host_rates(self, monitor: str) -> dict[str, tuple[float, float]]:
+        return self.pending_host_rates.get(monitor, {})
+
     async def flush(self) -> dict[str, object]:
         self.calls.append("flush")
         return {"flushed": True}
@@ -66,15 +70,20 @@ class FakeBackend:
         return {"reloaded": True}
 
 
-def make_config(state_dir: Path, sock: Path, group: str = "daemon") -> Config:
-    """Two monitors, one monthly quota billed from the 15th, Paris time."""
+def make_config(
+    state_dir: Path,
+    sock: Path,
+    group: str = "daemon",
+    monitors: tuple[MonitorSpec, ...] = (MonitorSpec("input"), MonitorSpec("output")),
+) -> Config:
+    """Two monitors (by default), one monthly quota billed from the 15th, Paris time."""
     return Config(
         path=state_dir / "trafmetux.toml",
         state_dir=state_dir,
         socket=sock,
         socket_group=group,
         timezone="Europe/Paris",
-        monitors=(MonitorSpec("input"), MonitorSpec("output")),
+        monitors=monitors,
         quotas=(QuotaSpec("mobile", ("input", "output"), limit=3 * GIB, start_day=15),),
     )
 
@@ -125,11 +134,18 @@ def public_dir() -> Iterator[Path]:
 
 
 def serve(
-    public_dir: Path, max_clients: int = 64, idle_timeout: float = 5.0, group: str = "daemon"
+    public_dir: Path,
+    max_clients: int = 64,
+    idle_timeout: float = 5.0,
+    group: str = "daemon",
+    monitors: tuple[MonitorSpec, ...] | None = None,
 ) -> Iterator[Running]:
     """Start the real server on a socket in public_dir; close it afterwards."""
     sock = public_dir / "trafmetuxd.sock"
-    backend = FakeBackend(make_config(public_dir / "state", sock, group))
+    config = make_config(public_dir / "state", sock, group)
+    if monitors is not None:
+        config = make_config(public_dir / "state", sock, group, monitors)
+    backend = FakeBackend(config)
     (public_dir / "state").mkdir()
     loops = LoopThread()
     handlers = Handlers(Reports(backend, clock=lambda: float(NOW))).table()

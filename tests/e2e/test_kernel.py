@@ -16,9 +16,12 @@ ICMP_ECHO_V4 = 20 + 8 + 56  # IPv4 header + ICMP header + the default payload
 ICMP_ECHO_V6 = 40 + 8 + 56
 
 
-def rules(ns: Namespace, action: str, queue: int = 0, *interfaces: str) -> dict[str, list[int]]:
+def rules(
+    ns: Namespace, action: str, queue: int = 0, *interfaces: str, hooks: str = "prerouting"
+) -> dict[str, list[int]]:
     """Run QueueRules inside the namespace; the counters for 'counters'."""
-    out = ns.run(ns.python(str(HERE / "probe_kernel.py"), action, str(queue), *interfaces)).stdout
+    probe = ns.python(str(HERE / "probe_kernel.py"), action, str(queue), *interfaces)
+    out = ns.run([*probe, "--hooks", hooks]).stdout
     return json.loads(out) if out.strip() else {}
 
 
@@ -49,6 +52,63 @@ def test_install_repairs_duplicated_jumps_and_replaces_old_rules(pair: Pair) -> 
     lines = rule_lines(pair.a)
     assert lines.count("-A PREROUTING -j TRAFMETUX-IN") == 2  # one per family
     assert not [line for line in lines if "old0" in line or "--queue-num 0" in line]
+
+
+FORWARD_RULES = [
+    "-A INPUT -j TRAFMETUX-IN",
+    "-A FORWARD -j TRAFMETUX-FWD",
+    "-A OUTPUT -j TRAFMETUX-OUT",
+    "-A TRAFMETUX-FWD -j TRAFMETUX-FWD-IN",
+    "-A TRAFMETUX-FWD -j TRAFMETUX-FWD-OUT",
+    "-A TRAFMETUX-FWD -i lan0 -j NFQUEUE --queue-num 0 --queue-bypass",
+    "-A TRAFMETUX-FWD -i wan0 -j NFQUEUE --queue-num 0 --queue-bypass",
+    "-A TRAFMETUX-FWD -o lan0 -j NFQUEUE --queue-num 0 --queue-bypass",
+    "-A TRAFMETUX-FWD -o wan0 -j NFQUEUE --queue-num 0 --queue-bypass",
+    "-A TRAFMETUX-FWD-IN -i lan0 -j RETURN",
+    "-A TRAFMETUX-FWD-IN -i wan0 -j RETURN",
+    "-A TRAFMETUX-FWD-OUT -o lan0 -j RETURN",
+    "-A TRAFMETUX-FWD-OUT -o wan0 -j RETURN",
+    "-A TRAFMETUX-IN -i lan0 -j NFQUEUE --queue-num 0 --queue-bypass",
+    "-A TRAFMETUX-IN -i wan0 -j NFQUEUE --queue-num 0 --queue-bypass",
+    "-A TRAFMETUX-OUT -o lan0 -j NFQUEUE --queue-num 0 --queue-bypass",
+    "-A TRAFMETUX-OUT -o wan0 -j NFQUEUE --queue-num 0 --queue-bypass",
+]
+
+
+def test_forward_hooks_install_input_forward_output_chains_once(pair: Pair) -> None:
+    for _ in range(2):
+        rules(pair.a, "install", 0, "lan0", "wan0", hooks="forward")
+    assert sorted(rule_lines(pair.a)) == sorted(FORWARD_RULES + FORWARD_RULES)  # both families
+    rules(pair.a, "remove")
+    assert "TRAFMETUX" not in pair.a.iptables_save()
+
+
+def test_changing_hooks_leaves_no_jump_of_the_other_layout(pair: Pair) -> None:
+    # After kill -9 the rules stay; a restart with other hooks must not queue packets twice.
+    rules(pair.a, "install", 0, pair.a_if, hooks="forward")
+    rules(pair.a, "install", 0, pair.a_if)
+    saved = pair.a.iptables_save()
+    assert "INPUT -j" not in saved and "OUTPUT -j" not in saved and "FWD" not in saved
+    assert saved.count("-A PREROUTING -j TRAFMETUX-IN") == 2
+    rules(pair.a, "install", 0, pair.a_if, hooks="forward")
+    saved = pair.a.iptables_save()
+    assert "PREROUTING -j" not in saved and "POSTROUTING -j" not in saved
+    assert (
+        saved.count("-A INPUT -j TRAFMETUX-IN") == saved.count("-A FORWARD -j TRAFMETUX-FWD") == 2
+    )
+    rules(pair.a, "remove")
+    assert "TRAFMETUX" not in pair.a.iptables_save()
+
+
+def test_forward_hooks_count_the_hosts_own_traffic_at_input_and_output(pair: Pair) -> None:
+    # No consumer is bound: --queue-bypass lets traffic through and the rules still count.
+    rules(pair.a, "install", 0, pair.a_if, hooks="forward")
+    assert traffic(pair.a, "ping", pair.b4, "4").split() == ["4"]
+    assert traffic(pair.b, "ping", pair.a6, "3").split() == ["3"]
+    pair.settle()
+    expected = [4 + 3, 4 * ICMP_ECHO_V4 + 3 * ICMP_ECHO_V6]
+    assert rules(pair.a, "counters", hooks="forward") == {"1": expected, "2": expected}
+    rules(pair.a, "remove")
 
 
 def test_remove_is_idempotent_and_leaves_foreign_rules_alone(pair: Pair) -> None:

@@ -1,29 +1,35 @@
 """Runs QueueRules inside a namespace: install | remove | counters, for a queue and interfaces.
 
-probe_kernel.py ACTION QUEUE [IFACE...]   prints the counters as JSON for "counters"
+probe_kernel.py ACTION QUEUE [IFACE...] [--hooks prerouting|forward]
+prints the counters as JSON for "counters"
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
 from trafmetuxd.kernel import QueueRules
-from trafmetuxd.spec import CaptureSpec
+from trafmetuxd.spec import HOOKS, HOOKS_PREROUTING, CaptureSpec
 
 
 def main(argv: list[str]) -> None:
     """Apply one action with a spec built from the arguments."""
-    action, queue, interfaces = argv[0], int(argv[1]), tuple(argv[2:])
-    rules = QueueRules(CaptureSpec(queue=queue, interfaces=interfaces))
-    if action == "install":
+    parser = argparse.ArgumentParser(prog="probe_kernel.py")
+    parser.add_argument("action", choices=("install", "remove", "counters"))
+    parser.add_argument("queue", type=int)
+    parser.add_argument("interfaces", nargs="*")
+    parser.add_argument("--hooks", choices=HOOKS, default=HOOKS_PREROUTING)
+    args = parser.parse_args(argv)
+    spec = CaptureSpec(queue=args.queue, interfaces=tuple(args.interfaces), hooks=args.hooks)
+    rules = QueueRules(spec)
+    if args.action == "install":
         rules.install()
-    elif action == "remove":
+    elif args.action == "remove":
         rules.remove()
-    elif action == "counters":
-        print(json.dumps({str(k): v for k, v in rules.counters().items()}))
     else:
-        raise SystemExit(f"unknown action {action}")
+        print(json.dumps({str(k): v for k, v in rules.counters().items()}))
 
 
 if __name__ == "__main__":

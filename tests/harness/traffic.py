@@ -4,6 +4,11 @@ traffic.py tcp-sink PORT [SECONDS]        prints LISTENING, then the bytes recei
 traffic.py tcp-send ADDR PORT NBYTES      exits 0 once every byte was sent and closed
 traffic.py udp-sink PORT COUNT [SECONDS]  prints LISTENING, then datagrams received
 traffic.py udp-send ADDR PORT COUNT SIZE [PPS]
+traffic.py tcp-source PORT NBYTES [SECONDS]  prints LISTENING, sends NBYTES to one client
+traffic.py tcp-fetch ADDR PORT            connects, reads to EOF, prints the bytes received
+traffic.py udp-source PORT COUNT SIZE [SECONDS]  prints LISTENING, answers one request with COUNT
+traffic.py udp-fetch ADDR PORT COUNT [SECONDS]   one request, prints the datagrams received
+traffic.py udp-spray ADDR PORT COUNT SIZE PPS FIRST_SRC  IPv4 raw: one datagram per source address
 traffic.py ping ADDR COUNT [SIZE]         ICMP/ICMPv6 echo; exit 0 when all answered
 traffic.py ping-every ADDR COUNT INTERVAL paced echo requests; JSON of answers and round trips
 """
@@ -101,6 +106,97 @@ def udp_send(addr: str, port: int, count: int, size: int, pps: float = 0.0) -> N
             elif ahead < -0.1:
                 due = time.monotonic()
     sock.close()
+
+
+def tcp_source(port: int, nbytes: int, seconds: float = 60.0) -> None:
+    """Accept one connection, send nbytes of zeros, wait for the client's close; print nbytes."""
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", port))
+    srv.listen(1)
+    srv.settimeout(seconds)
+    print("LISTENING", flush=True)
+    conn, _ = srv.accept()
+    conn.settimeout(seconds)
+    conn.sendall(bytes(nbytes))
+    conn.shutdown(socket.SHUT_WR)
+    conn.recv(1)  # the client's close: every byte was acknowledged
+    conn.close()
+    srv.close()
+    print(nbytes, flush=True)
+
+
+def tcp_fetch(addr: str, port: int, seconds: float = 60.0) -> None:
+    """Connect, read to EOF, print the bytes received."""
+    sock = socket.create_connection((addr, port), timeout=seconds)
+    total = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            break
+        total += len(chunk)
+    sock.close()
+    print(total, flush=True)
+
+
+def udp_source(port: int, count: int, size: int, seconds: float = 30.0) -> None:
+    """Wait for one request, answer its sender with `count` datagrams of `size` bytes."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("0.0.0.0", port))
+    sock.settimeout(seconds)
+    print("LISTENING", flush=True)
+    _request, peer = sock.recvfrom(2048)
+    payload = bytes(size)
+    for _ in range(count):
+        sock.sendto(payload, peer)
+        time.sleep(0.0005)  # a burst never outruns the receiver's queue
+    sock.close()
+    print(count, flush=True)
+
+
+def udp_fetch(addr: str, port: int, count: int, seconds: float = 30.0) -> None:
+    """Send one request datagram, receive until `count` datagrams or `seconds`; print how many."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, 16 << 20)
+    sock.sendto(b"?", (addr, port))
+    deadline = time.monotonic() + seconds
+    got = 0
+    while got < count and (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            sock.recv(65536)
+        except TimeoutError:
+            break
+        got += 1
+    sock.close()
+    print(got, flush=True)
+
+
+def udp_spray(addr: str, port: int, count: int, size: int, pps: float, first: str) -> None:
+    """One UDP datagram from each of `count` consecutive IPv4 source addresses from `first`.
+
+    A raw socket with our own IP header (IP_HDRINCL): the sources need not be ours. UDP
+    checksum 0 (none, allowed over IPv4); paced at pps.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    dst = socket.inet_aton(addr)
+    base = int.from_bytes(socket.inet_aton(first), "big")
+    payload = bytes(size)
+    length = 28 + size
+    udp = struct.pack("!HHHH", 40000, port, 8 + size, 0) + payload
+    gap = 1.0 / pps
+    due = time.monotonic()
+    for i in range(count):
+        src = (base + i).to_bytes(4, "big")
+        header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, length, i & 0xFFFF, 0, 64, 17, 0, src, dst)
+        header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+        sock.sendto(header + udp, (addr, 0))
+        due += gap
+        if (ahead := due - time.monotonic()) > 0.001:
+            time.sleep(ahead)
+    sock.close()
+    print(count, flush=True)
 
 
 def _checksum(data: bytes) -> int:
@@ -216,6 +312,16 @@ def main(argv: list[str]) -> None:
         udp_sink(int(args[0]), int(args[1]), *(float(a) for a in args[2:]))
     elif cmd == "udp-send":
         udp_send(args[0], int(args[1]), int(args[2]), int(args[3]), *(float(a) for a in args[4:]))
+    elif cmd == "tcp-source":
+        tcp_source(int(args[0]), int(args[1]), *(float(a) for a in args[2:]))
+    elif cmd == "tcp-fetch":
+        tcp_fetch(args[0], int(args[1]))
+    elif cmd == "udp-source":
+        udp_source(int(args[0]), int(args[1]), int(args[2]), *(float(a) for a in args[3:]))
+    elif cmd == "udp-fetch":
+        udp_fetch(args[0], int(args[1]), int(args[2]), *(float(a) for a in args[3:]))
+    elif cmd == "udp-spray":
+        udp_spray(args[0], int(args[1]), int(args[2]), int(args[3]), float(args[4]), args[5])
     elif cmd == "ping":
         ping(args[0], int(args[1]), *(int(a) for a in args[2:]))
     elif cmd == "ping-every":

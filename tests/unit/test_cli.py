@@ -350,3 +350,75 @@ def test_show_hosts_prints_one_classic_line_per_host_and_sends_the_range(
                             "end": "2026-10-26", "limit": 5, "sort": "in"}  # fmt: skip
     assert run(fake, "--json", "show-hosts", "lan") == 0
     assert json.loads(capsys.readouterr().out) == hosts
+
+
+def test_show_hosts_per_period_prints_a_block_per_period_and_sends_the_periods(
+    fake: Fake, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def host(name: str, rx: int, tx: int) -> dict[str, object]:
+        return {"host": name, "in": rx, "out": tx, "in_packets": 1, "out_packets": 1}
+
+    result = {"monitor": "lan", "period": "day", "timezone": "Europe/Paris", "week_start": 0,
+              "begin": "2026-10-24T00:00:00+02:00", "end": "2026-10-26T00:00:00+01:00",
+              "periods": [
+                  {"label": "2026-10-24", "begin": "2026-10-24T00:00:00+02:00",
+                   "end": "2026-10-25T00:00:00+02:00", "count": 2,
+                   "hosts": [host("192.168.1.23", 2048, 1024), host("fd00:1::/64", 0, 512)]},
+                  {"label": "2026-10-25", "begin": "2026-10-25T00:00:00+02:00",
+                   "end": "2026-10-26T00:00:00+01:00", "count": 0, "hosts": []}]}  # fmt: skip
+    fake.replies["hosts"] = {"ok": True, "result": result}
+    assert run(fake, "show-hosts", "lan", "-t", "2", "--period", "day", "-f", "mon") == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "2026-10-24:",
+        "  192.168.1.23: [in= 2.00 KiB] [out= 1.00 KiB] [total= 3.00 KiB]",
+        "  fd00:1::/64: [in= 0 B] [out= 512 B] [total= 512 B]",
+        "2026-10-25:",
+        "  (none)",
+    ]
+    assert fake.seen[0] == {"v": 1, "cmd": "hosts", "monitor": "lan", "limit": 20,
+                            "sort": "total", "period": "day", "last": 2,
+                            "week_start": 0}  # fmt: skip
+    assert run(fake, "--json", "show-hosts", "lan", "--period", "day") == 0
+    assert json.loads(capsys.readouterr().out) == result
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("-t", "3"), "-t and -f apply to periods: give --period"),
+        (("-f", "mon"), "-t and -f apply to periods: give --period"),
+        (("--period", "day", "-t", "3", "-b", "2026-10-01"), "not -b and -t"),
+        (("--period", "minute"), "argument --period: invalid choice: 'minute'"),
+    ],
+)
+def test_show_hosts_period_usage_errors_send_nothing(
+    fake: Fake, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], message: str
+) -> None:
+    assert run(fake, "show-hosts", "lan", *argv) == 2
+    assert message in capsys.readouterr().err
+    assert fake.seen == []
+
+
+def test_show_daily_with_host_sends_it(fake: Fake, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(fake, "show-daily", "-t", "2", "--host", "fd00:1::5", "lan") == 0
+    assert fake.seen[0] == {"v": 1, "cmd": "report", "period": "day", "last": 2,
+                            "monitors": ["lan"], "host": "fd00:1::5"}  # fmt: skip
+
+
+def test_live_hosts_prints_one_rate_line_per_host(
+    fake: Fake, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.replies["live"] = {"ok": True, "result": {"monitor": "lan", "count": 2, "hosts": [
+        {"host": "192.168.1.23", "in": 2048.0, "out": 512.0},
+        {"host": "fd00:1::/64", "in": 0.0, "out": 100.0}]}}  # fmt: skip
+    assert run(fake, "live", "--once", "--hosts", "lan", "-n", "5") == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        "192.168.1.23: in= 2.00 KiB/s out= 512 B/s",
+        "fd00:1::/64: in= 0 B/s out= 100 B/s",
+    ]
+    assert fake.seen[0] == {"v": 1, "cmd": "live", "hosts": "lan", "limit": 5}
+    assert run(fake, "live", "--once", "-n", "5") == 2
+    assert "-n counts hosts: give --hosts" in capsys.readouterr().err
+    assert run(fake, "live", "--once", "--hosts", "lan", "wan") == 2
+    assert "give MONITOR... or --hosts, not both" in capsys.readouterr().err
+    assert len(fake.seen) == 1

@@ -454,6 +454,18 @@ def test_capture_glob_matching_loopback_is_refused():
     assert line.startswith(f"{FILE}: capture.interfaces[1] = 'l*': matches 'lo'")
 
 
+def test_capture_hooks_default_to_prerouting_and_take_forward():
+    assert parse("").capture.hooks == "prerouting"
+    assert parse('[capture]\nhooks = "forward"').capture.hooks == "forward"
+
+
+@pytest.mark.parametrize("value", ['"postrouting"', '"Forward"', "2", '["forward"]'])
+def test_unknown_capture_hooks_are_named_with_the_choices(value):
+    (line,) = problems(f"[capture]\nhooks = {value}")
+    assert line.startswith(f"{FILE}: capture.hooks = ")
+    assert '"prerouting"' in line and '"forward"' in line and "NAT gateway" in line
+
+
 def test_duplicate_capture_interface_is_named():
     (line,) = problems('[capture]\ninterfaces = ["eth0", "eth0"]')
     assert line == f"{FILE}: capture.interfaces[1] = 'eth0': listed twice"

@@ -8,8 +8,8 @@ from ipaddress import ip_network
 from harness.packets import ipv4, tcp, udp
 from trafmetuxd import nfqconfig
 from trafmetuxd.enforce import Enforcer, Over, control_exempt, judge_batch, new_mark
-from trafmetuxd.nfbatch import headers
-from trafmetuxd.spec import DIR_IN, DIR_OUT, MonitorSpec, QuotaSpec, RuleSpec
+from trafmetuxd.nfbatch import Interfaces, headers
+from trafmetuxd.spec import DIR_OUT, MonitorSpec, QuotaSpec, RuleSpec
 
 SLOT = 640
 ETH0 = 2
@@ -63,7 +63,8 @@ def verdicts(data: bytes) -> list[tuple[int, int, int | None]]:
 
 def judged(enforcer: Enforcer, *messages: bytes) -> list[tuple[int, int, int | None]]:
     """The individual verdicts queue 7's worker sends for a batch of these messages."""
-    data = judge_batch(enforcer, 7, batch(*messages), len(messages), SLOT, NAMES, str)
+    interfaces = Interfaces((), lambda: dict(NAMES))
+    data = judge_batch(enforcer, 7, batch(*messages), len(messages), SLOT, interfaces)
     return verdicts(data)
 
 
@@ -86,10 +87,10 @@ def test_verdict_messages_drop_one_packet_or_accept_it_with_a_mark() -> None:
     )  # fmt: skip
 
 
-def test_headers_read_id_mark_direction_interface_and_payload() -> None:
+def test_headers_read_id_mark_hook_interfaces_and_payload() -> None:
     got = headers(batch(packet_message(4, 4, out_udp(53), mark=0x100),
                         packet_message(5, 0, out_udp(80))), 2, SLOT)  # fmt: skip
-    assert got == [(4, 0x100, DIR_OUT, ETH0, out_udp(53)), (5, 0, DIR_IN, ETH0, out_udp(80))]
+    assert got == [(4, 0x100, 4, 0, ETH0, out_udp(53)), (5, 0, 0, ETH0, 0, out_udp(80))]
 
 
 def test_an_over_limit_block_quota_drops_its_monitors_packets_but_not_exempt_dns() -> None:
@@ -190,3 +191,25 @@ def test_a_per_host_quota_cuts_only_the_hosts_over_their_limit() -> None:
     assert got == [(1, 0, None), (3, 0, None)]
     e.set_over({})
     assert judged(e, packet_message(5, 4, over_host)) == []
+
+
+def forwarded(packet_id: int, payload: bytes, indev: int, outdev: int) -> bytes:
+    """An NFQNL_MSG_PACKET from the FORWARD hook: both interfaces, then the payload."""
+    attrs = attr(1, struct.pack("!IHB", packet_id, 0x0800, 2))
+    attrs += attr(5, struct.pack("!I", indev)) + attr(6, struct.pack("!I", outdev))
+    attrs += attr(10, payload)
+    body = bytes([2, 0, 0, 0]) + attrs
+    return struct.pack("=IHHII", 16 + len(body), 0x0300, 0, 0, 0) + body
+
+
+def test_a_forwarded_packet_is_judged_out_on_its_output_interface_when_that_is_metered() -> None:
+    e = enforcer(BLOCK, over=("cap",))
+    names = {ETH0: "eth0", 3: "eth1"}
+    msgs = [forwarded(1, out_udp(5001), indev=3, outdev=ETH0),  # out on eth0: cut
+            forwarded(2, out_udp(5001), indev=ETH0, outdev=3)]  # out on eth1 # fmt: skip
+    every = Interfaces((), lambda: dict(names))
+    data = judge_batch(e, 7, batch(*msgs), 2, SLOT, every)
+    assert verdicts(data) == [(1, 0, None), (2, 0, None)]
+    only_eth0 = Interfaces(("eth0",), lambda: dict(names))  # eth1 is not metered
+    data = judge_batch(e, 7, batch(*msgs), 2, SLOT, only_eth0)
+    assert verdicts(data) == [(1, 0, None)]

@@ -13,6 +13,7 @@ from trafmetuxd.kernel import (
     interface_matches,
     netlink_backlog,
     parse_listing,
+    parse_rules,
     queue_stats,
 )
 from trafmetuxd.spec import CaptureSpec
@@ -44,6 +45,45 @@ def test_nfqueue_rule_counters_are_summed_per_chain() -> None:
         "TRAFMETUX-IN": (40 + 2, 3360 + 168),
         "TRAFMETUX-OUT": (12345678901, 98765432109876),
     }
+
+
+# The forward hooks' counting chains (RETURN rules) next to a queue chain with a jump.
+FORWARD_LISTING = """\
+Chain TRAFMETUX-FWD (1 references)
+    pkts      bytes target     prot opt in     out     source               destination
+      30     2520 TRAFMETUX-FWD-IN  0    --  *      *       0.0.0.0/0            0.0.0.0/0
+      30     2520 NFQUEUE    0    --  !lo    *       0.0.0.0/0            0.0.0.0/0            NFQUEUE num 0 bypass
+
+Chain TRAFMETUX-FWD-IN (1 references)
+    pkts      bytes target     prot opt in     out     source               destination
+      20     1680 RETURN     0    --  lan0   *       0.0.0.0/0            0.0.0.0/0
+       3      252 RETURN     0    --  wan0   *       0.0.0.0/0            0.0.0.0/0
+
+Chain USER (0 references)
+    pkts      bytes target     prot opt in     out     source               destination
+       7      588 ACCEPT     0    --  *      *       0.0.0.0/0            0.0.0.0/0
+"""  # noqa: E501  (the tool's real line width)
+
+
+def test_return_rules_of_counting_chains_are_summed_and_jumps_are_not() -> None:
+    assert parse_listing(FORWARD_LISTING) == {
+        "TRAFMETUX-FWD": (30, 2520),
+        "TRAFMETUX-FWD-IN": (23, 1932),
+    }
+
+
+def test_rules_listing_gives_our_chains_and_counts_plain_jumps() -> None:
+    table = parse_rules(
+        "-P PREROUTING ACCEPT\n"
+        "-N TRAFMETUX-IN\n"
+        "-A PREROUTING -j TRAFMETUX-IN\n"
+        "-A PREROUTING -j TRAFMETUX-IN\n"
+        "-A PREROUTING -i eth0 -j TRAFMETUX-IN\n"  # not a plain jump: never ours to delete
+        "-A INPUT -j TRAFMETUX-IN\n"
+        "-A TRAFMETUX-IN -i eth0 -j NFQUEUE --queue-num 0 --queue-bypass\n"
+    )
+    assert table.chains == {"TRAFMETUX-IN"}
+    assert table.jumps == {("PREROUTING", "TRAFMETUX-IN"): 2, ("INPUT", "TRAFMETUX-IN"): 1}
 
 
 def test_queue_statistics_line(tmp_path: Path) -> None:

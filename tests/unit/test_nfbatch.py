@@ -7,7 +7,14 @@ import struct
 from harness.packets import ipv4, udp
 from trafmetuxd import nfqconfig
 from trafmetuxd.meter import Meter
-from trafmetuxd.nfbatch import BatchStats, feed_batch, last_packet_id, packets
+from trafmetuxd.nfbatch import (
+    BatchStats,
+    Interfaces,
+    feed_batch,
+    is_metered,
+    last_packet_id,
+    packets,
+)
 from trafmetuxd.spec import DIR_IN, DIR_OUT, MonitorSpec, RuleSpec
 
 SLOT = 640
@@ -76,16 +83,15 @@ def test_prerouting_and_input_are_in_by_input_device_the_rest_out_by_output_devi
 def test_a_whole_batch_is_metered_exactly_with_interface_names() -> None:
     meter = Meter([MonitorSpec("eth0-in", (RuleSpec(direction=DIR_IN, interface="eth0"),))])
     stats = BatchStats()
-    resolved: list[int] = []
+    lookups: list[int] = []
 
-    def resolve(index: int) -> str:
-        resolved.append(index)
-        return {2: "eth0"}.get(index, f"if{index}")
+    def lookup() -> dict[int, str]:
+        lookups.append(1)
+        return {2: "eth0"}
 
-    names: dict[int, str] = {}
     buf = batch(packet_message(1, 0, udp4(100), indev=2), packet_message(2, 0, udp4(150), indev=3))
-    feed_batch(meter, stats, 120.0, buf, 2, SLOT, names, resolve)
-    assert resolved == [2, 3]  # unknown indexes go to the resolver
+    feed_batch(meter, stats, 120.0, buf, 2, SLOT, Interfaces((), lookup))
+    assert len(lookups) == 2  # a miss reads the system's map again; index 3 is gone: retried
     assert (stats.packets, stats.truncated) == (2, 0)
     assert (meter.stats.in_packets, meter.stats.in_bytes) == (2, 250)
     totals = meter.collectors[0].totals
@@ -98,7 +104,7 @@ def test_a_message_cut_by_its_slot_is_accepted_but_not_metered_from_stale_bytes(
     big = packet_message(5, 0, udp4(600), indev=1)  # 600 bytes of payload: longer than the slot
     buf = batch(big, packet_message(6, 0, udp4(80), indev=1), slot=256)
     assert last_packet_id(buf, 2, 256) == 6  # both are accepted
-    feed_batch(meter, stats, 0.0, buf, 2, 256, {1: "eth0"}, str)
+    feed_batch(meter, stats, 0.0, buf, 2, 256, Interfaces((), lambda: {1: "eth0"}))
     assert (stats.packets, stats.truncated) == (2, 1)
     assert meter.stats.in_bytes == 80
 
@@ -107,6 +113,60 @@ def test_garbage_in_a_slot_is_neither_metered_nor_a_crash() -> None:
     meter = Meter([MonitorSpec("all")])
     stats = BatchStats()
     junk = struct.pack("=IHH", 0xFFFFFFFF, 0x0300, 0) + b"\xff" * 100
-    feed_batch(meter, stats, 0.0, batch(junk), 1, SLOT, {}, str)
+    feed_batch(meter, stats, 0.0, batch(junk), 1, SLOT, Interfaces((), dict))
     assert stats.truncated == stats.packets  # whatever it claims to be, nothing is read from it
     assert meter.stats.in_packets == 0
+
+
+GATEWAY = {2: "lan0", 3: "wan0", 4: "dmz0"}
+
+
+def test_a_forwarded_packet_counts_in_on_its_input_and_out_on_its_output_interface() -> None:
+    # What the PREROUTING and POSTROUTING rules counted in two queueings, FORWARD counts in one.
+    monitors = [
+        MonitorSpec("all"),
+        MonitorSpec("lan-in", (RuleSpec(direction=DIR_IN, interface="lan0"),)),
+        MonitorSpec("wan-out", (RuleSpec(direction=DIR_OUT, interface="wan0"),)),
+    ]
+    meter = Meter(monitors)
+    stats = BatchStats()
+    buf = batch(packet_message(1, 2, udp4(300), indev=2, outdev=3))
+    feed_batch(meter, stats, 0.0, buf, 1, SLOT, Interfaces((), lambda: dict(GATEWAY)))
+    assert stats.packets == 1
+    assert (meter.stats.in_packets, meter.stats.in_bytes) == (1, 300)
+    assert (meter.stats.out_packets, meter.stats.out_bytes) == (1, 300)
+    all_, lan_in, wan_out = (c.totals for c in meter.collectors)
+    assert all_ == {0: [300, 1, 300, 1]}
+    assert lan_in == {0: [300, 1, 0, 0]}
+    assert wan_out == {0: [0, 0, 300, 1]}
+
+
+def test_a_forwarded_packet_counts_only_on_the_metered_side() -> None:
+    meter = Meter([MonitorSpec("all")])
+    stats = BatchStats()
+    interfaces = Interfaces(("wan*",), lambda: dict(GATEWAY))
+    buf = batch(
+        packet_message(1, 2, udp4(100), indev=2, outdev=3),  # lan0 -> wan0: out on wan0
+        packet_message(2, 2, udp4(200), indev=3, outdev=2),  # wan0 -> lan0: in on wan0
+        packet_message(3, 2, udp4(400), indev=2, outdev=4),  # lan0 -> dmz0: neither
+    )
+    feed_batch(meter, stats, 0.0, buf, 3, SLOT, interfaces)
+    assert stats.packets == 3
+    assert (meter.stats.in_packets, meter.stats.in_bytes) == (1, 200)
+    assert (meter.stats.out_packets, meter.stats.out_bytes) == (1, 100)
+
+
+def test_packets_gives_a_forwarded_packet_twice_in_then_out() -> None:
+    buf = batch(packet_message(1, 2, udp4(120), indev=2, outdev=3))
+    got = [(d, i, len(p)) for d, i, p in packets(buf, 1, SLOT)]
+    assert got == [(DIR_IN, 2, 120), (DIR_OUT, 3, 120)]
+
+
+def test_metered_interfaces_match_as_the_queue_rules_do() -> None:
+    assert is_metered("eth0", ())
+    assert not is_metered("lo", ())
+    assert is_metered("wlan0", ("eth0", "wlan*"))
+    assert is_metered("wlan", ("wlan*",))  # iptables' wlan+ matches the bare prefix too
+    assert not is_metered("eth01", ("eth0",))
+    assert not is_metered("eth0", ("eth?",))  # no other glob character: iptables has none
+    assert Interfaces(("*",), dict).patterns == ()

@@ -224,7 +224,7 @@ def test_a_new_database_gets_the_schema_wal_and_current_version(db: Path) -> Non
     Store(db).close()  # reopening an up-to-date file migrates nothing
     conn = sqlite3.connect(db)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         conn.close()
