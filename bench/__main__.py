@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from bench import ctl, e2e, fleet, memory, pipeline, reports, scrape, stall
+from bench import ctl, e2e, enforce, fleet, memory, pipeline, reports, scrape, stall
 from bench.common import RESULTS, Result, machine, write_result
 from bench.page import PAGE, render
 
@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, Callable[[str], Result]] = {
     "ctl": ctl.run,
     "scrape": scrape.run,
     "fleet": fleet.run,
+    "enforce": enforce.run,
 }
 
 

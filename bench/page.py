@@ -243,6 +243,25 @@ def _fleet(r: Result) -> list[str]:
     return lines
 
 
+def _enforce(r: Result) -> list[str]:
+    p = r["params"]
+    lines = [
+        f"{p['packets']:,} packets in batches of 64 as the worker receives them, 20 monitors, "
+        f"a block quota on {p['quota'].split()[-1]}; the stages take turns batch by batch, each "
+        f"batch's best of {p['repeats']} passes, core {p['core']}. Ratios are to the batch "
+        "path before enforcement, timed in the same run.",
+        "",
+        "| stage | ns/packet | packets/s | x baseline |",
+        "|---|---|---|---|",
+    ]
+    for name, s in r["stages"].items():
+        lines.append(
+            f"| {name} | {_fmt(s['ns_per_packet'])} | {_fmt(s['packets_per_second'])} "
+            f"| {s['x_baseline']} |"
+        )
+    return [*lines, ""]
+
+
 SECTIONS: tuple[tuple[str, str, Any], ...] = (
     ("pipeline", "1. Pipeline in process (parse + classify + collect)", _pipeline),
     ("e2e", "2. End to end through NFQUEUE", _e2e),
@@ -252,6 +271,7 @@ SECTIONS: tuple[tuple[str, str, Any], ...] = (
     ("ctl", "6. trafmetuxctl show-daily start-up", _ctl),
     ("scrape", "7. /metrics scraped by 10 clients while traffic is metered", _scrape),
     ("fleet", "8. PostgreSQL fleet store against SQLite", _fleet),
+    ("enforce", "9. Quota enforcement on the capture worker's batch path", _enforce),
 )
 
 
@@ -261,7 +281,9 @@ def render(results: dict[str, Result], machine: dict[str, object], scale: str) -
     out += [
         "## Machine and run",
         "",
-        f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}; scale: {scale}",
+        f"- page rendered: {time.strftime('%Y-%m-%d %H:%M %Z')}; scale: {scale}",
+        "- each benchmark's own run: "
+        + ", ".join(f"{name} {r['date']}" for name, r in results.items() if "date" in r),
         f"- CPU: {machine['cpu']}, {machine['nproc']} cores (nproc)",
         f"- kernel: {machine['kernel']}; Python: {machine['implementation']} {machine['python']}",
         "",

@@ -15,7 +15,7 @@ from functools import partial
 
 from trafmetuxctl import report, times
 from trafmetuxctl.client import DEFAULT_SOCKET, Client, DaemonError, UnreachableError
-from trafmetuxctl.units import UNIT_CHOICES
+from trafmetuxctl.units import UNIT_CHOICES, parse_size
 from trafmetuxd import __version__
 
 TYPE_CHECKING = False  # typing costs ~2 ms of start-up; annotations only need it for mypy
@@ -207,7 +207,26 @@ def build_parser() -> argparse.ArgumentParser:
     _gateway_args(s, _GATEWAY_SUM)
     s = add("check-quota", help="monitoring plugin: exit 0/1/2/3", description=_CHECK_TEXT)
     s.add_argument("name", metavar="NAME")
+    s = add("quota-extend", help="more bytes for a quota, this period only (root, admin_group)",
+            description=_EXTEND_TEXT)  # fmt: skip
+    s.add_argument("name", metavar="NAME")
+    s.add_argument("bytes", metavar="BYTES", type=_size, help="such as 1MiB, 500MB or 1048576")
+    _unit_arg(s)
+    s = add("quota-reset", help="count a quota afresh, this period only (root, admin_group)",
+            description=_RESET_TEXT)  # fmt: skip
+    s.add_argument("name", metavar="NAME")
+    _unit_arg(s)
     return p
+
+
+def _size(text: str) -> int:
+    try:
+        size = parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected at least one byte")
+    return size
 
 
 _SHOW_TEXT = {
@@ -232,6 +251,14 @@ _LIVE_TEXT = (
     "that monitor, largest first (in = to the host, out = from it), counted with its totals."
 )
 _CHECK_TEXT = "One status line with perfdata; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."
+_EXTEND_TEXT = (
+    "Raise a quota's limit by BYTES until its period ends (a blocked quota is lifted within a "
+    "second). Root, or a member of the configured admin_group; logged and shown by quota."
+)
+_RESET_TEXT = (
+    "Count a quota from zero again until its period ends (what was used so far is set aside). "
+    "Root, or a member of the configured admin_group; logged and shown by quota."
+)
 
 
 def gateway_list(text: str) -> list[str]:
@@ -436,6 +463,15 @@ def _quota(c: Client, a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _adjust(c: Client, a: argparse.Namespace) -> int:
+    if a.command == "quota-extend":
+        result = c.call("quota-extend", name=a.name, bytes=a.bytes)
+    else:
+        result = c.call("quota-reset", name=a.name)
+    _dump(result) if a.json else _print(report.quota_lines({"quotas": [result["quota"]]}, a.unit))
+    return EXIT_OK
+
+
 def check_quota(sock: str, name: str, timeout: float, as_json: bool) -> int:
     """Monitoring plugin: one status line plus perfdata; 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."""
     try:
@@ -472,6 +508,8 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "flush": _plain("flush"),
     "reload": _plain("reload"),
     "quota": _quota,
+    "quota-extend": _adjust,
+    "quota-reset": _adjust,
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 
 from trafmetuxctl.units import format_bytes, format_rate
@@ -115,9 +116,10 @@ def quota_summary(q: Mapping[str, Any], unit: str = "auto") -> str:
     per_host = q.get("per_host", False)
     who = f"host {q['host']} " if per_host and q.get("host") else ""
     each = " per host" if per_host else ""
+    allowance = q["limit"] + q.get("extended", 0)  # what quota-extend added, this period
     text = (
         f"{q['name']}: {who}used {format_bytes(q['used'], unit)} of "
-        f"{format_bytes(q['limit'], unit)}{each} ({q['percent']:.1f}%), "
+        f"{format_bytes(allowance, unit)}{each} ({q['percent']:.1f}%), "
         f"period {q['period_label']}, "
         f"estimate {format_bytes(q['estimate'], unit)} at period end"
     )
@@ -131,10 +133,12 @@ def _hosts(n: int) -> str:
 
 
 def quota_lines(result: Mapping[str, Any], unit: str = "auto") -> list[str]:
-    """'OK       mobile: used ...' for each quota; below a per-host one its hosts over warn."""
+    """'OK       mobile: used ...' for each quota, what it enforces and who adjusted it; below
+    a per-host one its hosts over warn."""
     lines = []
     for q in result["quotas"]:
-        lines.append(f"{q['state']:<9}{_gw(q)}{quota_summary(q, unit)}")
+        lines.append(f"{q['state']:<9}{_gw(q)}{quota_summary(q, unit)}{enforcement_text(q, unit)}")
+        lines += [f"         {entry}" for entry in q.get("history", ())]
         if q.get("per_host"):
             lines += _host_lines(q, unit)
     return lines
@@ -163,6 +167,29 @@ def _gw(entry: Mapping[str, Any]) -> str:
     return f"{gateway}: " if gateway else ""
 
 
+def enforcement_text(q: Mapping[str, Any], unit: str = "auto") -> str:
+    """'; block, blocked since ..., 12 packets (17.58 KiB) dropped' ('' for report quotas)."""
+    action = q.get("action", "report")
+    if action == "report":
+        return ""
+    text = f"; {action}"
+    if q.get("extended"):
+        text += f", extended by {format_bytes(q['extended'], unit)}"
+    if q.get("reset_used"):
+        text += f", reset at {format_bytes(q['reset_used'], unit)}"
+    since = q.get("blocked_since")
+    if since is not None:
+        verb = "blocked" if action == "block" else "marked"
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(since))
+        text += f", {verb} since {stamp}"
+    counts = q.get("enforced") or {}
+    kind = "dropped" if action == "block" else "marked"
+    if counts.get(f"{kind}_packets"):
+        size = format_bytes(counts[f"{kind}_bytes"], unit)
+        text += f", {counts[f'{kind}_packets']} packets ({size}) {kind}"
+    return text
+
+
 def perfdata(q: Mapping[str, Any]) -> str:
     """Nagios perfdata: 'used=123B;warn;crit;0;limit', then each listed host of a per-host quota."""
     levels = f"{q['warn_bytes']};{q['limit']};0;{q['limit']}"
@@ -175,4 +202,5 @@ def perfdata(q: Mapping[str, Any]) -> str:
 def check_quota_line(q: Mapping[str, Any]) -> tuple[int, str]:
     """(exit status, 'QUOTA WARNING - mobile: ... | used=...') per plugin conventions."""
     state = q["state"]
-    return QUOTA_STATES.get(state, 3), f"QUOTA {state} - {quota_summary(q)} | {perfdata(q)}"
+    summary = quota_summary(q) + enforcement_text(q)
+    return QUOTA_STATES.get(state, 3), f"QUOTA {state} - {summary} | {perfdata(q)}"

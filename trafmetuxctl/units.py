@@ -17,6 +17,21 @@ UNIT_CHOICES = (*UNITS, "auto")
 _AUTO = ("B", "KiB", "MiB", "GiB", "TiB")
 
 
+def parse_size(text: str) -> int:
+    """Bytes from '1MiB', '500 MB', '1.5GiB' or '1024' (ValueError naming the text if not)."""
+    stripped = text.strip()
+    number = stripped.rstrip("BiKMGTbkmgt ")
+    unit = stripped[len(number) :].strip()
+    scale = {name.lower(): size for name, size in UNITS.items()}.get(unit.lower() or "b")
+    try:
+        value = float(number) if "." in number else int(number)
+    except ValueError:
+        scale = None
+    if scale is None or value < 0:
+        raise ValueError(f"{text!r}: expected a byte count or a size such as 1MiB or 500MB")
+    return round(value * scale)
+
+
 def auto_unit(n: int) -> str:
     """The largest IEC unit that keeps the figure at or above 1 (B for small counts)."""
     unit = "B"

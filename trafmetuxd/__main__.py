@@ -69,6 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.check:
         print(f"{args.config}: OK ({len(cfg.monitors)} monitors)")
+        if cfg.strict:
+            from trafmetuxd.quota import STRICT_WARNING
+
+            print(f"{args.config}: WARNING: {STRICT_WARNING}")
         return 0
     if args.import_sqlite:
         return _import(cfg, Path(args.import_sqlite))

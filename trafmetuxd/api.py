@@ -23,6 +23,8 @@ from trafmetuxd.protocol import (
     BAD_JSON,
     FORBIDDEN,
     INTERNAL,
+    OPERATE,
+    PEER,
     TOO_LARGE,
     UNAVAILABLE,
     UNKNOWN_COMMAND,
@@ -91,16 +93,37 @@ def authorize(pid: int, uid: int, gid: int, group_gid: int) -> Peer:
     return Peer(pid, uid, gid, may_read=member, may_admin=uid == 0)
 
 
+def may_operate(peer: Peer | None, admin_group: str) -> bool:
+    """Root, or a member of admin_group (when one is configured), may adjust quotas."""
+    if peer is None:
+        return False
+    if peer.uid == 0:
+        return True
+    if not admin_group:
+        return False
+    try:
+        gid = grp.getgrnam(admin_group).gr_gid
+    except KeyError:
+        log.warning("admin_group %r does not exist: only root may adjust quotas", admin_group)
+        return False
+    return is_member(peer.uid, peer.gid, gid)
+
+
 def local_answer(handlers: Mapping[str, Handler]) -> Answer:
-    """Answer requests by running the handler table in this process."""
+    """Answer requests by running the handler table in this process.
+
+    An OPERATE command's handler receives the peer (as the front forwarded its credentials)
+    under the PEER argument: decode_request refuses that name from a client.
+    """
     table = dict(handlers)
 
-    async def answer(req: Request, _line: bytes = b"", _peer: Peer | None = None) -> bytes:
+    async def answer(req: Request, _line: bytes = b"", peer: Peer | None = None) -> bytes:
         handler = table.get(req.cmd)
         if handler is None:
             return protocol.encode_reply_err(UNKNOWN_COMMAND, f"{req.cmd!r} is not served here")
+        args = {**req.args, PEER: peer} if req.permission == OPERATE else req.args
         try:
-            result = await handler(req.args)
+            result = await handler(args)
         except ProtocolError as exc:
             return protocol.encode_reply_err(exc.code, exc.message)
         except Exception as exc:

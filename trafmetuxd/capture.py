@@ -4,6 +4,8 @@ netfilterqueue keeps the binding (bind, copy mode, length, buffer, get_fd); the 
 the netlink messages itself: recvmmsg() takes up to BATCH queued packets in one system call,
 each into a fixed slot of one buffer; one NFQNL_MSG_VERDICT_BATCH accepts all of them (every id
 up to the highest) before a single byte is metered; then the whole batch goes to `consume`.
+While a quota is over its limit, `judge` first gives the packets it blocks or marks their own
+verdicts; the batch verdict then accepts the ids still queued (enforce.py).
 Nothing waits for a batch to fill: a read takes what is queued now, so no packet waits for its
 verdict longer than the batch before it took to meter.
 """
@@ -30,6 +32,8 @@ log = logging.getLogger("trafmetuxd.capture")
 
 # consume(ts, buf, count, slot): meter `count` messages received into slots of `slot` bytes
 Consume = Callable[[float, bytes, int, int], None]
+# judge(buf, count, slot): the individual verdicts (drops, marks) of a batch, b"" for none
+Judge = Callable[[bytes, int, int], bytes]
 
 BATCH = 64  # messages per read and per verdict at most
 SLOT_SPARE = 512  # bytes per slot beyond the copied payload: the message's other attributes
@@ -131,6 +135,9 @@ class Capture:
         self._seq = 0
         self._errlog = RateLimitedLog(log)
         self.stats = CaptureStats()
+        # Set only while a quota is over its limit (enforce.py): None keeps the batch path as
+        # it is without enforcement, one accept before any look at the packets.
+        self.judge: Judge | None = None
 
     @property
     def slot(self) -> int:
@@ -229,12 +236,18 @@ class Capture:
                 break
             taken += count
             self.stats.messages += count
-            self._verdict(sock, last_packet_id(buf, count, receiver.slot))
-            try:
-                self._consume(self._clock(), buf, count, receiver.slot)
-            except Exception as exc:  # a metering bug must never stop the verdicts
-                self._fail(exc)
+            self.handle_batch(sock, buf, count, receiver.slot)
         return taken
+
+    def handle_batch(self, sock: socket.socket, buf: bytes, count: int, slot: int) -> None:
+        """Verdicts for a batch received (judged first only while a quota enforces), then meter."""
+        if self.judge is not None:
+            self._judged(sock, self.judge, buf, count, slot)
+        self._verdict(sock, last_packet_id(buf, count, slot))
+        try:
+            self._consume(self._clock(), buf, count, slot)
+        except Exception as exc:  # a metering bug must never stop the verdicts
+            self._fail(exc)
 
     def _verdict(self, sock: socket.socket, last_id: int) -> None:
         """Accept every queued packet up to last_id (the verdict comes before any metering)."""
@@ -245,6 +258,15 @@ class Capture:
             sock.send(nfqconfig.verdict_batch_message(self.queue, last_id, self._seq))
             self.stats.batches += 1
         except OSError as exc:
+            self._fail(exc)
+
+    def _judged(self, sock: socket.socket, judge: Judge, buf: bytes, count: int, slot: int) -> None:
+        """Send the batch's individual verdicts; a failure leaves every packet to the accept."""
+        try:
+            verdicts = judge(buf, count, slot)
+            if verdicts:
+                sock.send(verdicts)
+        except Exception as exc:  # enforcement fails open: the batch verdict accepts them all
             self._fail(exc)
 
     def _fail(self, exc: BaseException) -> None:

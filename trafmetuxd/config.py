@@ -81,6 +81,11 @@ class _Quota(_Model):
     period: Annotated[str, _v(cv.period)] = "month"
     start_day: Annotated[int, Field(ge=1, le=28)] = 1
     warn: Annotated[float, Field(gt=0, le=1)] = 0.8
+    action: Annotated[str, _v(cv.quota_action)] = "report"
+    mark: Annotated[int, Field(ge=0, le=0xFFFFFFFF)] | None = None
+    mask: Annotated[int, Field(ge=1, le=0xFFFFFFFF)] = 0xFFFFFFFF
+    exempt: list[Any] = []  # rules, validated one by one as a monitor's
+    strict: bool = False
     per_host: bool = False
 
 
@@ -130,6 +135,7 @@ class _Root(_Model):
     state_dir: Annotated[Path, _v(cv.absolute_path)] = Path("/var/lib/trafmetux")
     socket: Annotated[Path, _v(cv.path)] = Path("/run/trafmetux/trafmetuxd.sock")
     socket_group: str = "trafmetux"
+    admin_group: str = ""
     timezone: Annotated[str, _v(cv.timezone)] = "local"
     week_start: Annotated[int, _v(cv.week_start)] = 6
     flush_interval: Annotated[float, _v(cv.flush_interval)] = 60.0
@@ -339,6 +345,45 @@ def _check_quota(raw: dict[str, Any], index: int, monitors: Sequence[Any], p: _P
             p.add(loc, name, "expected each monitor once")
 
 
+def _check_action(quota: _Quota, raw: dict[str, Any], loc: Loc, p: _Problems) -> None:
+    """mark wants a mark within its mask; the enforcing keys want an enforcing action."""
+    if quota.action == "mark":
+        if quota.mark is None:
+            p.add((*loc, "mark"), None, 'required with action = "mark" (a value such as 0x10)')
+        elif quota.mark & ~quota.mask:
+            p.add((*loc, "mark"), quota.mark, f"has bits outside mask {quota.mask:#x}")
+        return
+    for key in ("mark", "mask"):
+        if key in raw:
+            p.add((*loc, key), raw[key], f'only used with action = "mark" (action is '
+                  f"{quota.action!r})")  # fmt: skip
+    if quota.action == "report":
+        for key in ("exempt", "strict"):
+            if key in raw:
+                p.add((*loc, key), raw[key], 'only used with action = "block" or "mark"')
+
+
+def _quota(
+    raw: dict[str, Any], index: int, names: Sequence[Any], p: _Problems
+) -> spec.QuotaSpec | None:
+    """One [[quota]] (None when it has problems: they are reported)."""
+    loc: Loc = ("quota", index)
+    quota = p.validate(_Quota, raw, loc)
+    _check_quota(raw, index, names, p)
+    raw_exempt = quota.exempt if quota else raw.get("exempt")
+    raw_exempt = raw_exempt if isinstance(raw_exempt, list) else []
+    exempt = [_rule(r, (*loc, "exempt", i), p) for i, r in enumerate(raw_exempt)]
+    if quota is None:
+        return None
+    _check_action(quota, raw, loc, p)
+    return spec.QuotaSpec(
+        **_fields(quota, ("monitors", "mark", "exempt")),
+        monitors=tuple(quota.monitors),
+        mark=quota.mark or 0,
+        exempt=tuple(rule for rule in exempt if rule is not None),
+    )
+
+
 def _check_per_host(
     quota: spec.QuotaSpec, index: int, monitors: Sequence[spec.MonitorSpec], p: _Problems
 ) -> None:
@@ -416,14 +461,10 @@ def _config(data: dict[str, Any], path: Path, p: _Problems) -> spec.Config:
     names = [raw.get("name") for _, raw in _dicts(data, "monitor")]
     _check_names(names, "monitor", p)
     _check_flow_logs(monitors, p)
-    quotas = []
-    for index, raw in _dicts(data, "quota"):
-        quota = p.validate(_Quota, raw, ("quota", index))
-        _check_quota(raw, index, names, p)
+    quotas = [_quota(raw, index, names, p) for index, raw in _dicts(data, "quota")]
+    for index, quota in enumerate(quotas):
         if quota is not None:
-            built = spec.QuotaSpec(**_fields(quota, ("monitors",)), monitors=tuple(quota.monitors))
-            _check_per_host(built, index, [monitor for _, _, monitor in monitors], p)
-            quotas.append(built)
+            _check_per_host(quota, index, [monitor for _, _, monitor in monitors], p)
     _check_names([raw.get("name") for _, raw in _dicts(data, "quota")], "quota", p)
     if root is None:
         return spec.Config(path=path)
@@ -436,7 +477,7 @@ def _config(data: dict[str, Any], path: Path, p: _Problems) -> spec.Config:
         capture=spec.CaptureSpec(**_fields(root.capture)),
         retention=spec.RetentionSpec(**_fields(root.retention)),
         monitors=tuple(monitor for _, _, monitor in monitors),
-        quotas=tuple(quotas),
+        quotas=tuple(q for q in quotas if q is not None),
     )
 
 

@@ -142,6 +142,16 @@ def period(value: Any) -> str:
     raise ValueError("expected one of: " + ", ".join(PERIODS))
 
 
+QUOTA_ACTIONS = ("report", "block", "mark")
+
+
+def quota_action(value: Any) -> str:
+    """What a quota does once used up: report only, block (drop) or mark."""
+    if value in QUOTA_ACTIONS:
+        return str(value)
+    raise ValueError("expected one of: " + ", ".join(QUOTA_ACTIONS))
+
+
 def _one_or_list(value: Any, convert: Callable[[Any], Any]) -> tuple[Any, ...]:
     if not isinstance(value, list):
         return (convert(value),)

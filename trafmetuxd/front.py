@@ -109,7 +109,7 @@ class Forwarder:
         self.closed = False
         self._pump: asyncio.Task[None] | None = None
 
-    async def call(self, line: bytes, uid: int = 0, pid: int = 0) -> bytes:
+    async def call(self, line: bytes, uid: int = 0, pid: int = 0, gid: int = 0) -> bytes:
         """The daemon's reply line to one request line of process pid of user uid."""
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.waiting.push(uid, pid, turn)
@@ -122,7 +122,8 @@ class Forwarder:
         ident = self.sent
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self.pending[ident] = future
-        self.writer.write(b"%d %s" % (ident, line))  # the server's lines end with b"\n"
+        # the server's lines end with b"\n"; the credentials are the kernel's (SO_PEERCRED)
+        self.writer.write(b"%d %d:%d:%d %s" % (ident, uid, gid, pid, line))
         try:
             return await future
         finally:
@@ -175,7 +176,10 @@ async def serve(listener: socket.socket, link: socket.socket, args: argparse.Nam
     forwarder = Forwarder(writer)
 
     async def answer(req: Request, line: bytes, peer: Peer | None) -> bytes:
-        reply = await (forwarder.call(line, peer.uid, peer.pid) if peer else forwarder.call(line))
+        if peer is None:
+            reply = await forwarder.call(line, HTTP_UID, HTTP_UID, HTTP_UID)
+        else:
+            reply = await forwarder.call(line, peer.uid, peer.pid, peer.gid)
         if req.cmd != "status":
             return reply
         return with_socket_info(reply, server.info() | forwarder.info())
@@ -188,7 +192,7 @@ async def serve(listener: socket.socket, link: socket.socket, args: argparse.Nam
     )  # fmt: skip
     await server.start(listener)
     web = WebServer(
-        lambda line: forwarder.call(line, HTTP_UID, HTTP_UID),
+        lambda line: forwarder.call(line, HTTP_UID, HTTP_UID, HTTP_UID),
         args.http_max_clients,
         Auth(args.http_user, args.http_hash),
     )

@@ -5,14 +5,28 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trafmetuxd import metrics
 from trafmetuxd.addresses import host_text
+from trafmetuxd.api import Peer, may_operate
 from trafmetuxd.hostreports import HostReports
 from trafmetuxd.periods import Calendar, check_instant, parse_local, resolve_zone
-from trafmetuxd.protocol import BAD_ARGUMENT, NOT_FOUND, VERSION, ProtocolError
+from trafmetuxd.protocol import (
+    BAD_ARGUMENT,
+    FORBIDDEN,
+    NOT_FOUND,
+    PEER,
+    UNAVAILABLE,
+    VERSION,
+    ProtocolError,
+)  # fmt: skip
+from trafmetuxd.quota import QuotaStatus
 from trafmetuxd.reports import Reports
+from trafmetuxd.spec import QuotaSpec
+
+if TYPE_CHECKING:
+    from trafmetuxd.limits import Limits
 
 Handler = Callable[[Mapping[str, Any]], Awaitable[object]]
 Status = Callable[[], Awaitable[dict[str, object]]]
@@ -22,8 +36,11 @@ DAY = 86400
 class Handlers:
     """The commands of the control socket, as an explicit name -> coroutine table."""
 
-    def __init__(self, reports: Reports, status: Status | None = None) -> None:
+    def __init__(
+        self, reports: Reports, status: Status | None = None, limits: Limits | None = None
+    ) -> None:
         self.reports = reports
+        self.limits = limits  # quota enforcement (the running daemon only)
         self.backend = reports.backend
         self.host_reports = HostReports(reports)
         # the running daemon's status: the service's, composed around its metering core
@@ -40,6 +57,8 @@ class Handlers:
             "hosts": self.hosts,
             "live": self.live,
             "quota": self.quota,
+            "quota-extend": self.quota_extend,
+            "quota-reset": self.quota_reset,
             "metrics": self.metrics,
             "flush": self.flush,
             "reload": self.reload,
@@ -184,18 +203,55 @@ class Handlers:
         specs = self.backend.config.quotas
         name = args.get("name")
         if name is not None:
-            specs = tuple(q for q in specs if q.name == name)
-            if not specs:
-                raise ProtocolError(NOT_FOUND, f"no such quota: {name}")
+            specs = (self._quota_spec(name),)
         gateways, each = await self.fleet(args)
         if not each:
-            statuses = await self.reports.quotas(specs, gateways)
+            statuses = await self._quota_statuses(specs, gateways)
             return {"quotas": [s.as_dict() for s in statuses]}
         out: list[dict[str, object]] = []
         for gateway in gateways or ():
-            statuses = await self.reports.quotas(specs, [gateway])
+            statuses = await self._quota_statuses(specs, [gateway])
             out += [s.as_dict() | {"gateway": gateway} for s in statuses]
         return {"quotas": out}
+
+    def _quota_spec(self, name: str) -> QuotaSpec:
+        for spec in self.backend.config.quotas:
+            if spec.name == name:
+                return spec
+        raise ProtocolError(NOT_FOUND, f"no such quota: {name}")
+
+    async def _quota_statuses(
+        self, specs: tuple[QuotaSpec, ...], gateways: list[str] | None = None
+    ) -> list[QuotaStatus]:
+        """The quotas' states; this gateway's own carry its enforcement and adjustments."""
+        limits = self.limits
+        if limits is None or gateways not in (None, [self.backend.config.store.gateway]):
+            return await self.reports.quotas(specs, gateways)
+        adjusted = await self.reports.quotas(specs, gateways, adjustments=limits.adjustments)
+        return limits.decorate(adjusted)
+
+    async def quota_extend(self, args: Mapping[str, Any]) -> object:
+        """Add bytes to a quota's limit for its current period (root or admin_group)."""
+        return await self._adjust(args, args["bytes"])
+
+    async def quota_reset(self, args: Mapping[str, Any]) -> object:
+        """Start a quota's count afresh for its current period (root or admin_group)."""
+        return await self._adjust(args, None)
+
+    async def _adjust(self, args: Mapping[str, Any], extend: int | None) -> object:
+        spec = self._quota_spec(args["name"])
+        peer: Peer | None = args.get(PEER)
+        group = self.backend.config.admin_group
+        cmd = "quota-reset" if extend is None else "quota-extend"
+        if not await asyncio.to_thread(may_operate, peer, group):
+            who = "an unknown peer" if peer is None else f"uid {peer.uid}"
+            need = f"root or a member of admin_group {group!r}" if group else "root"
+            raise ProtocolError(FORBIDDEN, f"{who} may not run {cmd!r}: it takes {need}")
+        if self.limits is None:
+            raise ProtocolError(UNAVAILABLE, f"{cmd}: no quota enforcement in this daemon")
+        assert peer is not None
+        who = f"uid {peer.uid} (pid {peer.pid})"
+        return {"quota": (await self.limits.adjust(spec, extend, who)).as_dict()}
 
     def local_hosts(self, what: str, gateways: list[str] | None) -> None:
         """Refuse a per-host read the fleet store cannot answer yet, naming the request."""

@@ -128,20 +128,24 @@ def interface_matches(spec: CaptureSpec, option: str) -> list[list[str]]:
 class QueueRules:
     """The mangle chains that send the metered interfaces' packets to the queue."""
 
-    def __init__(self, spec: CaptureSpec) -> None:
+    def __init__(self, spec: CaptureSpec, strict: bool = False) -> None:
         self._spec = spec
+        self.strict = strict  # a quota has strict = true: no bypass
 
     def target(self) -> list[str]:
         """NFQUEUE with bypass: with no consumer bound the kernel accepts instead of dropping.
 
         Several queues share the packets by CPU (--queue-cpu-fanout): each CPU's packets go to
         one queue, so a flow stays on one worker as long as its packets arrive on one CPU.
+        Strict (a quota asked for it): without --queue-bypass, so that no daemon means no
+        traffic on the metered interfaces rather than unenforced traffic.
         """
         first, count = self._spec.queue, self._spec.queues
+        bypass = [] if self.strict else ["--queue-bypass"]
         if count <= 1:
-            return ["-j", "NFQUEUE", "--queue-num", str(first), "--queue-bypass"]
+            return ["-j", "NFQUEUE", "--queue-num", str(first), *bypass]
         balance = f"{first}:{first + count - 1}"
-        return ["-j", "NFQUEUE", "--queue-balance", balance, "--queue-cpu-fanout", "--queue-bypass"]
+        return ["-j", "NFQUEUE", "--queue-balance", balance, "--queue-cpu-fanout", *bypass]
 
     @property
     def plans(self) -> tuple[ChainPlan, ...]:

@@ -1,8 +1,9 @@
 """The daemon's end of the control socket: it runs the front process and answers its link.
 
 The daemon binds the socket (path, mode, group, stale-file checks) and keeps it open; the
-front (front.py) accepts on it. The link is a socketpair carrying "ID REQUEST-LINE" one way
-and "ID REPLY-LINE" the other, so slow commands (a flush) do not hold up quick ones. If the
+front (front.py) accepts on it. The link is a socketpair carrying "ID UID:GID:PID REQUEST-LINE"
+one way (the client's credentials as the kernel gave them to the front) and "ID REPLY-LINE" the
+other, so slow commands (a flush) do not hold up quick ones. If the
 front dies it is started again on the same listening socket: clients queue in the backlog
 meanwhile, and none is refused.
 """
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 from trafmetuxd import protocol
-from trafmetuxd.api import Answer
+from trafmetuxd.api import Answer, Peer
 from trafmetuxd.protocol import ProtocolError
 from trafmetuxd.sockfile import bind_socket, remove_socket, resolve_group
 from trafmetuxd.spec import HttpSpec
@@ -46,22 +47,32 @@ async def serve_link(
     """
     running: set[asyncio.Task[None]] = set()
 
-    async def one(ident: bytes, line: bytes) -> None:
+    async def one(ident: bytes, creds: bytes, line: bytes) -> None:
         try:
             req = protocol.decode_request(line)
-        except ProtocolError as exc:
-            reply = protocol.encode_reply_err(exc.code, exc.message)
+            peer = link_peer(creds)
+        except (ProtocolError, ValueError) as exc:
+            code, message = (exc.code, exc.message) if isinstance(exc, ProtocolError) else (
+                protocol.BAD_REQUEST, f"bad credentials on the link: {exc}")  # fmt: skip
+            reply = protocol.encode_reply_err(code, message)
         else:
-            reply = await answer(req, line, None)  # the front checked who may ask
+            reply = await answer(req, line, peer)  # the front checked who may ask
         if not writer.is_closing():
             writer.write(ident + b" " + reply)
 
     with contextlib.suppress(ConnectionError, asyncio.LimitOverrunError, ValueError):
         while line := await reader.readline():
-            ident, _, request = line.partition(b" ")
-            task = asyncio.create_task(one(ident, request))
+            ident, _, rest = line.partition(b" ")
+            creds, _, request = rest.partition(b" ")
+            task = asyncio.create_task(one(ident, creds, request))
             running.add(task)
             task.add_done_callback(running.discard)
+
+
+def link_peer(creds: bytes) -> Peer:
+    """The client's identity from the link's "UID:GID:PID" field (the front may read)."""
+    uid, gid, pid = (int(x) for x in creds.split(b":"))
+    return Peer(pid, uid, gid, may_read=True, may_admin=uid == 0)
 
 
 def interpreter() -> str:

@@ -277,7 +277,9 @@ class Metering:
             self.flusher.zone = periods.resolve_zone(new.timezone)
         # Workers ship what their dropped or rebuilt collectors held: staged for the next flush.
         await self.reconfigure_workers(new)
-        keep = {k: getattr(self.config, k) for k in restart}
+        if new.strict != self.config.strict:
+            restart.append("quota strict")
+        keep = {k: getattr(self.config, k) for k in restart if k != "quota strict"}
         self.config = replace(new, **keep)  # restart-only keys keep their old values
         self.reload_error = ""
         log.info("configuration reloaded: %d monitors", len(new.monitors))

@@ -18,6 +18,7 @@ from trafmetuxd.spec import DIR_IN, DIR_OUT
 
 PACKET_TYPE = 3 << 8  # NFNL_SUBSYS_QUEUE << 8 | NFQNL_MSG_PACKET
 NFQA_PACKET_HDR = 1
+NFQA_MARK = 3
 NFQA_IFINDEX_INDEV = 5
 NFQA_IFINDEX_OUTDEV = 6
 NFQA_PAYLOAD = 10
@@ -179,6 +180,44 @@ class Interfaces:
             name = self.name(ifindex)
             return name if is_metered(name, self.patterns) else ""
         return name
+
+
+def _id_and_mark(buf: bytes, base: int, end: int) -> tuple[int, int]:
+    """(packet id or -1, the packet's mark as queued, 0 when it has none) of one message."""
+    ident = -1
+    mark = 0
+    at = base + _HEADERS
+    while at + 4 <= end:
+        length = _host16(buf, at)
+        if length < 4:
+            break
+        kind = _host16(buf, at + 2) & _ATTR_TYPE_MASK
+        if kind == NFQA_PACKET_HDR and length >= 8 and at + 8 <= end:
+            ident = _be32(buf, at + 4)
+        elif kind == NFQA_MARK and length >= 8 and at + 8 <= end:
+            mark = _be32(buf, at + 4)
+        at += (length + 3) & ~3
+    return ident, mark
+
+
+def headers(buf: bytes, count: int, slot: int) -> list[tuple[int, int, int, int, int, bytes]]:
+    """(packet id, mark, hook, in ifindex, out ifindex, IP bytes) of each whole packet message.
+
+    What the enforcing verdicts are decided from; a truncated message is left out (it is
+    accepted by the batch verdict, as it is left unmetered).
+    """
+    out: list[tuple[int, int, int, int, int, bytes]] = []
+    for i in range(count):
+        base = i * slot
+        end = _end(buf, base, slot)
+        if end == base:
+            continue
+        hook, indev, outdev, payload, size = _attributes(buf, base, end)
+        ident, mark = _id_and_mark(buf, base, end)
+        if payload < 0 or ident < 0:
+            continue
+        out.append((ident, mark, hook, indev, outdev, buf[payload : payload + size]))
+    return out
 
 
 class BatchStats:

@@ -22,10 +22,12 @@ NFQNL_MSG_CONFIG = 2
 NFQNL_MSG_VERDICT_BATCH = 3
 NFQA_PACKET_HDR = 1
 NFQA_VERDICT_HDR = 2
+NFQA_MARK = 3
 NFQA_CFG_MASK = 4
 NFQA_CFG_FLAGS = 5
 NFQA_CFG_F_FAIL_OPEN = 1 << 0
 NFQA_CFG_F_GSO = 1 << 2
+NF_DROP = 0
 NF_ACCEPT = 1
 
 # struct nlmsghdr (host order) and struct nfgenmsg (family, version, res_id in network order).
@@ -76,6 +78,15 @@ def config_flags_message(queue: int, flags: int, mask: int, seq: int) -> bytes:
 def accept_message(queue: int, packet_id: int, seq: int) -> bytes:
     """NFQNL_MSG_VERDICT accepting one packet."""
     attrs = _attr(NFQA_VERDICT_HDR, struct.pack("!II", NF_ACCEPT, packet_id))
+    msg_type = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_VERDICT
+    return _message(msg_type, NLM_F_REQUEST, seq, queue, attrs)
+
+
+def verdict_message(queue: int, packet_id: int, verdict: int, mark: int | None, seq: int) -> bytes:
+    """NFQNL_MSG_VERDICT for one packet: NF_DROP, or NF_ACCEPT setting its mark when given."""
+    attrs = _attr(NFQA_VERDICT_HDR, struct.pack("!II", verdict, packet_id))
+    if mark is not None:
+        attrs += _attr(NFQA_MARK, _BE32.pack(mark))
     msg_type = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_VERDICT
     return _message(msg_type, NLM_F_REQUEST, seq, queue, attrs)
 

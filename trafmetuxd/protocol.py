@@ -37,6 +37,10 @@ INTERNAL = "internal"
 
 READ = "read"
 ADMIN = "admin"
+# root, or a member of the configured admin_group: decided by the daemon from the peer's
+# credentials, which the front forwards with the request (the front lets socket-group members by)
+OPERATE = "operate"
+PEER = "peer"  # the argument under which the daemon hands an OPERATE handler its peer
 
 PERIODS = ("minute", "hour", "day", "week", "month", "year", "total")
 TOP_KEYS = ("client", "server", "port", "host")
@@ -172,6 +176,10 @@ COMMANDS: Mapping[str, Command] = {
     ),
     "live": Command(READ, {"monitors": _is_names, "hosts": _is_str, "limit": _is_int(1, 100_000)}),
     "quota": Command(READ, {"name": _is_str, **_FLEET}),
+    "quota-extend": Command(
+        OPERATE, {"name": _is_str, "bytes": _is_int(1, 2**53)}, ("name", "bytes")
+    ),
+    "quota-reset": Command(OPERATE, {"name": _is_str}, ("name",)),
     "metrics": Command(READ),
     "flush": Command(ADMIN),
     "reload": Command(ADMIN),
@@ -185,7 +193,7 @@ class Request(_RequestFields):
 
     @property
     def permission(self) -> str:
-        """READ or ADMIN."""
+        """READ, OPERATE or ADMIN."""
         return COMMANDS[self.cmd].permission
 
 

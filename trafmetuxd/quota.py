@@ -10,11 +10,17 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from trafmetuxd.periods import Calendar, Period
 from trafmetuxd.spec import QuotaSpec
 
 OK, WARNING, CRITICAL = "OK", "WARNING", "CRITICAL"
+STRICT_WARNING = (
+    "a quota has strict = true: the queue rules are installed without --queue-bypass, so "
+    "while trafmetuxd is stopped, restarting or crashed, ALL traffic of the metered "
+    "interfaces is dropped (not only the quota's)"
+)
 _LEVEL = {OK: 0, WARNING: 1, CRITICAL: 2}
 _KIND = {"day": "day", "week": "week", "month": "billing"}
 OTHER_HOST = "other"  # the host text of the hosts beyond max_hosts: no limit of its own
@@ -71,11 +77,18 @@ class QuotaStatus:
     hosts_critical: int = 0
     other: int = 0  # bytes of the host "other" (no limit of its own)
     hosts: tuple[HostUse, ...] = ()  # the HOSTS_LISTED largest, largest first
+    action: str = "report"
+    extended: int = 0  # bytes added to the limit for this period (quota-extend)
+    reset_used: int = 0  # bytes of `used` not counted against the limit (quota-reset)
+    blocked_since: int | None = None  # UTC seconds the action took effect, None if it has not
+    enforced: dict[str, int] | None = None  # dropped/marked packets and bytes, since start
+    history: tuple[str, ...] = ()  # the operator's adjustments in this period
 
     def as_dict(self) -> dict[str, object]:
         """JSON-able form (monitors as a list; the host fields only for per-host quotas)."""
         d = asdict(self)
         d["monitors"] = list(self.monitors)
+        d["history"] = list(self.history)
         if not self.per_host:
             for key in ("host", "host_count", "hosts_warning", "hosts_critical", "other", "hosts"):
                 del d[key]
@@ -96,11 +109,49 @@ def warn_threshold(spec: QuotaSpec) -> int:
     return math.ceil(spec.limit * spec.warn)
 
 
-def state_of(used: int, spec: QuotaSpec) -> str:
+def state_of(used: int, spec: QuotaSpec, extended: int = 0) -> str:
     """CRITICAL over the limit, WARNING at or above warn, else OK."""
-    if used > spec.limit:
+    if used > spec.limit + extended:
         return CRITICAL
-    return WARNING if used >= warn_threshold(spec) else OK
+    return WARNING if used >= warn_threshold(spec) + extended else OK
+
+
+@dataclass(frozen=True, slots=True)
+class Adjustment:
+    """What the operator changed of a quota for one period: more bytes, a fresh start."""
+
+    period: int  # the period's begin (UTC seconds); another period's adjustment is void
+    extended: int = 0
+    reset_used: int = 0
+    history: tuple[str, ...] = ()
+    reset_hosts: Mapping[str, int] = field(default_factory=dict)  # per-host: each host's use
+
+
+def counted(used: int, adj: Adjustment | None) -> int:
+    """The bytes counted against the limit: used, less what a reset set aside."""
+    return used - adj.reset_used if adj is not None else used
+
+
+def host_counted(host: str, used: int, adj: Adjustment | None) -> int:
+    """A host's bytes counted against a per-host quota's limit."""
+    return used - adj.reset_hosts.get(host, 0) if adj is not None else used
+
+
+def enforced_over(spec: QuotaSpec, usage: Usage, adj: Adjustment | None) -> OverLimit:
+    """What an enforcing quota acts on now: the whole quota or the hosts whose counted bytes
+    reached the limit (with this period's extension); "other" never, it is many hosts."""
+    limit = spec.limit + (adj.extended if adj is not None else 0)
+    if not spec.per_host:
+        return OverLimit(spec.name, counted(usage.total, adj) >= limit, frozenset())
+    over = frozenset(
+        h for h, u in usage.hosts.items() if h != OTHER_HOST and host_counted(h, u, adj) >= limit
+    )
+    return OverLimit(spec.name, False, over)
+
+
+def bytes_left(spec: QuotaSpec, usage: Usage, adj: Adjustment | None) -> int:
+    """Bytes a whole quota (not per-host) may still pass before its limit."""
+    return spec.limit + (adj.extended if adj is not None else 0) - counted(usage.total, adj)
 
 
 def estimate(used: int, now: int, period: Period) -> int:
@@ -111,9 +162,10 @@ def estimate(used: int, now: int, period: Period) -> int:
     return round(used * (period.end - period.begin) / elapsed)
 
 
-def percent_of(used: int, spec: QuotaSpec) -> float:
-    """Usage as a percentage of the limit, two decimals."""
-    return round(100.0 * used / spec.limit if spec.limit > 0 else 0.0, 2)
+def percent_of(used: int, spec: QuotaSpec, extended: int = 0) -> float:
+    """Usage as a percentage of the limit (with this period's extension), two decimals."""
+    limit = spec.limit + extended
+    return round(100.0 * used / limit if limit > 0 else 0.0, 2)
 
 
 def ranked_hosts(hosts: Mapping[str, int]) -> list[tuple[str, int]]:
@@ -132,36 +184,59 @@ def over_limit(spec: QuotaSpec, usage: Usage) -> OverLimit:
     return OverLimit(spec.name, False, over)
 
 
-def evaluate(spec: QuotaSpec, usage: Usage | int, now: int, period: Period) -> QuotaStatus:
+def evaluate(
+    spec: QuotaSpec, usage: Usage | int, now: int, period: Period, adj: Adjustment | None = None
+) -> QuotaStatus:
     """All figures for one quota given its usage in `period` up to `now`."""
     usage = usage if isinstance(usage, Usage) else Usage(usage)
+    if adj is not None and adj.period != period.begin:
+        adj = None  # an adjustment of an earlier period
     if spec.per_host:
-        return _evaluate_hosts(spec, usage.hosts, now, period)
+        return _evaluate_hosts(spec, usage.hosts, now, period, adj)
     used = usage.total
+    extended = adj.extended if adj is not None else 0
+    left = counted(used, adj)
     return QuotaStatus(
         name=spec.name,
         monitors=spec.monitors,
         used=used,
         limit=spec.limit,
         warn_bytes=warn_threshold(spec),
-        percent=percent_of(used, spec),
+        percent=percent_of(left, spec, extended),
         begin=period.begin,
         end=period.end,
         period_label=period.label,
         estimate=estimate(used, now, period),
-        state=state_of(used, spec),
+        state=state_of(left, spec, extended),
+        **_adjusted(spec, adj),
     )
+
+
+def _adjusted(spec: QuotaSpec, adj: Adjustment | None) -> dict[str, Any]:
+    """The status fields of the action and this period's adjustments."""
+    return {
+        "action": spec.action,
+        "extended": adj.extended if adj is not None else 0,
+        "reset_used": adj.reset_used if adj is not None else 0,
+        "history": adj.history if adj is not None else (),
+    }
 
 
 def _evaluate_hosts(
-    spec: QuotaSpec, hosts: Mapping[str, int], now: int, period: Period
+    spec: QuotaSpec, hosts: Mapping[str, int], now: int, period: Period, adj: Adjustment | None
 ) -> QuotaStatus:
-    """A per-host quota: the worst host's figures, the counts by state, the largest hosts."""
+    """A per-host quota: the worst host's figures, the counts by state, the largest hosts.
+
+    A reset sets each host's use at that moment aside; an extension raises every host's limit.
+    """
+    extended = adj.extended if adj is not None else 0
+    hosts = {h: host_counted(h, u, adj) for h, u in hosts.items()}
     ranked = ranked_hosts(hosts)
     host, used = ranked[0] if ranked else (None, 0)
-    states = [state_of(u, spec) for _, u in ranked]
+    states = [state_of(u, spec, extended) for _, u in ranked]
     listed = tuple(
-        HostUse(h, u, percent_of(u, spec), state_of(u, spec)) for h, u in ranked[:HOSTS_LISTED]
+        HostUse(h, u, percent_of(u, spec, extended), state_of(u, spec, extended))
+        for h, u in ranked[:HOSTS_LISTED]
     )
     return QuotaStatus(
         name=spec.name,
@@ -169,12 +244,13 @@ def _evaluate_hosts(
         used=used,
         limit=spec.limit,
         warn_bytes=warn_threshold(spec),
-        percent=percent_of(used, spec),
+        percent=percent_of(used, spec, extended),
         begin=period.begin,
         end=period.end,
         period_label=period.label,
         estimate=estimate(used, now, period),
-        state=state_of(used, spec),
+        state=state_of(used, spec, extended),
+        **_adjusted(spec, adj),
         per_host=True,
         host=host,
         host_count=len(ranked),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -14,7 +14,15 @@ from trafmetuxd.addresses import host_text
 from trafmetuxd.collector import OTHER, FlowKey, Flows, Hosts, Totals
 from trafmetuxd.periods import Calendar, Period, resolve_zone
 from trafmetuxd.protocol import BAD_ARGUMENT, ProtocolError
-from trafmetuxd.quota import OverLimit, QuotaStatus, Usage, evaluate, over_limit, quota_period
+from trafmetuxd.quota import (
+    Adjustment,
+    OverLimit,
+    QuotaStatus,
+    Usage,
+    evaluate,
+    over_limit,
+    quota_period,
+)
 from trafmetuxd.spec import Config, QuotaSpec
 
 # (monitors, bucket bounds, grain) -> per monitor one [in, out] per bucket
@@ -238,13 +246,21 @@ class Reports:
         return gateways is None or self.backend.config.store.gateway in gateways
 
     async def sums(
-        self, names: Sequence[str], bounds: Sequence[int], grain: str, gateways: Gateways = None
+        self,
+        names: Sequence[str],
+        bounds: Sequence[int],
+        grain: str,
+        gateways: Gateways = None,
+        fresh: bool = True,
     ) -> query.Sums:
-        """Stored sums plus unflushed minutes, read under the flush lock: nothing counts twice."""
+        """Stored sums plus unflushed minutes, read under the flush lock: nothing counts twice.
+
+        fresh: have the capture workers ship first (the caller may just have had them ship).
+        """
         backend = self.backend
         db = backend.config.database
         own = self.own(gateways)
-        if own:
+        if own and fresh:
             await backend.refresh()  # the capture workers' counts up to this request
         async with backend.flush_lock:
             result = await asyncio.to_thread(
@@ -429,33 +445,48 @@ class Reports:
         }
 
     async def usage(
-        self, spec: QuotaSpec, period: Period, now: int, gateways: Gateways = None
+        self,
+        spec: QuotaSpec,
+        period: Period,
+        now: int,
+        gateways: Gateways = None,
+        fresh: bool = True,
     ) -> Usage:
-        """A quota's bytes in its period (stored + unflushed): per host too for a per-host one."""
+        """A quota's bytes in its period (stored + unflushed): per host too for a per-host one.
+
+        fresh: have the capture workers ship first (the caller may just have had them ship).
+        """
         if spec.per_host:
             per_host: dict[str, int] = {}
             first, stop = period.begin // 900, -(-period.end // 900)
             for name in spec.monitors:
-                figures = await self.host_figures(name, first, stop, now, gateways)
+                figures = await self.host_figures(name, first, stop, now, gateways, fresh)
                 for host, row in figures.items():
                     per_host[host] = per_host.get(host, 0) + row[0] + row[2]
             return Usage(sum(per_host.values()), per_host)
-        sums = await self.sums(spec.monitors, [period.begin, period.end], "quarter", gateways)
+        bounds = [period.begin, period.end]
+        sums = await self.sums(spec.monitors, bounds, "quarter", gateways, fresh)
         return Usage(sum(rx + tx for per in sums.values() for rx, tx in per))
 
     async def quotas(
-        self, specs: Sequence[QuotaSpec] | None = None, gateways: Gateways = None
+        self,
+        specs: Sequence[QuotaSpec] | None = None,
+        gateways: Gateways = None,
+        fresh: bool = True,
+        adjustments: Mapping[str, Adjustment] | None = None,
     ) -> list[QuotaStatus]:
         """Each quota's usage so far in its current period (stored + unflushed); all by default.
 
         Over several gateways their usage is summed (call once per gateway to see each).
+        adjustments: the operator's extensions and resets by quota name.
         """
         cal, now = self.calendar(), self.now()
         out = []
+        adjusted = adjustments or {}
         for spec in self.backend.config.quotas if specs is None else specs:
             period = quota_period(spec, cal, now)
-            usage = await self.usage(spec, period, now, gateways)
-            out.append(evaluate(spec, usage, now, period))
+            usage = await self.usage(spec, period, now, gateways, fresh)
+            out.append(evaluate(spec, usage, now, period, adjusted.get(spec.name)))
         return out
 
     async def over_limits(self, specs: Sequence[QuotaSpec] | None = None) -> list[OverLimit]:
@@ -468,7 +499,13 @@ class Reports:
         return out
 
     async def host_figures(
-        self, name: str, first: int, stop: int, now: int, gateways: Gateways = None
+        self,
+        name: str,
+        first: int,
+        stop: int,
+        now: int,
+        gateways: Gateways = None,
+        fresh: bool = True,
     ) -> query.HostSums:
         """A monitor's hosts over the UTC quarters [first, stop): stored rows plus unflushed.
 
@@ -478,7 +515,7 @@ class Reports:
         backend = self.backend
         db = backend.config.database
         live = stop * 900 > now and self.own(gateways)
-        if live:
+        if live and fresh:
             await backend.refresh()  # the capture workers' counts up to this request
         async with backend.flush_lock:
             out = await asyncio.to_thread(self.reader.host_sums, db, name, first, stop, gateways)

@@ -14,10 +14,11 @@ from trafmetuxd.api import local_answer
 from trafmetuxd.audit import Audit, capture_status
 from trafmetuxd.handlers import Handlers
 from trafmetuxd.kernel import KernelError, QueueRules, queue_table
+from trafmetuxd.limits import Limits
 from trafmetuxd.link import Front
 from trafmetuxd.metering import Metering, tune_switch_interval
 from trafmetuxd.notify import Notifier
-from trafmetuxd.quota import QuotaWatcher
+from trafmetuxd.quota import STRICT_WARNING, QuotaWatcher
 from trafmetuxd.reports import Reports
 from trafmetuxd.spec import Config
 from trafmetuxd.workers import Workers
@@ -25,6 +26,7 @@ from trafmetuxd.workers import Workers
 log = logging.getLogger("trafmetuxd")
 
 RATE_SAMPLE_EVERY = 1.0
+ENFORCE_EVERY = 0.5  # seconds between two evaluations of the enforcing quotas
 # The watchdog is fed only while the packet path and the flush path make progress: the stall
 # guard has looked within this many seconds and no queue has been without a worker for as long,
 # and no flush has been running (or been overdue) for longer than FLUSH_PATIENCE.
@@ -54,7 +56,8 @@ class Service:
         self.flush_tick = time.monotonic()  # when the flush timer last came round
         self.flush_busy_since: float | None = None  # a flush running since then
         self.reports = Reports(metering, clock)
-        self.handlers = Handlers(self.reports, status=self.status)
+        self.limits = Limits(self.reports, self._push_enforcement, metering.shipped)
+        self.handlers = Handlers(self.reports, status=self.status, limits=self.limits)
         self.quotas = QuotaWatcher()
         self.front: Front | None = None
         self.audit: Audit | None = None
@@ -100,9 +103,15 @@ class Service:
         metering.reconfigure_workers = self._reconfigure_workers
         await self.workers.start()  # every queue bound, fail-open set: before any rule
         if spec.manage_rules:
-            self.rules = QueueRules(spec)
+            self.rules = QueueRules(spec, strict=metering.config.strict)
+            if metering.config.strict:
+                log.warning("%s", STRICT_WARNING)
             self.audit = Audit(self.rules, metering.meter_stats)
             await asyncio.to_thread(self.rules.install)
+
+    def _push_enforcement(self, value: dict[str, object]) -> None:
+        if self.workers is not None:
+            self.workers.enforce(value)
 
     async def _reconfigure_workers(self, cfg: Config) -> None:
         if self.workers is not None:
@@ -121,6 +130,7 @@ class Service:
         loop = asyncio.get_running_loop()
         next_flush = loop.time() + interval
         tasks = [asyncio.create_task(self._watchdog()), asyncio.create_task(self._sample())]
+        tasks.append(asyncio.create_task(self._enforce()))
         try:
             while not self.stop.is_set():
                 await _wait_any((self.stop, self.hup), next_flush - loop.time())
@@ -147,6 +157,8 @@ class Service:
     async def _reload(self) -> None:
         self.notifier.reloading()
         result = await self.metering.reload()
+        if result["reloaded"]:
+            await self.limits.check()  # a quota removed or no longer enforcing: lifted now
         self.notifier.ready()
         self._set_status(None if result["reloaded"] else "reload rejected: see the log")
 
@@ -175,6 +187,22 @@ class Service:
             self.metering.sample_rates(time.time())
             await asyncio.sleep(RATE_SAMPLE_EVERY)
 
+    async def _enforce(self) -> None:
+        """While a quota blocks or marks: ship and evaluate every ENFORCE_EVERY seconds.
+
+        Twice a second, so that from the byte crossing a limit to the workers' first drop
+        less than a second passes (a shipment, a read of the stored totals, one frame).
+        """
+        while True:
+            await asyncio.sleep(ENFORCE_EVERY)
+            if not self.limits.enforcing():
+                continue  # nothing enforces: no extra shipment, no read
+            try:
+                await self.metering.refresh()
+                await self.limits.check()
+            except Exception:  # a failing read must not end enforcement's loop
+                log.exception("quota enforcement check failed")
+
     def _set_status(self, note: str | None = None) -> None:
         stats = self.metering.meter_stats()
         state = self.metering.flusher.state
@@ -190,6 +218,14 @@ class Service:
         out = await self.metering.status()
         # "socket" (connections, evictions) is added by the front, which alone knows them
         out["front"] = self.front.info() if self.front else None
+        out["enforcement"] = {
+            st.name: {"action": st.action, "blocked_since": st.blocked_since, **(st.enforced or {})}
+            for st in self.limits.decorate(
+                await self.reports.quotas(
+                    self.limits.enforcing(), fresh=False, adjustments=self.limits.adjustments
+                )
+            )
+        }
         if self.workers is None:
             out["capture"] = None
             return out

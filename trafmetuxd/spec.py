@@ -113,6 +113,16 @@ class QuotaSpec:
     start_day: int = 1  # billing day of month, 1..28
     warn: float = 0.8
     per_host: bool = False  # each host of the monitors' `hosts` gets the limit of its own
+    action: str = "report"  # report | block | mark: what happens once used >= limit
+    mark: int = 0  # action "mark": the packet mark set under mask
+    mask: int = 0xFFFFFFFF
+    exempt: tuple[RuleSpec, ...] = ()  # packets matching any of these are never blocked/marked
+    strict: bool = False  # queue rules without --queue-bypass: no daemon, no traffic
+
+    @property
+    def enforces(self) -> bool:
+        """Whether the quota acts on packets (block or mark) rather than only reporting."""
+        return self.action != "report"
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +145,7 @@ class Config:
     state_dir: Path = Path("/var/lib/trafmetux")
     socket: Path = Path("/run/trafmetux/trafmetuxd.sock")
     socket_group: str = "trafmetux"
+    admin_group: str = ""  # may run quota-extend and quota-reset besides root ("" = root only)
     timezone: str = "local"  # "local" or an IANA name
     week_start: int = 6  # 0 = Monday .. 6 = Sunday
     flush_interval: float = 60.0  # seconds
@@ -145,6 +156,11 @@ class Config:
     quotas: tuple[QuotaSpec, ...] = ()
     http: HttpSpec = field(default_factory=HttpSpec)
     store: StoreSpec = field(default_factory=StoreSpec)
+
+    @property
+    def strict(self) -> bool:
+        """Whether a quota asks for the queue rules without --queue-bypass."""
+        return any(q.strict for q in self.quotas)
 
     @property
     def database(self) -> Path:

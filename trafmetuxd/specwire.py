@@ -10,7 +10,7 @@ import ipaddress
 from dataclasses import asdict, fields
 from typing import Any
 
-from trafmetuxd.spec import CaptureSpec, MonitorSpec, Network, RuleSpec
+from trafmetuxd.spec import CaptureSpec, MonitorSpec, Network, QuotaSpec, RuleSpec
 
 _NETWORKS = ("src", "dst", "host")
 _PORTS = ("src_port", "dst_port", "port")
@@ -77,3 +77,19 @@ def capture_from_wire(data: dict[str, Any]) -> CaptureSpec:
     values = {k: v for k, v in data.items() if k in known}
     values["interfaces"] = tuple(values.get("interfaces", ()))
     return CaptureSpec(**values)
+
+
+def quota_to_wire(quota: QuotaSpec) -> dict[str, Any]:
+    """One quota as JSON-able values (what an enforcing worker needs of it)."""
+    out = asdict(quota)
+    out["monitors"] = list(quota.monitors)
+    out["exempt"] = [rule_to_wire(rule) for rule in quota.exempt]
+    return out
+
+
+def quota_from_wire(data: dict[str, Any]) -> QuotaSpec:
+    """A quota back from quota_to_wire's values."""
+    values = dict(data)
+    values["monitors"] = tuple(data["monitors"])
+    values["exempt"] = tuple(rule_from_wire(rule) for rule in data.get("exempt", ()))
+    return QuotaSpec(**values)

@@ -28,6 +28,8 @@ SHIP_CHUNK = 4096  # flow positions per PART frame
 CONFIG = ord("C")  # JSON {"capture": ..., "monitors": [...]}: (re)configure
 SHIP = ord("S")  # 8-byte request id: ship everything counted so far
 STOP = ord("Q")  # take what is queued, ship it, exit
+# JSON {"quotas": [enforcing quotas], "over": {name: {"all", "hosts"}}}: what to drop or mark
+ENFORCE = ord("E")
 # worker -> main
 READY = ord("R")  # JSON {"queue", "pid", "unmetered"}: bound, metering
 FAILED = ord("F")  # UTF-8 text: could not bind or configure; the worker exits

@@ -21,12 +21,12 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 
-from trafmetuxd import logs, specwire, wire
+from trafmetuxd import enforce, logs, specwire, wire
 from trafmetuxd.capture import Capture, CaptureError
 from trafmetuxd.child import die_with_parent
 from trafmetuxd.meter import Meter, MeterStats
 from trafmetuxd.nfbatch import BatchStats, Interfaces, feed_batch
-from trafmetuxd.spec import CaptureSpec, MonitorSpec, Network
+from trafmetuxd.spec import CaptureSpec, MonitorSpec, Network, QuotaSpec
 
 log = logging.getLogger("trafmetuxd.worker")
 
@@ -48,6 +48,8 @@ class Worker:
         self.batch_stats = BatchStats()
         self.interfaces = Interfaces(spec.interfaces, _interface_names)
         self.capture = Capture(spec, queue, self._consume)
+        self.enforcer = enforce.Enforcer()
+        self.enforcing: list[QuotaSpec] = []  # the enforcing quotas, as the main process sent
         self.frames = wire.Frames()
         self.outbox = bytearray()
         self.pending: Iterator[bytes] | None = None  # the shipment being encoded
@@ -58,9 +60,29 @@ class Worker:
     def _consume(self, ts: float, buf: bytes, count: int, slot: int) -> None:
         feed_batch(self.meter, self.batch_stats, ts, buf, count, slot, self.interfaces)
 
+    def _judge(self, buf: bytes, count: int, slot: int) -> bytes:
+        return enforce.judge_batch(self.enforcer, self.queue, buf, count, slot, self.interfaces)
+
+    def enforce(self, body: bytes) -> None:
+        """New enforcing quotas and over-limit state (an ENFORCE frame)."""
+        value = wire.json_body(body)
+        quotas = [specwire.quota_from_wire(q) for q in value.get("quotas", [])]
+        if quotas != self.enforcing:
+            self.enforcing = quotas
+            self.enforcer.configure(self.meter.monitors, quotas)
+        left = {str(k): int(v) for k, v in value.get("left", {}).items()}
+        self.enforcer.told(enforce.over_from_wire(value.get("over", {})), left)
+        self.capture.judge = self._judge if self.enforcer.active else None
+
     def configure(self, monitors: Sequence[MonitorSpec]) -> None:
         """New monitors; what dropped or rebuilt collectors held goes out in a shipment."""
         retired = self.meter.reconfigure(monitors)
+        names = [q.name for q in self.enforcer.quotas]
+        over = dict(zip(names, self.enforcer.over, strict=True))
+        left = dict(zip(names, self.enforcer.left, strict=True))
+        self.enforcer.configure(monitors, self.enforcing)
+        self.enforcer.set_over(over, left)  # until the main process says otherwise
+        self.capture.judge = self._judge if self.enforcer.active else None
         if any(snap.totals or snap.flows for _, snap in retired):
             self.outbox += b"".join(wire.shipment(retired, -1, {}))
 
@@ -69,6 +91,7 @@ class Worker:
         meter, batch, capture = self.meter.stats, self.batch_stats, self.capture.stats
         out = {**meter.as_dict(), "packets": batch.packets, "truncated": batch.truncated}
         out |= {"errors_capture": capture.errors, "unmetered": capture.unmetered}
+        out |= self.enforcer.take_counts()
         self.meter.stats = MeterStats()
         self.batch_stats = BatchStats()
         capture.errors = capture.unmetered = 0
@@ -77,6 +100,7 @@ class Worker:
     def start_shipment(self) -> None:
         """Swap every collector now and encode the shipment piece by piece from here on."""
         request, self.asked = self.asked, -1
+        self.enforcer.unshipped = {}  # the main process counts all of it from this shipment
         self.pending = wire.shipment(self.meter.swap(), request, self.stats())
 
     def encode_some(self) -> None:
@@ -113,6 +137,8 @@ class Worker:
             elif kind == wire.CONFIG:
                 self.configure(_monitors(body))
                 self.meter.set_local_networks(_local_networks(body))
+            elif kind == wire.ENFORCE:
+                self.enforce(body)
             elif kind == wire.STOP:
                 self.stopping = True
         return True

@@ -103,6 +103,7 @@ class Workers:
         self.queues = [QueueWorker(q) for q in range(spec.queue, spec.queue + spec.queues)]
         self.stopping = False
         self.guard_at = time.monotonic()  # the guard's last look (the watchdog reads it)
+        self.enforcement: dict[str, object] = {}  # the last ENFORCE value, for new lives too
         self._requests = 0
         self._acked = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
@@ -156,6 +157,8 @@ class Workers:
             ours.close()
             raise
         writer.write(wire.json_frame(wire.CONFIG, self._config()))
+        if self.enforcement:
+            writer.write(wire.json_frame(wire.ENFORCE, self.enforcement))
         now = time.monotonic()
         life = Life(proc, writer, progress, now, verdict_at=now, loop_at=now)
         frames = wire.Frames()
@@ -273,6 +276,14 @@ class Workers:
             if qw.life is not None and not qw.life.writer.is_closing():
                 qw.life.writer.write(frame)
         await self.refresh()
+
+    def enforce(self, value: dict[str, object]) -> None:
+        """The enforcing quotas and which are over their limit, to every worker now."""
+        self.enforcement = value
+        frame = wire.json_frame(wire.ENFORCE, value)
+        for qw in self.queues:
+            if qw.life is not None and not qw.life.writer.is_closing():
+                qw.life.writer.write(frame)
 
     # -- supervision and the stall guard ----------------------------------------------------
     async def _supervise(self, qw: QueueWorker) -> None:

@@ -401,3 +401,28 @@ def test_deep_json_gets_bad_json_reply(public_dir: Path, capfd: pytest.CaptureFi
     assert "Traceback" not in err and "RecursionError" not in err
     logged = [line for line in err.splitlines() if "nested deeper" in line]
     assert 1 <= len(logged) <= 5, err  # one line per request, at most a few a minute
+
+
+def test_the_clients_credentials_cross_the_link_with_its_request() -> None:
+    async def scenario() -> list[Peer | None]:
+        ours, theirs = socket.socketpair()
+        f_reader, f_writer = await asyncio.open_unix_connection(sock=ours)
+        d_reader, d_writer = await asyncio.open_unix_connection(sock=theirs)
+        seen: list[Peer | None] = []
+
+        async def answer(req: Request, _line: bytes, peer: Peer | None) -> bytes:
+            seen.append(peer)
+            return protocol.encode_reply_ok(req.cmd)
+
+        daemon = asyncio.create_task(serve_link(d_reader, d_writer, answer))
+        forwarder = Forwarder(f_writer)
+        replies = asyncio.create_task(forwarder.read_replies(f_reader))
+        line = protocol.encode_request("quota", name="mobile")
+        assert protocol.decode_reply(await forwarder.call(line, 1234, 55, 777)).ok
+        f_writer.close()
+        d_writer.close()
+        await asyncio.gather(daemon, replies)
+        return seen
+
+    (peer,) = asyncio.run(scenario())
+    assert peer == Peer(pid=55, uid=1234, gid=777, may_read=True, may_admin=False)

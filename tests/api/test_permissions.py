@@ -8,11 +8,18 @@ import os
 import pwd
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 
 import pytest
-from conftest import Running
+from conftest import NOW, FakeBackend, LoopThread, Running, make_config
+
+from trafmetuxd.api import start_server
+from trafmetuxd.handlers import Handlers
+from trafmetuxd.limits import Limits
+from trafmetuxd.reports import Reports
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch uids")
 
@@ -28,7 +35,8 @@ except OSError as exc:
     sys.exit(0)
 f = s.makefile("rwb")
 for cmd in sys.argv[2:]:
-    f.write(json.dumps({"v": 1, "cmd": cmd}).encode() + b"\\n")
+    request = json.loads(cmd) if cmd.startswith("{") else {"cmd": cmd}
+    f.write(json.dumps({"v": 1, **request}).encode() + b"\\n")
     f.flush()
     print(f.readline().decode().strip())
 """
@@ -97,3 +105,46 @@ def test_root_may_run_admin_commands(running: Running) -> None:
     assert flush == {"ok": True, "result": {"flushed": True}}
     assert reload_["ok"] is True
     assert running.backend.calls == ["flush", "reload"]
+
+
+EXTEND = json.dumps({"cmd": "quota-extend", "name": "mobile", "bytes": 1000})
+RESET = json.dumps({"cmd": "quota-reset", "name": "mobile"})
+
+
+@pytest.fixture
+def enforcing(public_dir: Path) -> Iterator[Running]:
+    """The server with quota enforcement behind it and admin_group "daemon"."""
+    here = public_dir / "enforcing"
+    here.mkdir(mode=0o755)
+    (here / "state").mkdir()
+    sock = here / "trafmetuxd.sock"
+    backend = FakeBackend(replace(make_config(here / "state", sock), admin_group="daemon"))
+    loops = LoopThread()
+    reports = Reports(backend, clock=lambda: float(NOW))
+    limits = Limits(reports, lambda _value: None, {})
+    handlers = Handlers(reports, limits=limits).table()
+    server = loops.run(start_server(sock, "daemon", handlers))
+    try:
+        yield Running(sock, server, backend, loops)
+    finally:
+        loops.run(server.close())
+        loops.stop()
+
+
+def test_quota_adjustments_take_root_or_admin_group_not_any_socket_member(
+    running: Running, enforcing: Running
+) -> None:
+    # Without admin_group, a socket-group member may read quotas but not adjust them.
+    quota, extend = as_peer(running.path, DAEMON_GID, "quota", EXTEND)
+    assert quota["ok"] is True
+    assert error_code(extend) == "forbidden"
+    assert "uid 65534 may not run 'quota-extend': it takes root" in str(extend["error"])
+    # With admin_group = "daemon", its member may; the log of the quota names who did.
+    extend, reset = as_peer(enforcing.path, DAEMON_GID, EXTEND, RESET)
+    assert extend["ok"] is True and reset["ok"] is True
+    history = reset["result"]["quota"]["history"]  # type: ignore[index]
+    assert f"extended by 1000 B by uid {NOBODY}" in history[0]
+    assert f"reset by uid {NOBODY}" in history[1]
+    (again,) = as_peer(enforcing.path, DAEMON_GID, '{"cmd": "quota-extend", "name": "mobile", '
+                       '"bytes": 1, "peer": {"uid": 0}}')  # fmt: skip
+    assert error_code(again) == "bad_argument"  # nobody passes itself off as root

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import ctl, e2e, memory, pipeline, reports, scrape, stall
+from bench import ctl, e2e, enforce, memory, pipeline, reports, scrape, stall
 from bench.__main__ import main
 from bench.common import machine
 from bench.page import render
@@ -46,6 +46,17 @@ def test_pipeline_times_every_stage_over_the_same_packets() -> None:
     # The whole pipeline cannot be cheaper than the bare call it is made of.
     assert stages["feed_20_monitors"]["ns_per_packet"] > stages["noop_call"]["ns_per_packet"]
     _has_targets(result, 3)
+
+
+def test_enforce_times_the_batch_path_against_the_path_before_enforcement() -> None:
+    result = enforce.run(SMOKE)
+    stages = result["stages"]
+    assert list(stages) == [
+        "baseline", "no_enforcing_quota", "enforcing_under_limit", "enforcing_over_limit"
+    ]  # fmt: skip
+    assert stages["baseline"]["x_baseline"] == 1.0
+    _has_targets(result, 1)
+    assert "9. Quota enforcement" in render({"enforce": result}, machine(), SMOKE)
 
 
 def _require_e2e() -> None:

@@ -324,7 +324,7 @@ def test_help_and_usage_read_as_argparse_formats_them(
     ours, plain = subparsers(build_parser()), subparsers(build_parser())
     for parser in plain:
         parser.formatter_class = argparse.HelpFormatter  # argparse's own sizing (shutil)
-    assert len(ours) == 17
+    assert len(ours) == 19
     for a, b in zip(ours, plain, strict=True):
         assert a.format_help() == b.format_help()
         assert a.format_usage() == b.format_usage()

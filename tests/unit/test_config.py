@@ -6,6 +6,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -315,6 +317,23 @@ INVALID = [
      "monitor[0].host_prefix_v6", "129", "less than or equal to 128"),
     ("max_hosts zero", monitor("max_hosts = 0"),
      "monitor[0].max_hosts", "0", "greater than or equal to 1"),
+    ("unknown quota action", quota('limit = 1\naction = "drop"'),
+     "quota[0].action", "'drop'", "report, block, mark"),
+    ("mark action without mark", quota('limit = 1\naction = "mark"'),
+     "quota[0].mark", "None", 'required with action = "mark"'),
+    ("mark outside its mask", quota('limit = 1\naction = "mark"\nmark = 0x100\nmask = 0xff'),
+     "quota[0].mark", "256", "bits outside mask 0xff"),
+    ("mark above 32 bits", quota('limit = 1\naction = "mark"\nmark = 0x100000000'),
+     "quota[0].mark", "4294967296", "less than or equal to 4294967295"),
+    ("mark with block", quota('limit = 1\naction = "block"\nmark = 16'),
+     "quota[0].mark", "16", 'only used with action = "mark"'),
+    ("exempt on a report quota", quota('limit = 1\nexempt = [{ protocol = "udp" }]'),
+     "quota[0].exempt", "[{'protocol': 'udp'}]", 'only used with action = "block" or "mark"'),
+    ("strict on a report quota", quota("limit = 1\nstrict = true"),
+     "quota[0].strict", "True", 'only used with action = "block" or "mark"'),
+    ("bad exempt rule",
+     quota('limit = 1\naction = "block"\nexempt = [{ protocol = "icmp", port = 53 }]'),
+     "quota[0].exempt[0].port", "53", "protocol 'icmp' has no ports"),
     ("per_host quota on a monitor without hosts", quota("limit = 1\nper_host = true"),
      "quota[0].per_host", "True", "expected monitor 'm' to have `hosts`"),
     ("per_host not a boolean", quota('limit = 1\nper_host = "yes"'),
@@ -567,3 +586,36 @@ def test_store_url_file_is_read_and_its_bad_text_not_echoed(tmp_path: Path):
     assert all("s3cret" not in line for line in lines)
     both = problems(f'[store]\nurl = "postgresql://db/x"\nurl_file = "{good}"\n')
     assert any("not both" in line for line in both)
+
+
+def test_an_enforcing_quota_keeps_its_action_mark_exempt_rules_and_strictness():
+    cfg = parse(
+        'admin_group = "netadmin"\n'
+        + quota('limit = "1MiB"\naction = "mark"\nmark = 0x10\nmask = 0xf0\nstrict = true\n'
+                'exempt = [{ protocol = "udp", port = 53 }, { host = "192.168.1.10" }]')
+    )  # fmt: skip
+    (q,) = cfg.quotas
+    assert (q.action, q.mark, q.mask, q.strict, q.enforces) == ("mark", 0x10, 0xF0, True, True)
+    assert [r.port for r in q.exempt] == [((53, 53),), None]
+    assert q.exempt[1].host == (ipaddress.ip_network("192.168.1.10/32"),)
+    assert cfg.admin_group == "netadmin" and cfg.strict
+
+
+def test_a_quota_only_reports_unless_told_otherwise():
+    cfg = parse(quota("limit = 1"))
+    (q,) = cfg.quotas
+    assert (q.action, q.enforces, q.exempt, q.strict) == ("report", False, (), False)
+    assert cfg.admin_group == "" and not cfg.strict
+
+
+def test_check_warns_that_a_strict_quota_cuts_traffic_while_the_daemon_is_stopped(tmp_path):
+    path = tmp_path / "strict.toml"
+    path.write_text(quota('limit = 1\naction = "block"\nstrict = true'))
+    run = [sys.executable, "-m", "trafmetuxd", "--config", str(path), "--check"]
+    done = subprocess.run(run, capture_output=True, text=True, timeout=60, check=True)
+    assert f"{path}: OK (1 monitors)" in done.stdout
+    assert "WARNING: a quota has strict = true" in done.stdout
+    assert "ALL traffic of the metered interfaces is dropped" in done.stdout
+    path.write_text(quota('limit = 1\naction = "block"'))
+    done = subprocess.run(run, capture_output=True, text=True, timeout=60, check=True)
+    assert "WARNING" not in done.stdout

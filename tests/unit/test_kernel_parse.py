@@ -8,6 +8,7 @@ import pytest
 
 from trafmetuxd.kernel import (
     KernelError,
+    QueueRules,
     QueueStats,
     interface_matches,
     netlink_backlog,
@@ -126,3 +127,12 @@ def test_netlink_backlog_reads_unread_bytes_of_netfilter_sockets_by_port_id(
     )
     assert netlink_backlog(proc) == {4123: 2304, 77: 0}  # protocol 12 (netfilter) only
     assert netlink_backlog(tmp_path / "missing") == {}
+
+
+def test_a_strict_quota_installs_the_queue_rules_without_bypass() -> None:
+    assert QueueRules(CaptureSpec()).target()[-1] == "--queue-bypass"
+    assert QueueRules(CaptureSpec(), strict=True).target() == [
+        "-j", "NFQUEUE", "--queue-num", "0"
+    ]  # fmt: skip
+    many = QueueRules(CaptureSpec(queue=4, queues=2), strict=True).target()
+    assert many == ["-j", "NFQUEUE", "--queue-balance", "4:5", "--queue-cpu-fanout"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from trafmetuxctl.report import (
     check_quota_line,
     flow_lines,
@@ -118,6 +120,26 @@ def test_each_state_maps_to_its_plugin_exit_status() -> None:
 def test_quota_lines_for_humans() -> None:
     (line,) = quota_lines({"quotas": [QUOTA]})
     assert line.startswith("WARNING  mobile: used 2.50 GiB of 3.00 GiB (83.3%)")
+
+
+def test_a_blocking_quota_says_since_when_and_what_it_dropped() -> None:
+    since = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(1_793_000_000))  # local time
+    blocked = {
+        **QUOTA, "state": "CRITICAL", "action": "block", "extended": 1 << 30,
+        "blocked_since": 1_793_000_000,
+        "enforced": {"dropped_packets": 12, "dropped_bytes": 12_000, "marked_packets": 0,
+                     "marked_bytes": 0},
+        "history": ["2026-10-26 09:00:00 UTC extended by 1048576 B by uid 0 (pid 7)"],
+    }  # fmt: skip
+    first, history = quota_lines({"quotas": [blocked]})
+    assert "used 2.50 GiB of 4.00 GiB" in first  # the extension is in the figure
+    assert first.endswith(
+        f"; block, extended by 1.00 GiB, blocked since {since}, 12 packets (11.72 KiB) dropped"
+    )
+    assert history == "         2026-10-26 09:00:00 UTC extended by 1048576 B by uid 0 (pid 7)"
+    status, line = check_quota_line(blocked)
+    assert status == 2 and f"blocked since {since}, 12 packets" in line
+    assert quota_lines({"quotas": [QUOTA]})[0].endswith("at period end")  # report: as before
 
 
 HOSTLY = {

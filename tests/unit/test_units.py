@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trafmetuxctl.units import UNITS, auto_unit, format_bytes, format_rate
+from trafmetuxctl.units import UNITS, auto_unit, format_bytes, format_rate, parse_size
 
 
 @pytest.mark.parametrize(
@@ -48,3 +48,12 @@ def test_unknown_unit_is_an_error() -> None:
 
 def test_rates_append_per_second() -> None:
     assert format_rate(1536.0) == "1.50 KiB/s"
+
+
+def test_sizes_on_the_command_line_take_the_units_they_are_shown_in() -> None:
+    assert [parse_size(t) for t in ("1MiB", "500 MB", "1.5GiB", "1024", "2kb")] == [
+        1_048_576, 500_000_000, 1_610_612_736, 1024, 2000
+    ]  # fmt: skip
+    for bad in ("", "1XB", "-1MiB", "MiB", "1.5.2GB"):
+        with pytest.raises(ValueError, match="expected a byte count"):
+            parse_size(bad)
