@@ -83,7 +83,7 @@ def test_the_client_page_names_every_command_and_option(pages: dict[str, Path]) 
         for flag in action.option_strings:
             assert flag in text, flag
     commands = subcommands(parser)
-    assert len(commands) == 16
+    assert len(commands) == 18
     for name, _, sub in commands:
         # its subsection: up to the next subsection or section heading
         section = re.split(r"\n(?:   )?\S", text.split(f"\n   {name}\n", 1)[1], maxsplit=1)[0]
