@@ -44,6 +44,22 @@ class StoreReader(Protocol):
     ) -> query.HostSums:
         """A monitor's per-host totals over the quarters [first, end)."""
 
+    def host_sums_over(
+        self, db: Path, monitor: str, ranges: Sequence[tuple[int, int]], gateways: Gateways
+    ) -> list[query.HostSums]:
+        """A monitor's per-host totals over each range of quarters [first, end)."""
+
+    def host_series(
+        self,
+        db: Path,
+        monitor: str,
+        host: str,
+        ranges: Sequence[tuple[int, int]],
+        grain: str,
+        gateways: Gateways,
+    ) -> list[list[int]]:
+        """One host's [in, in packets, out, out packets] over each range of units of a grain."""
+
     def gateways(self) -> list[str]:
         """The gateways the store holds rows of."""
 
