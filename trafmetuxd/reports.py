@@ -17,10 +17,10 @@ from trafmetuxd.protocol import BAD_ARGUMENT, ProtocolError
 from trafmetuxd.quota import OverLimit, QuotaStatus, Usage, evaluate, over_limit, quota_period
 from trafmetuxd.spec import Config, QuotaSpec
 
-# (monitors, bucket bounds, grain) -> per monitor one [in, out] per bucket
-SumsSource = Callable[[Sequence[str], Sequence[int], str], Awaitable[query.Sums]]
-
 Gateways = Sequence[str] | None  # the fleet store's gateways to read; None: this daemon's own
+
+# (monitors, bucket bounds, grain, gateways) -> per monitor one [in, out] per bucket
+SumsSource = Callable[[Sequence[str], Sequence[int], str, Gateways], Awaitable[query.Sums]]
 
 
 class StoreReader(Protocol):
@@ -315,7 +315,7 @@ class Reports:
 
         each_gateway: a column per gateway and monitor, named 'gateway/monitor'; otherwise the
         gateways read are summed per monitor. source: where the figures come from instead of
-        the monitors' totals (one host's history; this gateway's store only).
+        the monitors' totals (one host's history), read for the same gateways.
         """
         if kind == "total":
             periods = await self._total_period(cal, names, now, gateways)
@@ -326,10 +326,9 @@ class Reports:
         bounds = [p.begin for p in periods] + [periods[-1].end]
         grain = "minute" if kind == "minute" else "quarter"
         columns: dict[str, list[list[int]]] = {}
-        if source is not None:
-            columns.update(await source(names, bounds, grain))
-        for gateway in _each(gateways, each_gateway) if source is None else ():
-            figures = await self.sums(names, bounds, grain, [gateway] if gateway else gateways)
+        read = self.sums if source is None else source
+        for gateway in _each(gateways, each_gateway):
+            figures = await read(names, bounds, grain, [gateway] if gateway else gateways)
             for name in names:
                 columns[f"{gateway}/{name}" if gateway else name] = figures[name]
         rows = [
