@@ -134,12 +134,11 @@ class Handlers:
             return await self.reports.report(
                 cal, names, kind, last, begin, end, now, gateways, each
             )
-        self.local_hosts("host", gateways)
         # one host's history: the monitors asked for, else every monitor counting that host
         keys = self.host_reports.keys(names if args.get("monitors") else None, host)
         source = self.host_reports.series(keys)
         result = await self.reports.report(
-            cal, list(keys), kind, last, begin, end, now, source=source
+            cal, list(keys), kind, last, begin, end, now, gateways, each, source
         )
         return {**result, "host": host, "hosts": {n: host_text(k) for n, k in keys.items()}}
 
@@ -162,9 +161,8 @@ class Handlers:
         gateways, each = await self.fleet(args)
         now = self.reports.now()
         if by == "host":
-            self.local_hosts("top --by host", gateways)
             name = self.host_reports.host_monitor(args.get("monitors") and names)
-            return await self.host_reports.top(name, begin, end, limit, now)
+            return await self.host_reports.top(name, (begin, end), limit, now, gateways, each)
         return await self.reports.top(names, begin, end, by, limit, now, gateways, each)
 
     async def hosts(self, args: Mapping[str, Any]) -> object:
@@ -186,13 +184,14 @@ class Handlers:
             now = self.reports.now()
             result = await self.reports.hosts(name, begin, end, limit, sort, now, gateways, each)
             return _local_times(result, cal)
-        self.local_hosts("hosts per period", gateways)
         span = (args.get("last"), self.instant(args, "begin", cal), self.instant(args, "end", cal))
         if span[0] is not None and span[1] is not None:
             message = "'last' counts back from 'end' (or now): give begin and end, or last"
             raise ProtocolError(BAD_ARGUMENT, f"hosts: {message}, not begin and last")
         now = self.reports.now()
-        result = await self.host_reports.by_period(cal, name, kind, span, limit, sort, now)
+        result = await self.host_reports.by_period(
+            cal, name, kind, span, limit, sort, now, gateways, each
+        )
         periods = result["periods"]
         assert isinstance(periods, list)
         result["periods"] = [_local_times(p, cal) for p in periods]
@@ -252,14 +251,6 @@ class Handlers:
         assert peer is not None
         who = f"uid {peer.uid} (pid {peer.pid})"
         return {"quota": (await self.limits.adjust(spec, extend, who)).as_dict()}
-
-    def local_hosts(self, what: str, gateways: list[str] | None) -> None:
-        """Refuse a per-host read the fleet store cannot answer yet, naming the request."""
-        if self.backend.config.store.postgresql:
-            message = (f"{what}: read from the SQLite store only; the PostgreSQL store answers "
-                       "show-hosts over a range (without --period)")  # fmt: skip
-            raise ProtocolError(BAD_ARGUMENT, message)
-        assert gateways is None  # fleet() gives None for the SQLite store
 
     async def fleet(self, args: Mapping[str, Any]) -> tuple[list[str] | None, bool]:
         """The gateways a request reads (None: this daemon's) and whether each is named.

@@ -15,7 +15,17 @@ from trafmetuxd.collector import HostKey
 from trafmetuxd.hostaddr import host_key, parse_host
 from trafmetuxd.periods import Calendar
 from trafmetuxd.protocol import BAD_ARGUMENT, NOT_FOUND, ProtocolError
-from trafmetuxd.reports import MAX_CELLS, Reports, SumsSource, _host_dict, _host_rank, _periods
+from trafmetuxd.reports import (
+    MAX_CELLS,
+    Gateways,
+    Reports,
+    SumsSource,
+    _each,
+    _host_dict,
+    _host_rank,
+    _named,
+    _periods,
+)
 
 SECONDS = {"minute": 60, "quarter": 900}  # the units a report's grain reads
 
@@ -30,14 +40,21 @@ def check_host_cells(periods: int, limit: int) -> None:
         )
 
 
-def largest(sums: query.HostSums, sort: str, limit: int) -> list[tuple[str, list[int]]]:
-    """The hosts largest first by `sort` (ties by name), at most `limit` of them."""
-    return sorted(sums.items(), key=lambda kv: (-_host_rank(sort, kv[1]), kv[0]))[:limit]
+# (gateway named, or None when the gateways are summed or only this one is read) -> host sums
+NamedSums = list[tuple[str | None, query.HostSums]]
+# (gateway or None, host, [in, in packets, out, out packets])
+HostLine = tuple[str | None, str, list[int]]
 
 
-def ranked(sums: query.HostSums, sort: str, limit: int) -> list[dict[str, object]]:
-    """The hosts largest first as the hosts command sends them."""
-    return [_host_dict(h, row) for h, row in largest(sums, sort, limit)]
+def largest(named: NamedSums, sort: str, limit: int) -> list[HostLine]:
+    """The hosts largest first by `sort` (ties by name, then gateway), at most `limit`."""
+    items = [(gw, host, row) for gw, sums in named for host, row in sums.items()]
+    return sorted(items, key=lambda e: (-_host_rank(sort, e[2]), e[1], e[0] or ""))[:limit]
+
+
+def ranked(named: NamedSums, sort: str, limit: int) -> list[dict[str, object]]:
+    """The hosts largest first as the hosts command sends them, each naming its gateway."""
+    return [_host_dict(h, row) | _named(gw) for gw, h, row in largest(named, sort, limit)]
 
 
 class HostReports:
@@ -94,18 +111,36 @@ class HostReports:
             raise ProtocolError(BAD_ARGUMENT, message)
         return names[0]
 
-    async def top(self, name: str, begin: int, end: int, limit: int, now: int) -> dict[str, object]:
-        """A monitor's largest hosts by total bytes, the figures of show-hosts, as top entries."""
-        first, stop = begin // 900, -(-end // 900)  # widened to whole quarters, as hosts does
-        (sums,) = await self.quarter_sums(name, [first, stop], now)
+    async def top(
+        self,
+        name: str,
+        span: tuple[int, int],
+        limit: int,
+        now: int,
+        gateways: Gateways = None,
+        each_gateway: bool = False,
+    ) -> dict[str, object]:
+        """A monitor's largest hosts by total bytes over span (begin, end), as top entries.
+
+        The figures of show-hosts; each_gateway: an entry per gateway and host, naming it.
+        """
+        first, stop = span[0] // 900, -(-span[1] // 900)  # whole quarters, as hosts does
+        named = [
+            (gw, sums)
+            for gw, (sums,) in await self.per_gateway(
+                name, [first, stop], now, gateways, each_gateway
+            )
+        ]
+        entries = [
+            {"key": h, "bytes": row[0] + row[2]} | _named(gw)
+            for gw, h, row in largest(named, "total", limit)
+        ]
         return {
             "by": "host",
             "monitors": [name],
             "begin": first * 900,
             "end": stop * 900,
-            "entries": [
-                {"key": h, "bytes": row[0] + row[2]} for h, row in largest(sums, "total", limit)
-            ],
+            "entries": entries,
         }
 
     def live(self, args: Mapping[str, Any]) -> dict[str, object]:
@@ -128,16 +163,31 @@ class HostReports:
             ],
         }
 
-    async def quarter_sums(self, name: str, edges: Sequence[int], now: int) -> list[query.HostSums]:
-        """A monitor's hosts over the UTC quarters [edges[i], edges[i + 1]): stored + unflushed."""
+    async def per_gateway(
+        self, name: str, edges: Sequence[int], now: int, gateways: Gateways, each_gateway: bool
+    ) -> list[tuple[str | None, list[query.HostSums]]]:
+        """quarter_sums() of each gateway (each_gateway) or of the gateways summed."""
+        return [
+            (gw, await self.quarter_sums(name, edges, now, [gw] if gw else gateways))
+            for gw in _each(gateways, each_gateway)
+        ]
+
+    async def quarter_sums(
+        self, name: str, edges: Sequence[int], now: int, gateways: Gateways = None
+    ) -> list[query.HostSums]:
+        """A monitor's hosts over the UTC quarters [edges[i], edges[i + 1]): stored + unflushed.
+
+        The gateways' stored rows summed; this daemon's unflushed counts when it is among them.
+        """
         backend = self.backend
         ranges = list(pairwise(edges))
-        recent = edges[-1] * 900 > now
+        recent = edges[-1] * 900 > now and self.reports.own(gateways)
         if recent:
             await backend.refresh()  # the capture workers' counts up to this request
         async with backend.flush_lock:
             db = backend.config.database
-            out = await asyncio.to_thread(query.host_sums_over, db, name, ranges)
+            reader = self.reports.reader
+            out = await asyncio.to_thread(reader.host_sums_over, db, name, ranges, gateways)
             pending = backend.unflushed_hosts(name) if recent else {}
         minutes = [e * 15 for e in edges]
         for key, per_minute in pending.items():
@@ -159,18 +209,27 @@ class HostReports:
         limit: int,
         sort: str,
         now: int,
+        gateways: Gateways = None,
+        each_gateway: bool = False,
     ) -> dict[str, object]:
-        """A monitor's hosts in each period (span: last, begin, end as a report takes them)."""
+        """A monitor's hosts in each period (span: last, begin, end as a report takes them).
+
+        each_gateway: a host line per gateway and host, naming the gateway; otherwise summed.
+        """
         last, begin, end = span
         periods = _periods(cal, kind, last, begin, end, now)
         check_host_cells(len(periods), limit)
         bounds = [p.begin for p in periods] + [periods[-1].end]
         # the quarters of each period, as the monitors' reports read them
-        sums = await self.quarter_sums(name, [-(-b // 900) for b in bounds], now)
+        edges = [-(-b // 900) for b in bounds]
+        named = await self.per_gateway(name, edges, now, gateways, each_gateway)
+        per_period: list[NamedSums] = [
+            [(gw, sums[i]) for gw, sums in named] for i in range(len(periods))
+        ]
         rows = [
-            {"label": p.label, "begin": p.begin, "end": p.end, "count": len(s),
-             "hosts": ranked(s, sort, limit)}
-            for p, s in zip(periods, sums, strict=True)
+            {"label": p.label, "begin": p.begin, "end": p.end,
+             "count": sum(len(s) for _, s in n), "hosts": ranked(n, sort, limit)}
+            for p, n in zip(periods, per_period, strict=True)
         ]  # fmt: skip
         return {
             "monitor": name,
@@ -183,22 +242,31 @@ class HostReports:
         }
 
     def series(self, hosts: Mapping[str, HostKey]) -> SumsSource:
-        """A report's figures for one host per monitor: its [in, out] bytes per period."""
+        """A report's figures for one host per monitor: its [in, out] bytes per period.
 
-        async def sums(names: Sequence[str], bounds: Sequence[int], grain: str) -> query.Sums:
+        The gateways' stored rows summed; this daemon's unflushed counts when it is among them.
+        """
+
+        async def sums(
+            names: Sequence[str], bounds: Sequence[int], grain: str, gateways: Gateways
+        ) -> query.Sums:
             seconds = SECONDS[grain]
             ranges = list(pairwise([-(-b // seconds) for b in bounds]))
-            backend = self.backend
+            backend, reader = self.backend, self.reports.reader
             db = backend.config.database
-            await backend.refresh()  # the capture workers' counts up to this request
+            own = self.reports.own(gateways)
+            if own:
+                await backend.refresh()  # the capture workers' counts up to this request
             stored: dict[str, list[list[int]]] = {}
             async with backend.flush_lock:
                 for name in names:
                     text = host_text(hosts[name])
                     stored[name] = await asyncio.to_thread(
-                        query.host_series, db, name, text, ranges, grain
+                        reader.host_series, db, name, text, ranges, grain, gateways
                     )
-                pending = {n: backend.unflushed_hosts(n).get(hosts[n], {}) for n in names}
+                pending = {
+                    n: backend.unflushed_hosts(n).get(hosts[n], {}) if own else {} for n in names
+                }
             result = {n: [[row[0], row[2]] for row in stored[n]] for n in names}
             for name, per_minute in pending.items():
                 for minute, (rx, _, tx, _) in per_minute.items():

@@ -21,12 +21,12 @@ import psycopg
 from trafmetuxd.pgstore import connect, describe
 from trafmetuxd.protocol import UNAVAILABLE, ProtocolError
 from trafmetuxd.query import HostSums, Sums, TextFlows, split_quarters
-from trafmetuxd.schema import QUARTER_TOTALS, SECONDS_PER_QUARTER, TOTALS_UNITS
+from trafmetuxd.schema import MINUTE_TOTALS, QUARTER_TOTALS, SECONDS_PER_QUARTER, TOTALS_UNITS
 from trafmetuxd.spec import StoreSpec
 
 _GRAIN = {"minute": ("minute_totals", 60), "quarter": (QUARTER_TOTALS, SECONDS_PER_QUARTER)}
-_HOST_TABLES = {"quarter_totals": "host_quarter_totals", "hour_totals": "host_hour_totals",
-                "day_totals": "host_day_totals"}  # fmt: skip
+_HOST_TABLES = {"minute_totals": "host_minute_totals", "quarter_totals": "host_quarter_totals",
+                "hour_totals": "host_hour_totals", "day_totals": "host_day_totals"}  # fmt: skip
 
 
 class PgReader:
@@ -156,22 +156,92 @@ class PgReader:
         gateways: Sequence[str] | None = None,
     ) -> HostSums:
         """A monitor's per-host totals of the gateways over the UTC quarters [first, end)."""
-        out: HostSums = {}
+        return self.host_sums_over(db, monitor, [(first, end)], gateways)[0]
+
+    def host_sums_over(
+        self,
+        db: Path,
+        monitor: str,
+        ranges: Sequence[tuple[int, int]],
+        gateways: Sequence[str] | None = None,
+    ) -> list[HostSums]:
+        """A monitor's per-host totals of the gateways over each range of UTC quarters.
+
+        Each range is read as whole days, hours and quarters (split_quarters); per table one
+        statement for every range, each a scan of the (gateway, monitor, unit) index.
+        """
+        out: list[HostSums] = [{} for _ in ranges]
+        per_table = _pieces(ranges, "quarter")
         with self._cursor() as cur:
             if not _has_schema(cur):
                 return out
-            for table, lo, hi in split_quarters(first, end):
+            for table, parts in per_table.items():
                 unit = TOTALS_UNITS[table]
                 sql = (
-                    "SELECT host, SUM(in_bytes), SUM(in_packets), SUM(out_bytes), "
-                    f"SUM(out_packets) FROM {_HOST_TABLES[table]} WHERE gateway = ANY(%s) "
-                    f"AND monitor = %s AND {unit} >= %s AND {unit} < %s GROUP BY host"
+                    "SELECT c.i, s.host, s.a, s.b, s.c, s.d FROM "
+                    "unnest(%s::int[], %s::bigint[], %s::bigint[]) AS c(i, lo, hi) "
+                    "CROSS JOIN LATERAL (SELECT t.host, SUM(t.in_bytes) AS a, "
+                    "SUM(t.in_packets) AS b, SUM(t.out_bytes) AS c, SUM(t.out_packets) AS d "
+                    f"FROM {_HOST_TABLES[table]} t WHERE t.gateway = ANY(%s) "
+                    f"AND t.monitor = %s AND t.{unit} >= c.lo AND t.{unit} < c.hi "
+                    "GROUP BY t.host) s"
                 )
-                for host, *row in cur.execute(sql, (self._gws(gateways), monitor, lo, hi)):
-                    acc = out.setdefault(str(host), [0, 0, 0, 0])
-                    for i in range(4):
-                        acc[i] += int(row[i])
+                params = (*_columns(parts), self._gws(gateways), monitor)
+                for i, host, *row in cur.execute(sql, params):
+                    acc = out[i].setdefault(str(host), [0, 0, 0, 0])
+                    for j in range(4):
+                        acc[j] += int(row[j])
         return out
+
+    def host_series(
+        self,
+        db: Path,
+        monitor: str,
+        host: str,
+        ranges: Sequence[tuple[int, int]],
+        grain: str,
+        gateways: Sequence[str] | None = None,
+    ) -> list[list[int]]:
+        """One host's [in_bytes, in_packets, out_bytes, out_packets] over each range of units.
+
+        grain "quarter": ranges of UTC quarters, from the day, hour and quarter rollups;
+        "minute": ranges of UTC minutes. Per table one statement, primary-key range scans.
+        """
+        sums = [[0, 0, 0, 0] for _ in ranges]
+        per_table = _pieces(ranges, grain)
+        with self._cursor() as cur:
+            if not _has_schema(cur):
+                return sums
+            for table, parts in per_table.items():
+                unit = TOTALS_UNITS[table]
+                sql = (
+                    "SELECT c.i, SUM(t.in_bytes), SUM(t.in_packets), SUM(t.out_bytes), "
+                    "SUM(t.out_packets) FROM "
+                    "unnest(%s::int[], %s::bigint[], %s::bigint[]) AS c(i, lo, hi) "
+                    f"JOIN {_HOST_TABLES[table]} t ON t.gateway = ANY(%s) AND t.monitor = %s "
+                    f"AND t.host = %s AND t.{unit} >= c.lo AND t.{unit} < c.hi GROUP BY c.i"
+                )
+                params = (*_columns(parts), self._gws(gateways), monitor, host)
+                for i, *row in cur.execute(sql, params):
+                    for j in range(4):
+                        sums[i][j] += int(row[j])
+        return sums
+
+
+def _pieces(ranges: Sequence[tuple[int, int]], grain: str) -> dict[str, list[tuple[int, int, int]]]:
+    """Per totals table the (range index, first unit, end unit) pieces of the ranges."""
+    per_table: dict[str, list[tuple[int, int, int]]] = {}
+    for index, (lo, hi) in enumerate(ranges):
+        pieces = split_quarters(lo, hi) if grain == "quarter" else [(MINUTE_TOTALS, lo, hi)]
+        for table, first, end in pieces:
+            if first < end:
+                per_table.setdefault(table, []).append((index, first, end))
+    return per_table
+
+
+def _columns(parts: Sequence[tuple[int, int, int]]) -> tuple[list[int], list[int], list[int]]:
+    """The pieces as three arrays (index, lo, hi), for unnest."""
+    return [p[0] for p in parts], [p[1] for p in parts], [p[2] for p in parts]
 
 
 def _has_schema(cur: psycopg.Cursor[Any]) -> bool:

@@ -47,8 +47,17 @@ _V1: tuple[str, ...] = (
         time double precision NOT NULL, PRIMARY KEY (gateway, source))""",
 )
 
+# Version 2: the per-host quarters, hours and days indexed by (gateway, monitor, unit). The
+# hosts of a range (hosts, hosts per period, top by host) select by gateway, monitor and unit;
+# by the primary key (gateway, monitor, host, unit) they would read every row the monitor ever
+# stored. One host's history reads by the primary key, so the minutes need no index.
+_V2: tuple[str, ...] = tuple(
+    f"CREATE INDEX host_{t}_by_time ON host_{t} (gateway, monitor, {u})"
+    for t, u in TOTALS_TABLES[1:]
+)
+
 # MIGRATIONS[n] takes the store from version n to n + 1; append to add a version.
-MIGRATIONS: tuple[Sequence[str], ...] = (_V1,)
+MIGRATIONS: tuple[Sequence[str], ...] = (_V1, _V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 VERSION_TABLE = "trafmetux_schema"
 # one advisory lock key: two daemons starting together migrate one after the other

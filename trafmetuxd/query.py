@@ -181,6 +181,28 @@ class Reader:
         """host_sums() of the file (this gateway's only)."""
         return host_sums(db, monitor, first, end)
 
+    def host_sums_over(
+        self,
+        db: Path,
+        monitor: str,
+        ranges: Sequence[tuple[int, int]],
+        gateways: Sequence[str] | None = None,
+    ) -> list[HostSums]:
+        """host_sums_over() of the file (this gateway's only)."""
+        return host_sums_over(db, monitor, ranges)
+
+    def host_series(
+        self,
+        db: Path,
+        monitor: str,
+        host: str,
+        ranges: Sequence[tuple[int, int]],
+        grain: str,
+        gateways: Sequence[str] | None = None,
+    ) -> list[list[int]]:
+        """host_series() of the file (this gateway's only)."""
+        return host_series(db, monitor, host, ranges, grain)
+
     def gateways(self) -> list[str]:
         """The gateways the store holds: none but this one (the handlers name it)."""
         return []

@@ -25,10 +25,10 @@ from trafmetuxd.quota import (
 )
 from trafmetuxd.spec import Config, QuotaSpec
 
-# (monitors, bucket bounds, grain) -> per monitor one [in, out] per bucket
-SumsSource = Callable[[Sequence[str], Sequence[int], str], Awaitable[query.Sums]]
-
 Gateways = Sequence[str] | None  # the fleet store's gateways to read; None: this daemon's own
+
+# (monitors, bucket bounds, grain, gateways) -> per monitor one [in, out] per bucket
+SumsSource = Callable[[Sequence[str], Sequence[int], str, Gateways], Awaitable[query.Sums]]
 
 
 class StoreReader(Protocol):
@@ -51,6 +51,22 @@ class StoreReader(Protocol):
         self, db: Path, monitor: str, first: int, end: int, gateways: Gateways
     ) -> query.HostSums:
         """A monitor's per-host totals over the quarters [first, end)."""
+
+    def host_sums_over(
+        self, db: Path, monitor: str, ranges: Sequence[tuple[int, int]], gateways: Gateways
+    ) -> list[query.HostSums]:
+        """A monitor's per-host totals over each range of quarters [first, end)."""
+
+    def host_series(
+        self,
+        db: Path,
+        monitor: str,
+        host: str,
+        ranges: Sequence[tuple[int, int]],
+        grain: str,
+        gateways: Gateways,
+    ) -> list[list[int]]:
+        """One host's [in, in packets, out, out packets] over each range of units of a grain."""
 
     def gateways(self) -> list[str]:
         """The gateways the store holds rows of."""
@@ -315,7 +331,7 @@ class Reports:
 
         each_gateway: a column per gateway and monitor, named 'gateway/monitor'; otherwise the
         gateways read are summed per monitor. source: where the figures come from instead of
-        the monitors' totals (one host's history; this gateway's store only).
+        the monitors' totals (one host's history), read for the same gateways.
         """
         if kind == "total":
             periods = await self._total_period(cal, names, now, gateways)
@@ -326,10 +342,9 @@ class Reports:
         bounds = [p.begin for p in periods] + [periods[-1].end]
         grain = "minute" if kind == "minute" else "quarter"
         columns: dict[str, list[list[int]]] = {}
-        if source is not None:
-            columns.update(await source(names, bounds, grain))
-        for gateway in _each(gateways, each_gateway) if source is None else ():
-            figures = await self.sums(names, bounds, grain, [gateway] if gateway else gateways)
+        read = self.sums if source is None else source
+        for gateway in _each(gateways, each_gateway):
+            figures = await read(names, bounds, grain, [gateway] if gateway else gateways)
             for name in names:
                 columns[f"{gateway}/{name}" if gateway else name] = figures[name]
         rows = [

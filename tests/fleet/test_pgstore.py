@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
+from itertools import pairwise
 from pathlib import Path
 
 import psycopg
@@ -13,7 +14,7 @@ from trafmetuxd import query
 from trafmetuxd.collector import OTHER, Snapshot, minute_of
 from trafmetuxd.periods import Calendar, resolve_zone
 from trafmetuxd.pgquery import PgReader
-from trafmetuxd.pgschema import SCHEMA_VERSION
+from trafmetuxd.pgschema import MIGRATIONS, SCHEMA_VERSION
 from trafmetuxd.pgstore import PgStore
 from trafmetuxd.spec import StoreSpec
 from trafmetuxd.store import Store, StoreError
@@ -153,5 +154,86 @@ def test_period_sums_equal_the_sqlite_stores_in_a_half_hour_zone(
             assert reader.bucket_sums(tmp_path, names, bounds, "quarter", ["other"]) == {
                 n: [[0, 0]] * len(periods) for n in names
             }
+    finally:
+        reader.close()
+
+
+def test_host_sums_and_series_equal_the_sqlite_stores_per_gateway_and_summed(
+    store: PgStore, spec: StoreSpec, tmp_path: Path
+) -> None:
+    """Per-host reads over days, hours and quarters: each gateway's as SQLite's, two added up."""
+    sqlite = Store(tmp_path / "t.sqlite3")
+    other = PgStore(replace(spec, gateway="branch-2"))
+    first = M0 - M0 % 1440 - 2 * 1440  # two UTC days before T0's
+    hosts = [(4, 0xC0A8BE0A + i, 32) for i in range(3)]
+    for seq, start in enumerate(range(first, first + 4 * 1440, 89), start=1):
+        per_host = {
+            key: {start + k: [500 + seq * 3 + k + i, 2, 40 + i, 1] for k in range(0, 80, 13)}
+            for i, key in enumerate(hosts[: 1 + seq % 3])
+        }
+        totals = {start: [1, 1, 1, 1]}
+        batch = [("lan", Snapshot(totals, {}, 0, per_host, 0))]
+        store.write_sequenced("run", seq, start * 60.0, batch)
+        other.write_sequenced("run", seq, start * 60.0, batch)  # the same figures again
+        sqlite.write(start * 60.0, batch)
+    sqlite.close()
+    other.close()
+    db = tmp_path / "t.sqlite3"
+    cal = Calendar(resolve_zone("Asia/Kolkata"), 0)
+    reader, local = PgReader(spec), query.Reader()
+    both = ["branch-1", "branch-2"]
+
+    def doubled(rows: list[list[int]]) -> list[list[int]]:
+        return [[2 * v for v in row] for row in rows]
+
+    try:
+        for kind, last in (("hour", 60), ("day", 5)):
+            periods = cal.last(kind, last, (first + 4 * 1440) * 60)
+            edges = [-(-b // 900) for b in [p.begin for p in periods] + [periods[-1].end]]
+            ranges = list(pairwise(edges))
+            want = local.host_sums_over(db, "lan", ranges)
+            assert reader.host_sums_over(db, "lan", ranges, None) == want, kind
+            assert reader.host_sums_over(db, "lan", ranges, ["branch-2"]) == want, kind
+            assert sum(len(s) for s in want) > 0
+            summed = reader.host_sums_over(db, "lan", ranges, both)
+            assert summed == [{h: [2 * v for v in row] for h, row in s.items()} for s in want]
+            for host in ("192.168.190.11", "192.168.190.12"):
+                series = local.host_series(db, "lan", host, ranges, "quarter")
+                assert sum(row[0] for row in series) > 0
+                assert reader.host_series(db, "lan", host, ranges, "quarter", None) == series
+                got = reader.host_series(db, "lan", host, ranges, "quarter", both)
+                assert got == doubled(series)
+        minutes = [(m, m + 7) for m in range(first, first + 300, 7)]
+        series = local.host_series(db, "lan", "192.168.190.10", minutes, "minute")
+        assert sum(row[0] for row in series) > 0
+        got = reader.host_series(db, "lan", "192.168.190.10", minutes, "minute", both)
+        assert got == doubled(series)
+        assert reader.host_sums_over(db, "lan", ranges, ["elsewhere"]) == [{} for _ in ranges]
+    finally:
+        reader.close()
+        local.close()
+
+
+def test_a_version_1_store_gains_the_host_range_indexes_and_keeps_its_rows(
+    spec: StoreSpec, pg_url: str
+) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for statement in MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute("CREATE TABLE trafmetux_schema (version integer NOT NULL)")
+        conn.execute("INSERT INTO trafmetux_schema VALUES (1)")
+        conn.execute(
+            "INSERT INTO host_day_totals VALUES ('branch-1', 'lan', '10.0.0.1', 5, 7, 1, 3, 1)"
+        )
+    store = PgStore(spec)
+    assert store.probe()
+    store.close()
+    assert rows(pg_url, "SELECT version FROM trafmetux_schema") == [(SCHEMA_VERSION,)]
+    indexes = rows(pg_url, "SELECT indexname FROM pg_indexes WHERE indexname LIKE '%by_time' "
+                   "ORDER BY indexname")  # fmt: skip
+    assert indexes == [(f"host_{t}_totals_by_time",) for t in ("day", "hour", "quarter")]
+    reader = PgReader(spec)
+    try:
+        assert reader.host_sums(Path("unused"), "lan", 5 * 96, 6 * 96) == {"10.0.0.1": [7, 1, 3, 1]}
     finally:
         reader.close()
