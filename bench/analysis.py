@@ -131,16 +131,19 @@ the flushes keep their 1 s rhythm with or without the scrapers. The metered rate
 differs only by how long each phase took to start and settle (the same packets were sent).
 The longest scrape answer includes the one that waits for the main process's figures.
 """
-FLEET = """The run above shared the machine's 2 cores with a pytest run, so the tails are
-noisy. A PostgreSQL flush costs about 1.7 times a SQLite one (the same rows; the flow rows go
-by COPY, the totals by pipelined upserts) and stays far inside a flush interval and the
-watchdog's 30 s. Reports: the hourly and daily reports are read from the hour and day rollups
-and meet the 50 ms target for one gateway; the target is missed by the monthly report, which
-sums 730 day rows per monitor and gateway (146,000 rows for all ten gateways) on every request:
-the SQLite reader keeps a cache of period sums cleared when the store changes, the PostgreSQL
-reader has none yet. A cache keyed by the gateways' last flush (flush_sequence) or month
-rollups would bring it down; a zone with a half-hour offset (Asia/Kolkata) reads the quarter
-edges of every day and is slower still."""
+FLEET = """The run above shared the machine's 2 cores with a full `make test`, so the tails
+are noisy (a warm read's median is about 1 ms, its worst 34 ms: a read of a dictionary waiting
+for a core). A PostgreSQL flush costs about 1.7 times a SQLite one (the same rows; the flow rows
+go by COPY, the totals by pipelined upserts) and stays far inside a flush interval and the
+watchdog's 30 s. Reports: the reader caches the period sums until any write transaction commits
+(docs/store.md), so a report asked again meets the 50 ms target: the monthly report over all ten
+gateways, which re-added 146,000 day rows on every request, is answered in about 1 ms. The
+first report after a write (in a live fleet, after any gateway's flush) still reads the
+rollups: hourly and daily are inside the target at the median (p99 37 to 45 ms, one daily
+outlier of 107 ms), the monthly report misses it (median 64 ms for one gateway, 103 ms for
+all ten; p99 139 and 116 ms). Month rollups would bring that read down for UTC calendars
+only (a local month holds no whole UTC month); a zone with a half-hour offset (Asia/Kolkata)
+reads the quarter edges of every day and is slower."""
 ENFORCE = """**What it shows.** Without a quota that blocks or marks, the worker's batch path is
 the one before enforcement: the only addition is one test of `Capture.judge` per batch of up
 to 64 packets, and the ratio stays at 1.00 (0.99 and 1.00 in two runs one after the other, on

@@ -3,7 +3,8 @@
 The same figures as query.py over SQLite: quarter buckets are summed from the UTC day and hour
 rollups where whole days and hours fit. Blocking: call in a worker thread. One connection,
 serialised by a lock, reconnected after an error; a store that cannot be reached is an
-`unavailable` reply naming it (never its password).
+`unavailable` reply naming it (never its password). Bucket sums are cached until the server
+has any write transaction newer than the cache (docs/store.md, "Report reads").
 """
 
 from __future__ import annotations
@@ -20,23 +21,41 @@ import psycopg
 
 from trafmetuxd.pgstore import connect, describe
 from trafmetuxd.protocol import UNAVAILABLE, ProtocolError
-from trafmetuxd.query import HostSums, Sums, TextFlows, split_quarters
+from trafmetuxd.query import CACHE_LIMIT, HostSums, Sums, TextFlows, split_quarters
 from trafmetuxd.schema import MINUTE_TOTALS, QUARTER_TOTALS, SECONDS_PER_QUARTER, TOTALS_UNITS
 from trafmetuxd.spec import StoreSpec
 
 _GRAIN = {"minute": ("minute_totals", 60), "quarter": (QUARTER_TOTALS, SECONDS_PER_QUARTER)}
 _HOST_TABLES = {"minute_totals": "host_minute_totals", "quarter_totals": "host_quarter_totals",
                 "hour_totals": "host_hour_totals", "day_totals": "host_day_totals"}  # fmt: skip
+# a cached bucket sum: (gateways, grain, monitor, begin, end) -> (in_bytes, out_bytes)
+_Key = tuple[tuple[str, ...], str, str, int, int]
 
 
 class PgReader:
-    """Report reads for the gateways asked (default: this one)."""
+    """Report reads for the gateways asked (default: this one), bucket sums cached.
 
-    def __init__(self, spec: StoreSpec) -> None:
+    The cache is never stale: each bucket_sums call reads in one REPEATABLE READ snapshot and
+    first compares that snapshot's identity (pg_current_snapshot(): the next transaction id and
+    those in progress) with the one the cache was filled under. Any write transaction that
+    began or ended since (a flush of any gateway, a prune, an import, an edit by hand) changes
+    it and clears the cache; with no such transaction the rows read are the same rows.
+    """
+
+    def __init__(self, spec: StoreSpec, limit: int = CACHE_LIMIT) -> None:
         self.spec = spec
         self.where = describe(spec)
+        self.limit = limit
+        self.hits = 0  # bucket sums answered from the cache since the reader was made
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
+        self._snapshot: str | None = None  # the snapshot the cache was filled under
+        self._cache: dict[_Key, tuple[int, int]] = {}
+
+    @property
+    def cached(self) -> int:
+        """How many bucket sums are cached now."""
+        return len(self._cache)
 
     @contextmanager
     def _cursor(self) -> Iterator[psycopg.Cursor[Any]]:
@@ -58,6 +77,8 @@ class PgReader:
             with suppress(psycopg.Error):
                 self._conn.close()
         self._conn = None
+        self._snapshot = None
+        self._cache.clear()
 
     def close(self) -> None:
         """Close the connection."""
@@ -87,23 +108,36 @@ class PgReader:
         sums: Sums = {n: [[0, 0] for _ in range(len(bounds) - 1)] for n in names}
         if len(bounds) < 2 or not names:
             return sums
-        table, seconds = _GRAIN[grain]
-        edges = [-(-b // seconds) for b in bounds]
-        per_table: dict[str, list[tuple[int, int, int]]] = {}
-        for i, (lo, hi) in enumerate(pairwise(edges)):
-            if lo >= hi:
-                continue
-            pieces = split_quarters(lo, hi) if table == QUARTER_TOTALS else [(table, lo, hi)]
-            for piece, first, end in pieces:
-                per_table.setdefault(piece, []).append((i, first, end))
+        gws = tuple(sorted(set(self._gws(gateways))))
+        keys = {(n, i): (gws, grain, n, lo, hi) for n in names
+                for i, (lo, hi) in enumerate(pairwise(bounds))}  # fmt: skip
         with self._cursor() as cur:
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             if not _has_schema(cur):
                 return sums
-            for piece, ranges in per_table.items():
-                for name, i, rx, tx in _range_sums(cur, piece, ranges, self._gws(gateways), names):
-                    sums[name][i][0] += rx
-                    sums[name][i][1] += tx
+            self._check_snapshot(cur)
+            missing = [k for k in keys if keys[k] not in self._cache]
+            self.hits += len(keys) - len(missing)
+            if missing:
+                wanted = sorted({i for _, i in missing})
+                read = _bucket_sums(cur, sorted({n for n, _ in missing}), bounds, wanted,
+                                    grain, list(gws))  # fmt: skip
+                for k in missing:
+                    if len(self._cache) < self.limit:  # bounded; cleared on the next write
+                        self._cache[keys[k]] = read.get(k, (0, 0))
+                    sums[k[0]][k[1]] = list(read.get(k, (0, 0)))
+            for k, key in keys.items():
+                if key in self._cache:
+                    sums[k[0]][k[1]] = list(self._cache[key])
         return sums
+
+    def _check_snapshot(self, cur: psycopg.Cursor[Any]) -> None:
+        """Clear the cache when this transaction's snapshot is not the one it was filled under."""
+        row = cur.execute("SELECT pg_current_snapshot()::text").fetchone()
+        snapshot = str(row[0]) if row else None
+        if snapshot is None or snapshot != self._snapshot:
+            self._cache.clear()
+        self._snapshot = snapshot
 
     def stored_span(
         self, db: Path, names: Sequence[str], gateways: Sequence[str] | None = None
@@ -248,6 +282,33 @@ def _has_schema(cur: psycopg.Cursor[Any]) -> bool:
     """Whether the daemons created the schema yet (a fresh database reads as empty)."""
     row = cur.execute("SELECT to_regclass('flush_sequence') IS NOT NULL").fetchone()
     return bool(row and row[0])
+
+
+def _bucket_sums(
+    cur: psycopg.Cursor[Any],
+    names: Sequence[str],
+    bounds: Sequence[int],
+    wanted: Sequence[int],
+    grain: str,
+    gateways: list[str],
+) -> dict[tuple[str, int], tuple[int, int]]:
+    """(monitor, bucket) -> (in, out) for the buckets `wanted`, read from the store."""
+    table, seconds = _GRAIN[grain]
+    edges = [-(-b // seconds) for b in bounds]
+    per_table: dict[str, list[tuple[int, int, int]]] = {}
+    for i in wanted:
+        lo, hi = edges[i], edges[i + 1]
+        if lo >= hi:
+            continue
+        pieces = split_quarters(lo, hi) if table == QUARTER_TOTALS else [(table, lo, hi)]
+        for piece, first, end in pieces:
+            per_table.setdefault(piece, []).append((i, first, end))
+    out: dict[tuple[str, int], tuple[int, int]] = {}
+    for piece, ranges in per_table.items():
+        for name, i, rx, tx in _range_sums(cur, piece, ranges, gateways, names):
+            got = out.get((name, i), (0, 0))
+            out[(name, i)] = (got[0] + rx, got[1] + tx)
+    return out
 
 
 def _range_sums(

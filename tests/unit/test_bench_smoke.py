@@ -145,7 +145,10 @@ def test_fleet_times_flushes_to_both_stores_and_reports_from_postgresql() -> Non
     result = fleet.run(SMOKE)
     assert set(result["flush_ms"]) == {"sqlite", "postgresql"}
     assert all(s["n"] == 2 for s in result["flush_ms"].values())
-    assert len(result["latency_ms"]) == 2 * len(fleet.QUERIES)
+    assert len(result["latency_ms"]) == 2 * len(fleet.QUERIES)  # warm: from the reader's cache
+    assert len(result["cold_latency_ms"]) == 2 * len(fleet.QUERIES)  # after a write
     assert result["params"]["rows"] > 0
-    _has_targets(result, 2)
-    assert "8. PostgreSQL fleet store" in render({"fleet": result}, machine(), SMOKE)
+    _has_targets(result, 3)
+    page = render({"fleet": result}, machine(), SMOKE)
+    assert "8. PostgreSQL fleet store" in page
+    assert "Warm: the same request again" in page and "Cold: a write committed" in page
