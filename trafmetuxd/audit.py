@@ -30,6 +30,7 @@ def capture_status(
     return {
         "capture": {
             "queues": list(queues),
+            "hooks": spec.hooks,
             "stall_timeout": spec.stall_timeout,
             "packets": shipped.get("packets", 0),
             "truncated": shipped.get("truncated", 0),

@@ -39,13 +39,14 @@ def test_audit_of_a_direction_the_rules_did_not_report_reads_zero() -> None:
 
 
 def test_queue_drops_are_summed_over_our_queues_only() -> None:
-    spec = CaptureSpec(queue=5, queues=2, stall_timeout=1.5)
+    spec = CaptureSpec(queue=5, queues=2, stall_timeout=1.5, hooks="forward")
     table = {4: queue(4, 100, 100), 5: queue(5, 1, 2), 6: queue(6, 3, 4), 7: queue(7, 50, 50)}
     shipped = {"packets": 40, "truncated": 1, "errors_capture": 2}
     out = capture_status(spec, shipped, table, [])
     assert out["queue"] == {"queue_dropped": 4, "user_dropped": 6}
     assert out["capture"] == {
         "queues": [5, 6],
+        "hooks": "forward",
         "stall_timeout": 1.5,
         "packets": 40,
         "truncated": 1,
