@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from itertools import pairwise
@@ -166,39 +165,11 @@ class HostReports:
     async def per_gateway(
         self, name: str, edges: Sequence[int], now: int, gateways: Gateways, each_gateway: bool
     ) -> list[tuple[str | None, list[query.HostSums]]]:
-        """quarter_sums() of each gateway (each_gateway) or of the gateways summed."""
+        """host_figures_over() of each gateway (each_gateway) or of the gateways summed."""
         return [
-            (gw, await self.quarter_sums(name, edges, now, [gw] if gw else gateways))
+            (gw, await self.reports.host_figures_over(name, edges, now, [gw] if gw else gateways))
             for gw in _each(gateways, each_gateway)
         ]
-
-    async def quarter_sums(
-        self, name: str, edges: Sequence[int], now: int, gateways: Gateways = None
-    ) -> list[query.HostSums]:
-        """A monitor's hosts over the UTC quarters [edges[i], edges[i + 1]): stored + unflushed.
-
-        The gateways' stored rows summed; this daemon's unflushed counts when it is among them.
-        """
-        backend = self.backend
-        ranges = list(pairwise(edges))
-        recent = edges[-1] * 900 > now and self.reports.own(gateways)
-        if recent:
-            await backend.refresh()  # the capture workers' counts up to this request
-        async with backend.flush_lock:
-            db = backend.config.database
-            reader = self.reports.reader
-            out = await asyncio.to_thread(reader.host_sums_over, db, name, ranges, gateways)
-            pending = backend.unflushed_hosts(name) if recent else {}
-        minutes = [e * 15 for e in edges]
-        for key, per_minute in pending.items():
-            text = host_text(key)
-            for minute, row in per_minute.items():
-                i = bisect_right(minutes, minute) - 1
-                if 0 <= i < len(out):
-                    acc = out[i].setdefault(text, [0, 0, 0, 0])
-                    for j in range(4):
-                        acc[j] += row[j]
-        return out
 
     async def by_period(
         self,

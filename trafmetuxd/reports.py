@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
+from bisect import bisect_right
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Protocol
 
@@ -522,26 +524,40 @@ class Reports:
         gateways: Gateways = None,
         fresh: bool = True,
     ) -> query.HostSums:
-        """A monitor's hosts over the UTC quarters [first, stop): stored rows plus unflushed.
+        """A monitor's hosts over the UTC quarters [first, stop): stored rows plus unflushed."""
+        return (await self.host_figures_over(name, [first, stop], now, gateways, fresh))[0]
 
-        Read under the flush lock, so nothing is missed or counted twice; the unflushed counts
-        are this gateway's, added when it is among those read.
+    async def host_figures_over(
+        self,
+        name: str,
+        edges: Sequence[int],
+        now: int,
+        gateways: Gateways = None,
+        fresh: bool = True,
+    ) -> list[query.HostSums]:
+        """A monitor's hosts over the UTC quarters [edges[i], edges[i + 1]): stored + unflushed.
+
+        Read under the flush lock, so nothing is missed or counted twice; the gateways' stored
+        rows summed, and this daemon's unflushed counts when it is among them.
         """
         backend = self.backend
-        db = backend.config.database
-        live = stop * 900 > now and self.own(gateways)
-        if live and fresh:
+        ranges = list(pairwise(edges))
+        recent = edges[-1] * 900 > now and self.own(gateways)
+        if recent and fresh:
             await backend.refresh()  # the capture workers' counts up to this request
         async with backend.flush_lock:
-            out = await asyncio.to_thread(self.reader.host_sums, db, name, first, stop, gateways)
-            pending = backend.unflushed_hosts(name) if live else {}
-        for key, minutes in pending.items():
-            rows = [r for m, r in minutes.items() if first * 15 <= m < stop * 15]
-            if rows:
-                acc = out.setdefault(host_text(key), [0, 0, 0, 0])
-                for row in rows:
-                    for i in range(4):
-                        acc[i] += row[i]
+            db = backend.config.database
+            out = await asyncio.to_thread(self.reader.host_sums_over, db, name, ranges, gateways)
+            pending = backend.unflushed_hosts(name) if recent else {}
+        minutes = [e * 15 for e in edges]
+        for key, per_minute in pending.items():
+            text = host_text(key)
+            for minute, row in per_minute.items():
+                i = bisect_right(minutes, minute) - 1
+                if 0 <= i < len(out):
+                    acc = out[i].setdefault(text, [0, 0, 0, 0])
+                    for j in range(4):
+                        acc[j] += row[j]
         return out
 
     async def hosts(
