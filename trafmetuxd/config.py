@@ -283,19 +283,27 @@ def _http(http: _Http, p: _Problems) -> spec.HttpSpec:
     )  # fmt: skip
 
 
-def _password_file(path: Path, p: _Problems) -> str:
-    """The bcrypt hash on the first line of path ('' after recording a problem)."""
-    loc: Loc = ("http", "password_file")
+def _first_line(path: Path, loc: Loc, what: str, p: _Problems) -> str | None:
+    """The first line of a secret's file (None after recording why it cannot be read)."""
     try:
         text = _read_regular(path).decode("utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
-        p.add(loc, str(path), f"cannot read the password hash: {exc}")
-        return ""
+        p.add(loc, str(path), f"cannot read the {what}: {exc}")
+        return None
     except ConfigError as exc:
         p.add(loc, str(path), str(exc))
+        return None
+    return text.splitlines()[0] if text else ""
+
+
+def _password_file(path: Path, p: _Problems) -> str:
+    """The bcrypt hash on the first line of path ('' after recording a problem)."""
+    loc: Loc = ("http", "password_file")
+    line = _first_line(path, loc, "password hash", p)
+    if line is None:
         return ""
     try:
-        return cv.password_hash(text.splitlines()[0] if text else "")
+        return cv.password_hash(line)
     except ValueError as exc:
         p.add(loc, str(path), str(exc))
         return ""
@@ -318,16 +326,11 @@ def _store(store: _Store, p: _Problems) -> spec.StoreSpec:
 def _url_file(path: Path, p: _Problems) -> str:
     """The PostgreSQL URL on the first line of path ('' after recording a problem)."""
     loc: Loc = ("store", "url_file")
-    try:
-        text = _read_regular(path).decode("utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        p.add(loc, str(path), f"cannot read the store URL: {exc}")
-        return ""
-    except ConfigError as exc:
-        p.add(loc, str(path), str(exc))
+    line = _first_line(path, loc, "store URL", p)
+    if line is None:
         return ""
     try:
-        return cv.store_url(text.splitlines()[0] if text else "")
+        return cv.store_url(line)
     except ValueError as exc:  # the file's text is not shown: it may hold a password
         p.add(loc, str(path), f"its first line: {exc}")
         return ""
