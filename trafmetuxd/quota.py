@@ -193,9 +193,20 @@ def evaluate(
         adj = None  # an adjustment of an earlier period
     if spec.per_host:
         return _evaluate_hosts(spec, usage.hosts, now, period, adj)
-    used = usage.total
+    return _status(spec, usage.total, counted(usage.total, adj), now, period, adj)
+
+
+def _status(
+    spec: QuotaSpec,
+    used: int,
+    left: int,
+    now: int,
+    period: Period,
+    adj: Adjustment | None,
+    **more: Any,
+) -> QuotaStatus:
+    """A quota's status: `used` as shown and estimated, `left` (used since a reset) judged."""
     extended = adj.extended if adj is not None else 0
-    left = counted(used, adj)
     return QuotaStatus(
         name=spec.name,
         monitors=spec.monitors,
@@ -208,18 +219,12 @@ def evaluate(
         period_label=period.label,
         estimate=estimate(used, now, period),
         state=state_of(left, spec, extended),
-        **_adjusted(spec, adj),
+        action=spec.action,
+        extended=extended,
+        reset_used=adj.reset_used if adj is not None else 0,
+        history=adj.history if adj is not None else (),
+        **more,
     )
-
-
-def _adjusted(spec: QuotaSpec, adj: Adjustment | None) -> dict[str, Any]:
-    """The status fields of the action and this period's adjustments."""
-    return {
-        "action": spec.action,
-        "extended": adj.extended if adj is not None else 0,
-        "reset_used": adj.reset_used if adj is not None else 0,
-        "history": adj.history if adj is not None else (),
-    }
 
 
 def _evaluate_hosts(
@@ -238,19 +243,13 @@ def _evaluate_hosts(
         HostUse(h, u, percent_of(u, spec, extended), state_of(u, spec, extended))
         for h, u in ranked[:HOSTS_LISTED]
     )
-    return QuotaStatus(
-        name=spec.name,
-        monitors=spec.monitors,
-        used=used,
-        limit=spec.limit,
-        warn_bytes=warn_threshold(spec),
-        percent=percent_of(used, spec, extended),
-        begin=period.begin,
-        end=period.end,
-        period_label=period.label,
-        estimate=estimate(used, now, period),
-        state=state_of(used, spec, extended),
-        **_adjusted(spec, adj),
+    return _status(
+        spec,
+        used,
+        used,
+        now,
+        period,
+        adj,
         per_host=True,
         host=host,
         host_count=len(ranked),
