@@ -81,8 +81,11 @@ def last_packet_id(buf: bytes, count: int, slot: int) -> int:
     return last
 
 
-def _attributes(buf: bytes, base: int, end: int) -> tuple[int, int, int, int, int]:
-    """(hook, in ifindex, out ifindex, payload offset or -1, payload size) of one message."""
+def _attributes(buf: bytes, base: int, end: int) -> tuple[int, int, int, int, int, int, int]:
+    """(packet id or -1, mark or 0, hook, in ifindex, out ifindex, payload offset or -1,
+    payload size) of one message: one walk over its attributes."""
+    ident = -1
+    mark = 0
     hook = 0
     indev = 0
     outdev = 0
@@ -95,6 +98,7 @@ def _attributes(buf: bytes, base: int, end: int) -> tuple[int, int, int, int, in
             break
         kind = _host16(buf, at + 2) & _ATTR_TYPE_MASK
         if kind == NFQA_PACKET_HDR and length >= 11 and at + 11 <= end:
+            ident = _be32(buf, at + 4)
             hook = buf[at + 10]
         elif kind == NFQA_IFINDEX_INDEV and length >= 8 and at + 8 <= end:
             indev = _be32(buf, at + 4)
@@ -103,10 +107,12 @@ def _attributes(buf: bytes, base: int, end: int) -> tuple[int, int, int, int, in
         elif kind == NFQA_PAYLOAD:
             payload = at + 4
             size = length - 4
+        elif kind == NFQA_MARK and length >= 8 and at + 8 <= end:
+            mark = _be32(buf, at + 4)
         at += (length + 3) & ~3
     if payload + size > end:
         payload = -1  # cut short by the slot: the bytes at hand are not the packet's
-    return hook, indev, outdev, payload, size
+    return ident, mark, hook, indev, outdev, payload, size
 
 
 def packets(buf: bytes, count: int, slot: int) -> list[tuple[int, int, bytes]]:
@@ -120,7 +126,7 @@ def packets(buf: bytes, count: int, slot: int) -> list[tuple[int, int, bytes]]:
         end = _end(buf, base, slot)
         if end == base:
             continue
-        hook, indev, outdev, payload, size = _attributes(buf, base, end)
+        _, _, hook, indev, outdev, payload, size = _attributes(buf, base, end)
         if payload < 0:
             continue
         ip = buf[payload : payload + size]
@@ -182,24 +188,6 @@ class Interfaces:
         return name
 
 
-def _id_and_mark(buf: bytes, base: int, end: int) -> tuple[int, int]:
-    """(packet id or -1, the packet's mark as queued, 0 when it has none) of one message."""
-    ident = -1
-    mark = 0
-    at = base + _HEADERS
-    while at + 4 <= end:
-        length = _host16(buf, at)
-        if length < 4:
-            break
-        kind = _host16(buf, at + 2) & _ATTR_TYPE_MASK
-        if kind == NFQA_PACKET_HDR and length >= 8 and at + 8 <= end:
-            ident = _be32(buf, at + 4)
-        elif kind == NFQA_MARK and length >= 8 and at + 8 <= end:
-            mark = _be32(buf, at + 4)
-        at += (length + 3) & ~3
-    return ident, mark
-
-
 def headers(buf: bytes, count: int, slot: int) -> list[tuple[int, int, int, int, int, bytes]]:
     """(packet id, mark, hook, in ifindex, out ifindex, IP bytes) of each whole packet message.
 
@@ -212,8 +200,7 @@ def headers(buf: bytes, count: int, slot: int) -> list[tuple[int, int, int, int,
         end = _end(buf, base, slot)
         if end == base:
             continue
-        hook, indev, outdev, payload, size = _attributes(buf, base, end)
-        ident, mark = _id_and_mark(buf, base, end)
+        ident, mark, hook, indev, outdev, payload, size = _attributes(buf, base, end)
         if payload < 0 or ident < 0:
             continue
         out.append((ident, mark, hook, indev, outdev, buf[payload : payload + size]))
@@ -243,7 +230,7 @@ def feed_batch(
         end = _end(buf, base, slot)
         if end == base:
             continue  # not a packet message (an error answering a verdict, say)
-        hook, indev, outdev, payload, size = _attributes(buf, base, end)
+        _, _, hook, indev, outdev, payload, size = _attributes(buf, base, end)
         stats.packets += 1
         if payload < 0:
             stats.truncated += 1
@@ -267,13 +254,9 @@ def _forwarded(
     meter: Meter, ts: float, ip: bytes, indev: int, outdev: int, interfaces: Interfaces
 ) -> None:
     """A forwarded packet: in on its input interface, out on its output one, each if metered."""
-    name = interfaces.metered.get(indev)
-    if name is None:
-        name = interfaces.metered_name(indev)
+    name = interfaces.metered_name(indev)
     if name:
         meter.feed(ts, ip, DIR_IN, name)
-    name = interfaces.metered.get(outdev)
-    if name is None:
-        name = interfaces.metered_name(outdev)
+    name = interfaces.metered_name(outdev)
     if name:
         meter.feed(ts, ip, DIR_OUT, name)
